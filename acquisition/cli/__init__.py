@@ -1,0 +1,1 @@
+"""``assay``: the bench-side terminal. It talks to the daemon over MQTT only."""

@@ -1,0 +1,179 @@
+"""``assay``: the bench-side terminal.
+
+Kept import-light so ``assay --help`` answers at once: rich, aiomqtt and pydantic are only
+imported once a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="assay",
+        description="Bench terminal for the assay acquisition daemon (talks to it over MQTT).",
+    )
+    p.add_argument("--config", help="lab config TOML (default: $ASSAY_CONFIG or config/lab.toml)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="is the daemon up, and what is it doing")
+    insts = sub.add_parser("instruments", help="instrument states with live readings")
+    insts.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for every instrument to be connected (exit 1 if not)",
+    )
+    runs = sub.add_parser("runs", help="recent runs")
+    runs.add_argument("--limit", type=int, default=20)
+
+    run = sub.add_parser("run", help="start, watch or abort a run")
+    run_sub = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
+    start = run_sub.add_parser("start", help="start a run (count-plate)")
+    start.add_argument("protocol", nargs="?", default="count-plate", choices=["count-plate"])
+    start.add_argument("--instrument", default="counter")
+    start.add_argument("--count-time", type=float, default=60.0, help="seconds per well")
+    start.add_argument("--precision", type=float, help="stop a well early at this %%2-sigma")
+    start.add_argument("--isotope", default="H3", choices=["H3", "C14", "P32", "I125"])
+    start.add_argument("--wells", help="comma-separated wells (default: all 96)")
+    start.add_argument("--label", help="free text stored with the run")
+    start.add_argument("--watch", action="store_true", help="follow the run once started")
+    for name, text in (("watch", "live progress of a run"), ("abort", "abort a run")):
+        action = run_sub.add_parser(name, help=text)
+        action.add_argument("run")
+
+    results = sub.add_parser("results", help="a run's per-well results")
+    results.add_argument("run")
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.add_argument("--output", "-o", help="write to this file instead of the terminal")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from acquisition.config import load_config
+    from acquisition.errors import ConfigError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"assay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import asyncio
+
+    try:
+        return asyncio.run(_run(config, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(config: Any, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from acquisition.cli import render
+    from acquisition.cli.client import DaemonClient, NoReplyError
+    from acquisition.cli.watch import watch_run
+    from acquisition.errors import BrokerError, CommandError
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        async with DaemonClient(config, timeout_s=args.timeout) as client:
+            match args.command:
+                case "status":
+                    retained = await client.retained(config.topic("status"))
+                    if retained and retained.get("state") == "offline":
+                        err.print(
+                            f"assay: daemon '{config.node}' is offline since {retained['ts']}"
+                            f" ({retained.get('reason') or 'unknown reason'})"
+                        )
+                        return EXIT_UNREACHABLE
+                    render.print_status(console, await client.request("status"), retained)
+                case "instruments":
+                    instruments = await _instruments(client, args.wait)
+                    render.print_instruments(console, instruments)
+                    if args.wait and not all(i["connected"] for i in instruments):
+                        err.print(f"assay: not every instrument connected within {args.wait:g} s")
+                        return EXIT_FAIL
+                case "runs":
+                    render.print_runs(console, await client.request("runs", {"limit": args.limit}))
+                case "results":
+                    res = await client.request("results", {"run": args.run})
+                    if args.format == "table" and not args.output:
+                        render.print_results(console, res)
+                    else:
+                        text = render.results_text(res, "json" if args.format == "json" else "csv")
+                        if args.output:
+                            await asyncio.to_thread(_write_text, args.output, text)
+                            err.print(f"wrote {len(res['wells'])} wells to {args.output}")
+                        else:
+                            sys.stdout.write(text)
+                case "run":
+                    return await _run_action(client, console, args, watch_run)
+    except NoReplyError as exc:
+        err.print(f"assay: {exc.message}")
+        return EXIT_UNREACHABLE
+    except CommandError as exc:
+        err.print(f"assay: {exc.code}: {exc.message}")
+        return EXIT_FAIL
+    except BrokerError as exc:
+        err.print(f"assay: {exc}")
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+async def _instruments(client: Any, wait_s: float) -> list[dict[str, Any]]:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        instruments: list[dict[str, Any]] = await client.request("instruments")
+        if all(i["connected"] for i in instruments) or time.monotonic() >= deadline:
+            return instruments
+        await asyncio.sleep(0.2)
+
+
+async def _run_action(client: Any, console: Any, args: argparse.Namespace, watch_run: Any) -> int:
+    if args.run_command == "start":
+        start_args: dict[str, Any] = {
+            "protocol": args.protocol,
+            "instrument": args.instrument,
+            "count_time_s": args.count_time,
+            "isotope": args.isotope,
+        }
+        if args.precision is not None:
+            start_args["precision_pct"] = args.precision
+        if args.wells:
+            start_args["wells"] = [w.strip().upper() for w in args.wells.split(",") if w.strip()]
+        if args.label:
+            start_args["label"] = args.label
+        started = await client.request("run.start", start_args)
+        console.print(f"started run [bold]{started['run']}[/bold]")
+        if args.watch:
+            return int(await watch_run(client, console, started["run"]))
+        return EXIT_OK
+    if args.run_command == "watch":
+        return int(await watch_run(client, console, args.run))
+    result = await client.request("run.abort", {"run": args.run})
+    console.print(f"run {result['run']}: {result['state']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

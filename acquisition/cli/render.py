@@ -1,0 +1,141 @@
+"""How the terminal shows things: rich tables for people, CSV and JSON for programs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["WELL_COLUMNS", "print_instruments", "print_runs", "print_status", "results_text"]
+
+WELL_COLUMNS = (
+    "index",
+    "well",
+    "detector",
+    "counts",
+    "count_time_s",
+    "cpm",
+    "ccpm",
+    "sigma2_pct",
+    "sqp",
+    "flags",
+)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or ""
+    return str(value)
+
+
+def print_status(console: Console, status: dict[str, Any], retained: dict[str, Any] | None) -> None:
+    table = Table(title=f"daemon {status['node']}", show_header=False, box=None)
+    table.add_row("state", "[green]online[/green]")
+    table.add_row("version", status["version"])
+    table.add_row("pid", str(status["pid"]))
+    table.add_row("up since", f"{status['started_at']} ({status['uptime_s']:.0f} s)")
+    table.add_row("simulated", "yes" if status["simulated"] else "no")
+    table.add_row("broker", "connected" if status["broker"]["connected"] else "disconnected")
+    table.add_row("journal", f"{status['journal']['path']} (outbox {status['journal']['outbox']})")
+    insts = ", ".join(f"{i['id']}={i['state']}" for i in status["instruments"]) or "none"
+    table.add_row("instruments", insts)
+    table.add_row("active runs", ", ".join(status["active_runs"]) or "none")
+    console.print(table)
+
+
+def print_instruments(console: Console, instruments: list[dict[str, Any]]) -> None:
+    table = Table(title="instruments")
+    for col in ("id", "kind", "state", "connected", "model", "address"):
+        table.add_column(col)
+    for inst in instruments:
+        ident = inst.get("identity") or {}
+        style = {"idle": "green", "busy": "cyan", "fault": "red"}.get(inst["state"], "yellow")
+        state = f"[{style}]{inst['state']}[/{style}]"
+        if inst.get("run"):
+            state += f" (run {inst['run']})"
+        table.add_row(
+            inst["id"],
+            inst["kind"],
+            state,
+            "yes" if inst["connected"] else "no",
+            str(ident.get("model", "-")),
+            inst["address"],
+        )
+    console.print(table)
+    for inst in instruments:
+        readings = inst.get("readings") or {}
+        if inst.get("fault"):
+            console.print(f"  [red]{inst['id']} fault: {inst['fault']}[/red]")
+        if readings:
+            text = "  ".join(f"{k}={_fmt(v)}" for k, v in readings.items())
+            console.print(f"  {inst['id']}: {text}", soft_wrap=True)
+
+
+def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:
+    table = Table(title="runs (newest first)")
+    for col in ("run", "protocol", "state", "created", "documents"):
+        table.add_column(col)
+    for run in runs:
+        table.add_row(
+            run["run"], run["protocol"], run["state"], run["created_at"][:19], str(run["last_seq"])
+        )
+    console.print(table)
+
+
+def results_text(results: dict[str, Any], fmt: str) -> str:
+    """Results as CSV or JSON text (``table`` is printed by :func:`print_results`)."""
+    if fmt == "json":
+        return json.dumps(results, indent=2)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", "plate_id", *WELL_COLUMNS])
+    plate_id = (results.get("plate") or {}).get("plate_id")
+    for well in results["wells"]:
+        row = [well.get(c) for c in WELL_COLUMNS]
+        row[WELL_COLUMNS.index("flags")] = ";".join(well.get("flags") or [])
+        writer.writerow([results["run"], plate_id, *row])
+    return buf.getvalue()
+
+
+def print_results(console: Console, results: dict[str, Any]) -> None:
+    plate = results.get("plate") or {}
+    title = f"run {results['run']}  plate {plate.get('plate_id') or '-'}  ({results['state']})"
+    table = Table(title=title)
+    for col, justify in (
+        ("well", "left"),
+        ("det", "right"),
+        ("counts", "right"),
+        ("time s", "right"),
+        ("CPM", "right"),
+        ("CCPM", "right"),
+        ("%2σ", "right"),  # noqa: RUF001 (sigma, as counters print it)
+        ("flags", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for w in results["wells"]:
+        table.add_row(
+            w["well"],
+            str(w["detector"]),
+            f"{w['counts']:,}",
+            _fmt(w["count_time_s"]),
+            _fmt(w["cpm"]),
+            _fmt(w["ccpm"]),
+            _fmt(w.get("sigma2_pct"), 2),
+            _fmt(w.get("flags")),
+        )
+    console.print(table)
+    stop = results.get("stop")
+    if stop:
+        console.print(
+            f"{len(results['wells'])} wells; stop: {stop['exit_status']} ({stop['reason']})"
+        )
+    else:
+        console.print(f"{len(results['wells'])} wells so far; the run has not stopped")

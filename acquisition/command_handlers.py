@@ -1,0 +1,179 @@
+"""What each command verb does. Validation lives in :mod:`acquisition.commands`.
+
+Handlers are idempotent where MQTT makes that matter: a QoS1 command may arrive twice
+(the broker acks before we see it), so ``run.abort`` twice is harmless and ``replay`` only
+re-sends documents consumers drop by id. ``run.start`` twice starts a second run only if the
+instrument is free, which it is not while the first run holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from acquisition import __version__
+from acquisition.commands import (
+    CommandReply,
+    ReplayArgs,
+    ReplyError,
+    RunRef,
+    RunsArgs,
+    RunStartArgs,
+    parse_command,
+)
+from acquisition.errors import CommandError
+from acquisition.journal import OutboxMessage, RunRecord
+from acquisition.run_recorder import utcnow
+
+if TYPE_CHECKING:
+    from acquisition.daemon import Daemon
+
+__all__ = ["CommandHandlers"]
+
+log = structlog.get_logger("acquisition.commands")
+REPLAY_LIMIT = 100_000
+
+
+def _run_summary(record: RunRecord) -> dict[str, Any]:
+    return {
+        "run": record.run,
+        "protocol": record.protocol,
+        "state": record.state,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "last_seq": record.last_seq,
+    }
+
+
+class CommandHandlers:
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    async def handle(self, payload: bytes) -> CommandReply:
+        verb: str | None = None
+        try:
+            verb, args = parse_command(payload)
+            result = await self._dispatch(verb, args)
+            return CommandReply(ok=True, verb=verb, result=result)
+        except CommandError as exc:
+            log.info("command refused", verb=verb, code=exc.code, reason=exc.message)
+            return CommandReply(
+                ok=False, verb=verb, error=ReplyError(code=exc.code, message=exc.message)
+            )
+        except Exception as exc:  # a bug: answer and stay healthy
+            log.exception("command failed", verb=verb)
+            return CommandReply(
+                ok=False, verb=verb, error=ReplyError(code="internal", message=str(exc))
+            )
+
+    async def _dispatch(self, verb: str, args: Any) -> Any:
+        match verb:
+            case "status":
+                return await self.status()
+            case "instruments":
+                return [
+                    s.model_dump(mode="json", by_alias=True) for s in self._d.instruments.states()
+                ]
+            case "runs":
+                assert isinstance(args, RunsArgs)
+                return [_run_summary(r) for r in await self._d.journal.list_runs(args.limit)]
+            case "run.get":
+                assert isinstance(args, RunRef)
+                return json.loads(await self._state_payload(args.run))
+            case "run.start":
+                assert isinstance(args, RunStartArgs)
+                recorder = await self._d.start_count_run(args)
+                return {"run": recorder.run, "state": recorder.state}
+            case "run.abort":
+                assert isinstance(args, RunRef)
+                return await self.abort(args.run)
+            case "results":
+                assert isinstance(args, RunRef)
+                return await self.results(args.run)
+            case "replay":
+                assert isinstance(args, ReplayArgs)
+                return await self.replay(args)
+        raise CommandError("unknown_verb", f"unknown verb '{verb}'")  # pragma: no cover
+
+    async def _record(self, run: str) -> RunRecord:
+        record = await self._d.journal.get_run(run)
+        if record is None:
+            raise CommandError("not_found", f"no run '{run}'")
+        return record
+
+    async def _state_payload(self, run: str) -> bytes:
+        record = await self._record(run)
+        active = self._d.active.get(run)
+        if active is not None:
+            return active.recorder.state_payload()
+        if record.state_payload is None:
+            raise CommandError("not_found", f"run '{run}' has no state yet")
+        return record.state_payload
+
+    async def status(self) -> dict[str, Any]:
+        d = self._d
+        return {
+            "node": d.config.node,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": d.started_at.isoformat(),
+            "uptime_s": round((utcnow() - d.started_at).total_seconds(), 1),
+            "simulated": d.config.simulation.enabled,
+            "broker": {"connected": d.link.connected},
+            "journal": {
+                "path": str(d.config.journal.path),
+                "outbox": await d.journal.outbox_size(),
+            },
+            "instruments": [
+                {"id": s.id, "kind": s.kind, "state": s.state, "connected": s.connected}
+                for s in d.instruments.states()
+            ],
+            "active_runs": sorted(d.active),
+        }
+
+    async def abort(self, run: str) -> dict[str, Any]:
+        record = await self._record(run)
+        if self._d.abort_run(run):
+            return {"run": run, "state": "aborting"}
+        if record.state == "aborted":
+            return {"run": run, "state": "aborted"}  # a repeated abort is not an error
+        raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
+
+    async def results(self, run: str) -> dict[str, Any]:
+        record = await self._record(run)
+        docs = [json.loads(p) for p in await self._d.journal.documents(run)]
+        start = next((d for d in docs if d["kind"] == "start"), None)
+        stop = next((d for d in docs if d["kind"] == "stop"), None)
+        return {
+            "run": run,
+            "protocol": record.protocol,
+            "state": record.state,
+            "plate": start["plate"] if start else None,
+            "wells": [d["reading"] for d in docs if d["kind"] == "data"],
+            "stop": (
+                {"exit_status": stop["exit_status"], "reason": stop["reason"]} if stop else None
+            ),
+            "last_seq": record.last_seq,
+        }
+
+    async def replay(self, args: ReplayArgs) -> dict[str, Any]:
+        record = await self._record(args.run)
+        to_seq = min(args.to_seq or record.last_seq, record.last_seq)
+        if args.from_seq > to_seq:
+            return {"run": args.run, "from_seq": args.from_seq, "to_seq": to_seq, "count": 0}
+        if to_seq - args.from_seq + 1 > REPLAY_LIMIT:
+            raise CommandError("bad_request", f"replay at most {REPLAY_LIMIT} documents at once")
+        payloads = await self._d.journal.documents(args.run, args.from_seq, to_seq)
+        topic = self._d.config.topic("runs", args.run, "events")
+        await self._d.journal.enqueue([OutboxMessage(topic, p, qos=1) for p in payloads])
+        self._d.link.notify()
+        log.info("replaying documents", run=args.run, from_seq=args.from_seq, to_seq=to_seq)
+        return {
+            "run": args.run,
+            "from_seq": args.from_seq,
+            "to_seq": to_seq,
+            "count": len(payloads),
+        }

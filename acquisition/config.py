@@ -1,0 +1,237 @@
+"""The lab configuration: one TOML file, overridable by ``ASSAY_`` environment variables.
+
+``load_config(path)`` returns a validated :class:`LabConfig` or raises
+:class:`~acquisition.errors.ConfigError` whose message is the one line a user sees:
+``<file>: <field>: <what was expected>``. Environment variables override the file with
+``__`` for nesting (``ASSAY_MQTT__PORT=1884``) and are deep-merged into it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from acquisition.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "CounterConfig",
+    "InstrumentConfig",
+    "JournalConfig",
+    "LabConfig",
+    "LoggingConfig",
+    "MqttConfig",
+    "SimulationConfig",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("config/lab.toml")
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_VISA_SOCKET = re.compile(r"^TCPIP\d*::[^:]+::\d{1,5}::SOCKET$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Strict):
+    """How the daemon and the terminal reach the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = Field(None, description="CA certificate (PEM); enables TLS")
+    tls_cert: Path | None = Field(None, description="client certificate (PEM), optional")
+    tls_key: Path | None = Field(None, description="client private key (PEM), optional")
+    tls_insecure: bool = Field(False, description="skip host-name verification (tests only)")
+    topic_prefix: str = "assay"
+    keepalive_s: int = Field(15, ge=2, le=3600)
+    publish_window: int = Field(32, ge=1, le=1000, description="QoS1 publishes in flight")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_plain(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("a topic prefix without wildcards or leading/trailing '/'")
+        return v
+
+
+class JournalConfig(_Strict):
+    """The local SQLite journal: the source of truth for every run document."""
+
+    path: Path = Path("var/journal.sqlite3")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite synchronous mode in WAL: 'normal' survives a daemon crash, "
+        "'full' also a power cut, at the cost of an fsync per document",
+    )
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class CounterConfig(_Strict):
+    """A microplate scintillation counter reached through VISA."""
+
+    kind: Literal["counter"]
+    id: str
+    address: str = Field(description="VISA resource, e.g. TCPIP::127.0.0.1::5025::SOCKET")
+    timeout_s: float = Field(3.0, gt=0, le=120)
+    poll_interval_s: float = Field(0.25, gt=0, le=60)
+    status_interval_s: float = Field(2.0, gt=0, le=3600)
+
+    @field_validator("address")
+    @classmethod
+    def _visa_socket(cls, v: str) -> str:
+        if not _VISA_SOCKET.match(v):
+            raise ValueError("a VISA socket resource like TCPIP::127.0.0.1::5025::SOCKET")
+        return v
+
+
+InstrumentConfig = Annotated[CounterConfig, Field(discriminator="kind")]
+
+
+class SimulationConfig(_Strict):
+    """Present when the instruments are simulators (``assay-sim bench``)."""
+
+    enabled: bool = False
+    time_scale: float = Field(1.0, gt=0, le=1_000_000)
+    control_port: int | None = Field(None, ge=1, le=65535)
+    counter: dict[str, Any] = Field(default_factory=dict)
+
+
+class LabConfig(BaseSettings):
+    """Everything one daemon needs to know about its lab."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASSAY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    node: str = Field("lab1", description="daemon id, the {node} of every topic")
+    mqtt: MqttConfig = MqttConfig()
+    journal: JournalConfig = JournalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    instruments: list[InstrumentConfig] = Field(default_factory=list)
+    simulation: SimulationConfig = SimulationConfig()
+
+    @field_validator("node")
+    @classmethod
+    def _node_is_plain(cls, v: str) -> str:
+        if not _NODE_ID.match(v):
+            raise ValueError("1-64 letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("instruments")
+    @classmethod
+    def _unique_ids(cls, v: list[InstrumentConfig]) -> list[InstrumentConfig]:
+        seen: set[str] = set()
+        for inst in v:
+            if inst.id in seen:
+                raise ValueError(f"unique instrument ids (duplicate '{inst.id}')")
+            seen.add(inst.id)
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file") is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def topic(self, *parts: str) -> str:
+        """``assay/{node}/...``"""
+        return "/".join((self.mqtt.topic_prefix, self.node, *parts))
+
+    def instrument(self, instrument_id: str) -> InstrumentConfig | None:
+        return next((i for i in self.instruments if i.id == instrument_id), None)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as JSON-able data with secrets masked (for run snapshots)."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def load_config(path: Path | str | None = None) -> LabConfig:
+    """Load and validate the lab config; raise ConfigError with a one-line message."""
+    cfg_path = (
+        Path(path)
+        if path is not None
+        else Path(os.environ.get("ASSAY_CONFIG", str(DEFAULT_CONFIG_PATH)))
+    )
+    source = str(cfg_path)
+    if not cfg_path.is_file():
+        raise ConfigError(source, "(file)", "an existing TOML file (not found)")
+    try:
+        with cfg_path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(syntax)", f"valid TOML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"a readable file ({exc.strerror})") from exc
+    # pydantic-settings reads the TOML path from the class config: bind it per call.
+    bound = type(
+        "LabConfig",
+        (LabConfig,),
+        {"model_config": SettingsConfigDict(**{**LabConfig.model_config, "toml_file": cfg_path})},
+    )
+    try:
+        return bound()  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise _one_line(source, exc) from exc
+    except ValueError as exc:  # pydantic-settings: env var that is not valid JSON
+        raise ConfigError(source, "(environment)", str(exc)) from exc
+
+
+def _one_line(source: str, exc: ValidationError) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = _format_loc(err.get("loc", ()))
+    msg = str(err.get("msg", "a valid value"))
+    msg = msg.removeprefix("Value error, ")
+    if err.get("type") == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        loc = f"{loc}.{str(ctx.get('discriminator', 'kind')).strip(chr(39))}"
+        msg = f"one of {ctx.get('expected_tags')} (got {_short(ctx.get('tag'))})"
+    elif err.get("type") == "extra_forbidden":
+        msg = "no such setting (check the spelling)"
+    elif err.get("type") == "missing":
+        msg = "a value (this setting is required)"
+    elif "input" in err and err.get("type") not in {"missing", "union_tag_invalid"}:
+        msg = f"{msg} (got {_short(err['input'])})"
+    return ConfigError(source, loc or "(top level)", msg)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"counter"} and out.startswith("instruments["):
+            continue  # the discriminated-union tag adds noise to the path
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,162 @@
+"""The count-plate run: one step that streams every counted well as a run document.
+
+start (config, plate, instrument snapshot) -> step started -> one data document per well
+the moment it is counted -> step finished -> stop. A fault mid-count records what was
+counted, an interruption document naming the fault, and a failed stop; nothing is invented
+to fill the gap. Cancelling the run (abort, daemon shutdown) stops the counter first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+
+from acquisition.commands import RunStartArgs
+from acquisition.config import LabConfig
+from acquisition.instruments import InstrumentHandle
+from acquisition.payloads import Progress, WellReading
+from acquisition.run_recorder import RunRecorder, utcnow
+from drivers.clock import Clock
+from drivers.counter import WellCount
+from drivers.errors import InstrumentError, InstrumentFaultError
+
+__all__ = ["CountOutcome", "run_count_plate"]
+
+log = structlog.get_logger("acquisition.count_run")
+ALL_WELLS = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
+STEP = "count"
+
+
+@dataclass(frozen=True)
+class CountOutcome:
+    exit_status: str
+    wells: int
+
+
+class _Eta:
+    """Seconds left, from the pace of the wells counted so far on the injected clock."""
+
+    def __init__(self, clock: Clock, total: int) -> None:
+        self._clock = clock
+        self._t0 = clock.monotonic()
+        self._total = total
+
+    def estimate(self, done: int) -> float | None:
+        if done == 0:
+            return None
+        elapsed = self._clock.monotonic() - self._t0
+        return max(0.0, elapsed / done * (self._total - done))
+
+
+def _reading(count: WellCount, plate_id: str | None) -> WellReading:
+    return WellReading(
+        index=count.index,
+        well=count.well,
+        plate_id=plate_id,
+        detector=count.detector,
+        counts=count.counts,
+        count_time_s=count.count_time_s,
+        cpm=count.cpm,
+        ccpm=count.ccpm,
+        sigma2_pct=count.sigma2_pct,
+        sqp=count.sqp,
+        flags=list(count.flags),
+        counted_at=utcnow(),
+    )
+
+
+async def run_count_plate(
+    config: LabConfig,
+    recorder: RunRecorder,
+    handle: InstrumentHandle,
+    args: RunStartArgs,
+    clock: Clock,
+    *,
+    abort_requested: asyncio.Event,
+) -> CountOutcome:
+    """Count one plate on a leased counter; the caller owns the lease and the recorder."""
+    driver = handle.driver
+    wells = list(args.wells) if args.wells else list(ALL_WELLS)
+    status = await driver.status()
+    plate = {"plate_id": status.plate_id, "format": 96, "wells": wells}
+    await recorder.start(
+        protocol={
+            "name": args.protocol,
+            "label": args.label,
+            "steps": [
+                {
+                    "name": STEP,
+                    "instrument": handle.config.id,
+                    "count_time_s": args.count_time_s,
+                    "precision_pct": args.precision_pct,
+                    "isotope": args.isotope,
+                }
+            ],
+        },
+        plate=plate,
+        instruments={
+            handle.config.id: {
+                "kind": handle.config.kind,
+                "address": handle.config.address,
+                "identity": handle.identity,
+            }
+        },
+        simulated=config.simulation.enabled,
+    )
+    await recorder.step_phase(STEP, "started", {"wells": len(wells)})
+    eta = _Eta(clock, len(wells))
+    done = 0
+    try:
+        async for count in driver.count_plate(
+            count_time_s=args.count_time_s,
+            precision_pct=args.precision_pct,
+            isotope=args.isotope,
+            wells=wells,
+        ):
+            done += 1
+            progress = Progress(done=done, total=len(wells), eta_s=eta.estimate(done))
+            await recorder.data(_reading(count, status.plate_id), progress)
+    except InstrumentFaultError as exc:
+        return await _failed(recorder, "instrument fault", exc, done, len(wells))
+    except InstrumentError as exc:
+        return await _failed(recorder, "instrument lost", exc, done, len(wells))
+    except asyncio.CancelledError:
+        # Either the operator aborted (abort_requested is set) or the daemon is stopping.
+        await _stop_counter(handle)
+        if not abort_requested.is_set():
+            await recorder.interruption(
+                "daemon shutting down", {"wells_done": done, "wells_total": len(wells)}
+            )
+            await recorder.stop(
+                "interrupted", f"daemon stopped after {done} of {len(wells)} wells", "interrupted"
+            )
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        await recorder.stop("abort", f"aborted by operator after {done} wells", "aborted")
+        return CountOutcome("abort", done)
+    await recorder.step_phase(STEP, "finished", {"wells": done})
+    await recorder.stop("success", f"counted {done} wells", "completed")
+    return CountOutcome("success", done)
+
+
+async def _failed(
+    recorder: RunRecorder, what: str, exc: InstrumentError, done: int, total: int
+) -> CountOutcome:
+    fault = getattr(exc, "fault", "") or type(exc).__name__
+    log.warning("count failed", error=str(exc), wells_done=done)
+    await recorder.interruption(
+        f"{what}: {exc}", {"fault": fault, "wells_done": done, "wells_total": total}
+    )
+    await recorder.stop("fail", f"{what} after {done} of {total} wells: {exc}", "failed")
+    return CountOutcome("fail", done)
+
+
+async def _stop_counter(handle: InstrumentHandle) -> None:
+    """Leave the counter safe: stop counting. Never raises."""
+    with contextlib.suppress(InstrumentError, OSError):
+        await asyncio.shield(handle.driver.abort())

@@ -1,0 +1,219 @@
+"""``assayd``: the composition of journal, MQTT link, instruments and runs.
+
+Structured concurrency: one TaskGroup owns the MQTT link, the instrument supervisors and
+every active run. ``stop`` (SIGTERM) shuts down in order: runs are interrupted and their
+counters stopped, their documents written; instruments are closed and their state
+published; the outbox is drained; ``offline`` is published; the broker connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiomqtt
+import structlog
+
+from acquisition import __version__
+from acquisition.command_handlers import CommandHandlers
+from acquisition.commands import RunStartArgs
+from acquisition.config import LabConfig
+from acquisition.count_run import run_count_plate
+from acquisition.errors import CommandError
+from acquisition.instruments import InstrumentManager
+from acquisition.journal import Journal
+from acquisition.mqtt_link import MqttLink
+from acquisition.payloads import TERMINAL_STATES, DaemonStatus
+from acquisition.run_recorder import RunRecorder, utcnow
+from drivers.clock import Clock, MonotonicClock
+
+__all__ = ["ActiveRun", "Daemon"]
+
+log = structlog.get_logger("acquisition.daemon")
+
+
+@dataclass
+class ActiveRun:
+    recorder: RunRecorder
+    task: asyncio.Task[None]
+    abort_requested: asyncio.Event
+
+
+class Daemon:
+    """One lab's daemon. ``await Daemon(config).run(stop_event)``."""
+
+    def __init__(self, config: LabConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.started_at: datetime = utcnow()
+        self.active: dict[str, ActiveRun] = {}
+        self._journal: Journal | None = None
+        self._link: MqttLink | None = None
+        self._instruments: InstrumentManager | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._handlers = CommandHandlers(self)
+
+    # -- accessors for the command handlers ----------------------------------------------
+
+    @property
+    def journal(self) -> Journal:
+        assert self._journal is not None, "daemon not running"
+        return self._journal
+
+    @property
+    def link(self) -> MqttLink:
+        assert self._link is not None, "daemon not running"
+        return self._link
+
+    @property
+    def instruments(self) -> InstrumentManager:
+        assert self._instruments is not None, "daemon not running"
+        return self._instruments
+
+    # -- status payloads -------------------------------------------------------------------
+
+    def _status(self, state: str, reason: str | None = None) -> bytes:
+        return (
+            DaemonStatus(
+                node=self.config.node,
+                state=state,
+                version=__version__,
+                pid=os.getpid(),
+                started_at=self.started_at,
+                ts=utcnow(),
+                reason=reason,
+            )
+            .model_dump_json(by_alias=True, exclude_none=True)
+            .encode()
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        self._journal = await Journal.open(cfg.journal.path, synchronous=cfg.journal.synchronous)
+        try:
+            self._link = MqttLink(
+                cfg,
+                self._journal,
+                on_command=self._on_command,
+                status_online=lambda: self._status("online"),
+                status_offline=lambda reason: self._status("offline", reason),
+                clock=self.clock,
+            )
+            self._instruments = InstrumentManager(cfg, self._journal, self._link.notify, self.clock)
+            await self._recover_interrupted_runs()
+            log.info("daemon started", node=cfg.node, version=__version__)
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                link_task = tg.create_task(self._link.run(), name="mqtt-link")
+                inst_task = tg.create_task(self._instruments.run(), name="instruments")
+                await stop.wait()
+                log.info("daemon stopping")
+                await self._interrupt_active_runs()
+                inst_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await inst_task
+                await self._instruments.close()
+                await self._link.shutdown()
+                link_task.cancel()
+        finally:
+            self._tg = None
+            await self._journal.close()
+            log.info("daemon stopped")
+
+    async def _recover_interrupted_runs(self) -> None:
+        """Runs left open by a crash are marked interrupted; their data is kept."""
+        open_runs = await self.journal.runs_in_states(
+            {"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"}
+        )
+        for record in open_runs:
+            recorder = RunRecorder(self.config, self.journal, self.link.notify, record)
+            with structlog.contextvars.bound_contextvars(run=record.run):
+                log.warning("run was open when the daemon stopped; marking it interrupted")
+                await recorder.interruption(
+                    "daemon restarted", {"last_seq": record.last_seq, "previous": record.state}
+                )
+                await recorder.stop(
+                    "interrupted", "the daemon stopped while the run was open", "interrupted"
+                )
+
+    async def _interrupt_active_runs(self) -> None:
+        for active in list(self.active.values()):
+            active.task.cancel()
+        for active in list(self.active.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await active.task
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def start_count_run(self, args: RunStartArgs) -> RunRecorder:
+        """Lease the counter, create the run, start it; CommandError if that cannot be."""
+        if self._tg is None:
+            raise CommandError("unavailable", "the daemon is shutting down")
+        stack = contextlib.AsyncExitStack()
+        recorder: RunRecorder | None = None
+        try:
+            handle = await stack.enter_async_context(
+                self.instruments.lease(args.instrument, run="(starting)")
+            )
+            recorder = await RunRecorder.create(
+                self.config,
+                self.journal,
+                self.link.notify,
+                args.protocol,
+                args.model_dump(mode="json"),
+            )
+            handle.lease = recorder.run
+        except BaseException:
+            await stack.aclose()
+            raise
+        abort = asyncio.Event()
+
+        async def _body() -> None:
+            assert recorder is not None
+            async with stack:
+                with structlog.contextvars.bound_contextvars(
+                    run=recorder.run, instrument=args.instrument
+                ):
+                    try:
+                        outcome = await run_count_plate(
+                            self.config, recorder, handle, args, self.clock, abort_requested=abort
+                        )
+                        log.info(
+                            "run finished", exit_status=outcome.exit_status, wells=outcome.wells
+                        )
+                    except Exception as exc:  # a bug: record it, keep the daemon up
+                        log.exception("run crashed")
+                        if recorder.state not in TERMINAL_STATES:
+                            await recorder.stop("fail", f"internal error: {exc}", "failed")
+                    finally:
+                        self.active.pop(recorder.run, None)
+
+        task = self._tg.create_task(_body(), name=f"run:{recorder.run}")
+        self.active[recorder.run] = ActiveRun(recorder, task, abort)
+        return recorder
+
+    def abort_run(self, run: str) -> bool:
+        active = self.active.get(run)
+        if active is None:
+            return False
+        active.abort_requested.set()
+        active.task.cancel()
+        return True
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _on_command(self, message: aiomqtt.Message) -> None:
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        reply = await self._handlers.handle(bytes(payload))
+        if not response_topic:
+            log.warning("command without a response topic", verb=reply.verb, ok=reply.ok)
+            return
+        await self.link.reply(response_topic, reply.to_json(), correlation_data=correlation)

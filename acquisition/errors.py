@@ -1,0 +1,39 @@
+"""Acquisition-layer errors; the whole tree is drawn in :mod:`drivers.errors`."""
+
+from __future__ import annotations
+
+from drivers.errors import AssayError
+
+__all__ = ["BrokerError", "CommandError", "ConfigError", "JournalError"]
+
+
+class ConfigError(AssayError):
+    """A configuration file or environment override is invalid.
+
+    ``str(err)`` is the one line the user sees: ``<file>: <field>: <what was expected>``.
+    """
+
+    def __init__(self, source: str, field: str, expected: str) -> None:
+        super().__init__(f"{source}: {field}: {expected}")
+        self.source = source
+        self.field = field
+        self.expected = expected
+
+
+class CommandError(AssayError):
+    """An MQTT command was malformed or refused. ``code`` is what the reply names."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class JournalError(AssayError):
+    """The local journal could not be read or written."""
+
+
+class BrokerError(AssayError):
+    """The MQTT broker refused the connection or dropped it."""
+
+    retryable = True

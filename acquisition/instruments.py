@@ -1,0 +1,211 @@
+"""The daemon's instruments: connection supervision, retained state, and leases.
+
+Each configured instrument gets one supervisor task that connects with jittered backoff,
+reads its identity, polls its status, and publishes its retained state on
+``{prefix}/{node}/instruments/{id}`` whenever that state changes (through the outbox, so
+ordering with run documents holds). A run takes a *lease* on an instrument so that two runs
+never drive one instrument; runs on different instruments proceed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from acquisition.config import CounterConfig, InstrumentConfig, LabConfig
+from acquisition.errors import CommandError
+from acquisition.journal import Journal, OutboxMessage
+from acquisition.payloads import InstrumentState
+from acquisition.run_recorder import utcnow
+from drivers.backoff import Backoff
+from drivers.clock import Clock
+from drivers.counter import CounterDriver
+from drivers.errors import InstrumentError
+
+__all__ = ["InstrumentHandle", "InstrumentManager"]
+
+log = structlog.get_logger("acquisition.instruments")
+
+
+@dataclass
+class InstrumentHandle:
+    """One instrument as the daemon sees it."""
+
+    config: InstrumentConfig
+    driver: CounterDriver
+    state: str = "connecting"
+    connected: bool = False
+    fault: str | None = None
+    identity: dict[str, str | int] | None = None
+    readings: dict[str, float | int | str | bool | None] = field(default_factory=dict)
+    lease: str | None = None
+    last_published: bytes | None = None
+
+    def snapshot(self, node: str) -> InstrumentState:
+        state = "busy" if self.lease is not None and self.connected else self.state
+        return InstrumentState(
+            node=node,
+            id=self.config.id,
+            kind=self.config.kind,
+            address=self.config.address,
+            connected=self.connected,
+            state=state,
+            fault=self.fault,
+            identity=self.identity,
+            readings=self.readings,
+            run=self.lease,
+            ts=utcnow(),
+        )
+
+
+def _make_driver(cfg: InstrumentConfig, clock: Clock) -> CounterDriver:
+    if isinstance(cfg, CounterConfig):
+        return CounterDriver(
+            cfg.address,
+            instrument_id=cfg.id,
+            timeout_s=cfg.timeout_s,
+            clock=clock,
+            poll_interval_s=cfg.poll_interval_s,
+        )
+    raise TypeError(f"no driver for instrument kind {cfg.kind!r}")  # pragma: no cover
+
+
+class InstrumentManager:
+    """Owns every driver; publishes instrument state; grants leases."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        journal: Journal,
+        notify: Callable[[], None],
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._journal = journal
+        self._notify = notify
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.handles: dict[str, InstrumentHandle] = {
+            cfg.id: InstrumentHandle(cfg, _make_driver(cfg, clock)) for cfg in config.instruments
+        }
+
+    async def run(self) -> None:
+        """Supervise every instrument until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for handle in self.handles.values():
+                tg.create_task(self._supervise(handle), name=f"instrument:{handle.config.id}")
+
+    async def close(self) -> None:
+        for handle in self.handles.values():
+            with contextlib.suppress(InstrumentError, OSError):
+                await handle.driver.close()
+            handle.connected = False
+            handle.state = "disconnected"
+            await self.publish(handle, force=True)
+
+    def states(self) -> list[InstrumentState]:
+        return [h.snapshot(self._config.node) for h in self.handles.values()]
+
+    async def publish(self, handle: InstrumentHandle, *, force: bool = False) -> None:
+        """Queue the retained state if it changed (the timestamp does not count)."""
+        snap = handle.snapshot(self._config.node)
+        key = snap.model_dump_json(exclude={"ts"}).encode()
+        if not force and key == handle.last_published:
+            return
+        handle.last_published = key
+        topic = self._config.topic("instruments", handle.config.id)
+        payload = snap.model_dump_json(by_alias=True).encode()
+        await self._journal.enqueue([OutboxMessage(topic, payload, qos=1, retain=True)])
+        self._notify()
+
+    async def republish_all(self) -> None:
+        for handle in self.handles.values():
+            await self.publish(handle, force=True)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, instrument_id: str, run: str) -> AsyncIterator[InstrumentHandle]:
+        """Hold an instrument for one run; CommandError if absent, held or offline."""
+        handle = self.handles.get(instrument_id)
+        if handle is None:
+            raise CommandError("not_found", f"no instrument '{instrument_id}' in the config")
+        if handle.lease is not None:
+            raise CommandError(
+                "conflict", f"instrument '{instrument_id}' is held by run {handle.lease}"
+            )
+        if not handle.connected:
+            raise CommandError(
+                "unavailable", f"instrument '{instrument_id}' is not connected ({handle.state})"
+            )
+        handle.lease = run
+        await self.publish(handle)
+        try:
+            yield handle
+        finally:
+            handle.lease = None
+            await self.publish(handle)
+
+    async def _supervise(self, handle: InstrumentHandle) -> None:
+        cfg = handle.config
+        backoff = Backoff(base_s=0.5, factor=2.0, cap_s=30.0, random=self._rng.random)
+        attempt = 0
+        with structlog.contextvars.bound_contextvars(instrument=cfg.id):
+            while True:
+                try:
+                    if not handle.driver.connected and handle.lease is not None:
+                        # The run holding the instrument reconnects it itself; only report.
+                        handle.connected = False
+                        handle.state = "disconnected"
+                        await self.publish(handle)
+                        await self._clock.sleep(cfg.status_interval_s)
+                        continue
+                    if not handle.driver.connected:
+                        await handle.driver.open()
+                        ident = await handle.driver.identify()
+                        handle.identity = {
+                            k: v for k, v in vars(ident).items() if isinstance(v, str | int)
+                        }
+                        log.info("instrument connected", address=cfg.address)
+                        attempt = 0
+                    await self._poll(handle)
+                    await self._clock.sleep(cfg.status_interval_s)
+                except InstrumentError as exc:
+                    if handle.connected or handle.state == "connecting":
+                        log.warning("instrument unreachable", error=str(exc))
+                    handle.connected = False
+                    handle.state = "disconnected"
+                    handle.fault = None
+                    handle.readings = {}
+                    await self.publish(handle)
+                    if handle.lease is None:
+                        with contextlib.suppress(InstrumentError, OSError):
+                            await handle.driver.close()
+                    await self._clock.sleep(backoff.delay(attempt))
+                    attempt += 1
+
+    async def _poll(self, handle: InstrumentHandle) -> None:
+        status = await handle.driver.status()
+        handle.connected = True
+        handle.fault = status.fault
+        if status.fault or status.state == "fault":
+            handle.state = "fault"
+        elif status.state == "counting":
+            handle.state = "busy"
+        else:
+            handle.state = "idle"
+        readings: dict[str, Any] = {
+            "count_state": status.state,
+            "wells_done": status.done,
+            "wells_total": status.total,
+            "door_open": status.door_open,
+            "plate_id": status.plate_id,
+        }
+        handle.readings = readings
+        await self.publish(handle)

@@ -1,0 +1,178 @@
+"""Every JSON payload on MQTT, as pydantic models.
+
+Each payload carries ``schema`` (``assay.<name>/<version>``); the JSON Schemas in
+docs/schemas are generated from these models by ``python -m acquisition.schemas``.
+Run documents (``assay.event/1``) carry the run id, a per-run ``seq`` starting at 1 with no
+gaps, and a unique ``id``: a consumer detects loss by a gap in ``seq`` and drops duplicates
+by ``id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "DaemonStatus",
+    "DataDocument",
+    "InstrumentState",
+    "InterruptionDocument",
+    "Progress",
+    "RunDocument",
+    "RunState",
+    "StartDocument",
+    "StepDocument",
+    "StopDocument",
+    "WellReading",
+    "run_document_adapter",
+]
+
+RunStateName = Literal[
+    "queued",
+    "running",
+    "paused",
+    "awaiting-operator",
+    "awaiting-recovery",
+    "completed",
+    "aborted",
+    "failed",
+    "interrupted",
+]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "aborted", "failed", "interrupted"})
+ExitStatus = Literal["success", "abort", "fail", "interrupted"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonStatus(_Payload):
+    """Retained on ``{prefix}/{node}/status``; the Last Will sets ``offline``."""
+
+    schema_: Literal["assay.status/1"] = Field("assay.status/1", alias="schema")
+    node: str
+    state: Literal["online", "offline"]
+    version: str
+    pid: int | None = None
+    started_at: datetime | None = None
+    ts: datetime
+    reason: str | None = Field(None, description="why offline (shutdown, lost connection)")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class InstrumentState(_Payload):
+    """Retained on ``{prefix}/{node}/instruments/{id}``."""
+
+    schema_: Literal["assay.instrument/1"] = Field("assay.instrument/1", alias="schema")
+    node: str
+    id: str
+    kind: str
+    address: str
+    connected: bool
+    state: Literal["connecting", "idle", "busy", "fault", "disconnected"]
+    fault: str | None = None
+    identity: dict[str, str | int] | None = None
+    readings: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    run: str | None = Field(None, description="the run holding this instrument, if any")
+    ts: datetime
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Progress(_Payload):
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+    unit: str = "wells"
+    eta_s: float | None = Field(None, ge=0, description="seconds until the step ends")
+
+
+class RunState(_Payload):
+    """Retained on ``{prefix}/{node}/runs/{run}/state``."""
+
+    schema_: Literal["assay.run_state/1"] = Field("assay.run_state/1", alias="schema")
+    node: str
+    run: str
+    protocol: str
+    state: RunStateName
+    step: str | None = None
+    progress: Progress | None = None
+    last_seq: int = Field(0, ge=0, description="seq of the newest run document")
+    latest: dict[str, Any] | None = Field(None, description="newest reading, e.g. a well")
+    message: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class WellReading(_Payload):
+    """One counted well, as the counter reported it."""
+
+    index: int = Field(ge=0, description="completion order within the count")
+    well: str
+    plate_id: str | None = None
+    detector: int = Field(ge=1)
+    counts: int = Field(ge=0)
+    count_time_s: float = Field(ge=0)
+    cpm: float
+    ccpm: float
+    sigma2_pct: float | None = Field(None, description="counting error, %2-sigma = 200/sqrt(N)")
+    sqp: float | None = Field(None, description="quench parameter")
+    flags: list[str] = Field(default_factory=list)
+    counted_at: datetime
+
+
+class _DocumentBase(_Payload):
+    schema_: Literal["assay.event/1"] = Field("assay.event/1", alias="schema")
+    id: str = Field(description="unique id; a duplicate delivery carries the same id")
+    run: str
+    node: str
+    seq: int = Field(ge=1, description="per-run sequence, 1, 2, 3 ... with no gaps")
+    ts: datetime
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StartDocument(_DocumentBase):
+    kind: Literal["start"] = "start"
+    protocol: dict[str, Any]
+    plate: dict[str, Any]
+    instruments: dict[str, Any]
+    config: dict[str, Any]
+    simulated: bool
+
+
+class StepDocument(_DocumentBase):
+    kind: Literal["step"] = "step"
+    step: str
+    phase: Literal["started", "finished", "resumed"]
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataDocument(_DocumentBase):
+    kind: Literal["data"] = "data"
+    stream: Literal["well"] = "well"
+    reading: WellReading
+
+
+class InterruptionDocument(_DocumentBase):
+    kind: Literal["interruption"] = "interruption"
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class StopDocument(_DocumentBase):
+    kind: Literal["stop"] = "stop"
+    exit_status: ExitStatus
+    reason: str
+    counts: dict[str, int] = Field(default_factory=dict, description="documents per stream")
+
+
+RunDocument = Annotated[
+    StartDocument | StepDocument | DataDocument | InterruptionDocument | StopDocument,
+    Field(discriminator="kind"),
+]
+run_document_adapter: TypeAdapter[RunDocument] = TypeAdapter(RunDocument)

@@ -1,0 +1,215 @@
+"""Start the product's processes the way a lab would, for the demo, e2e tests and benches.
+
+Everything runs as real processes on loopback: ``assay-sim bench`` (the simulated
+instruments on their real interfaces), ``assayd`` (the daemon) and, via
+:mod:`devtools.mosquitto`, a real broker. Nothing here imports the simulators or reaches into
+the daemon: they meet only over their wires, as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["DaemonProcess", "LabFiles", "SimBenchProcess", "free_port", "write_lab_config"]
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LabFiles:
+    """A lab config written for one stack, and the ports it names."""
+
+    config_path: Path
+    workdir: Path
+    broker_port: int
+    counter_port: int
+    control_port: int
+    journal_path: Path
+    node: str = "lab1"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def write_lab_config(
+    workdir: Path,
+    *,
+    broker_port: int,
+    node: str = "lab1",
+    time_scale: float = 60.0,
+    counter_port: int | None = None,
+    control_port: int | None = None,
+    detectors: int = 12,
+    overhead_s: float = 2.0,
+    seed: int = 1,
+    mqtt_extra: str = "",
+) -> LabFiles:
+    """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    counter_port = counter_port or free_port()
+    control_port = control_port or free_port()
+    journal = workdir / "journal.sqlite3"
+    text = f"""\
+node = "{node}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+topic_prefix = "assay"
+{mqtt_extra}
+
+[journal]
+path = "{journal}"
+
+[logging]
+level = "info"
+format = "json"
+
+[[instruments]]
+id = "counter"
+kind = "counter"
+address = "TCPIP::127.0.0.1::{counter_port}::SOCKET"
+poll_interval_s = 0.05
+status_interval_s = 0.5
+
+[simulation]
+enabled = true
+time_scale = {time_scale}
+control_port = {control_port}
+
+[simulation.counter]
+detectors = {detectors}
+overhead_s = {overhead_s}
+background_cpm = 25.0
+seed = {seed}
+"""
+    path = workdir / "lab.toml"
+    path.write_text(text, encoding="utf-8")
+    return LabFiles(path, workdir, broker_port, counter_port, control_port, journal, node)
+
+
+class _Process:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    name = "process"
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self) -> None:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for_log(self, needle: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.output():
+                return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.name} did not log {needle!r} in {timeout_s} s:\n{self.tail()}")
+
+    def output(self) -> str:
+        """What this process (since its latest start) has written."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode(errors="replace")
+
+    def tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return "(no output)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> _Process:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SimBenchProcess(_Process):
+    """``assay-sim bench --config PATH``; ready once it prints ``ready``."""
+
+    name = "assay-sim"
+
+    def __init__(self, lab: LabFiles) -> None:
+        super().__init__(
+            [str(VENV_BIN / "assay-sim"), "bench", "--config", str(lab.config_path)],
+            lab.workdir / "assay-sim.log",
+            lab.env,
+        )
+
+    def start(self) -> None:
+        super().start()
+        self.wait_for_log("ready")
+
+
+class DaemonProcess(_Process):
+    """``assayd --config PATH``; ready once it logs ``broker connected``."""
+
+    name = "assayd"
+
+    def __init__(self, lab: LabFiles) -> None:
+        super().__init__(
+            [str(VENV_BIN / "assayd"), "--config", str(lab.config_path)],
+            lab.workdir / "assayd.log",
+            lab.env,
+        )
+
+    def start(self) -> None:
+        super().start()
+        self.wait_for_log("broker connected")

@@ -1,0 +1,134 @@
+"""The lab config: validation errors are one line naming file, field and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acquisition.config import load_config
+from acquisition.errors import ConfigError
+
+GOOD = Path(__file__).resolve().parent.parent / "config" / "lab.toml"
+BIN = Path(sys.executable).parent
+
+# (what is wrong, file text, field named in the error, words expected in the error)
+BAD_CONFIGS = [
+    ("TOML syntax", 'node = "lab1\n', "(syntax)", "valid TOML"),
+    ("port out of range", "[mqtt]\nport = 70000\n", "mqtt.port", "less than or equal to 65535"),
+    ("port not a number", '[mqtt]\nport = "eighteen"\n', "mqtt.port", "valid integer"),
+    ("misspelt setting", '[mqtt]\nhots = "x"\n', "mqtt.hots", "no such setting"),
+    ("unknown section", "[mqqt]\nport = 1\n", "mqqt", "no such setting"),
+    ("node with a slash", 'node = "lab/1"\n', "node", "letters, digits"),
+    (
+        "instrument of unknown kind",
+        '[[instruments]]\nid = "x"\nkind = "toaster"\naddress = "a"\n',
+        "instruments[0].kind",
+        "one of 'counter' (got 'toaster')",
+    ),
+    (
+        "counter address not a VISA socket",
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "COM3"\n',
+        "instruments[0].address",
+        "TCPIP::127.0.0.1::5025::SOCKET",
+    ),
+    (
+        "instrument id missing",
+        '[[instruments]]\nkind = "counter"\naddress = "TCPIP::h::1::SOCKET"\n',
+        "instruments[0].id",
+        "required",
+    ),
+    (
+        "duplicate instrument ids",
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "TCPIP::h::1::SOCKET"\n'
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "TCPIP::h::2::SOCKET"\n',
+        "instruments",
+        "unique instrument ids",
+    ),
+    (
+        "negative time scale",
+        "[simulation]\ntime_scale = -1\n",
+        "simulation.time_scale",
+        "greater than 0",
+    ),
+    (
+        "wildcard in topic prefix",
+        '[mqtt]\ntopic_prefix = "assay/#"\n',
+        "mqtt.topic_prefix",
+        "wildcards",
+    ),
+    (
+        "bad journal mode",
+        '[journal]\nsynchronous = "sometimes"\n',
+        "journal.synchronous",
+        "'normal'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "text", "field", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_bad_config_names_file_field_and_expectation(
+    tmp_path: Path, what: str, text: str, field: str, expected: str
+) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}: "), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("command", ["assayd", "assay"])
+def test_commands_exit_2_with_one_line_on_a_bad_config(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text("[mqtt]\nport = 0\n")
+    args = [str(BIN / command), "--config", str(path)]
+    if command == "assay":
+        args.append("status")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"{path}: mqtt.port: " in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_environment_overrides_deep_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASSAY_MQTT__PORT", "1884")
+    monkeypatch.setenv("ASSAY_NODE", "bench7")
+    cfg = load_config(GOOD)
+    assert cfg.mqtt.port == 1884
+    assert cfg.node == "bench7"
+    assert cfg.mqtt.host == "127.0.0.1"  # the rest of [mqtt] still comes from the file
+    assert cfg.topic("status") == "assay/bench7/status"
+
+
+def test_bad_environment_override_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASSAY_MQTT__PORT", "x")
+    with pytest.raises(ConfigError, match=r"mqtt\.port: .*valid integer"):
+        load_config(GOOD)
+
+
+def test_password_is_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text('[mqtt]\nusername = "u"\npassword = "hunter2"\n')
+    cfg = load_config(path)
+    assert cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(cfg)
+    assert "hunter2" not in str(cfg.redacted())
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(GOOD)
+    assert [i.id for i in cfg.instruments] == ["counter"]

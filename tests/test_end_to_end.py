@@ -1,0 +1,167 @@
+"""Daemon + simulated counter + real Mosquitto + consumers, as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from acquisition.cli.client import DaemonClient
+from acquisition.commands import MAX_COMMAND_BYTES
+from acquisition.config import load_config
+from devtools.mosquitto import MosquittoBroker
+from tests.e2e import collect_run, lab_stack, wait_connected
+
+pytestmark = pytest.mark.slow
+ALL_WELLS = {f"{r}{c}" for r in "ABCDEFGH" for c in range(1, 13)}
+
+
+def _check_complete_run(docs: list[dict[str, Any]]) -> None:
+    seqs = [d["seq"] for d in docs]
+    assert seqs == list(range(1, len(docs) + 1)), "documents out of order or with gaps"
+    assert len({d["id"] for d in docs}) == len(docs)
+    kinds = [d["kind"] for d in docs]
+    assert kinds[0] == "start" and kinds[-1] == "stop"
+    wells = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
+    assert len(wells) == 96 and set(wells) == ALL_WELLS, "every well exactly once"
+    assert docs[-1]["exit_status"] == "success"
+
+
+async def test_all_96_wells_reach_a_persistent_subscriber_in_seq_order(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with lab_stack(tmp_path, broker.port, time_scale=2000.0) as stack:
+        config = stack.config
+        subscribed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        consumer = asyncio.create_task(collect_run(config, subscribed))
+        await subscribed
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            started = await client.request("run.start", {"count_time_s": 10})
+            got = await consumer
+            results = await client.request("results", {"run": started["run"]})
+        _check_complete_run(got.documents)
+        assert got.documents[0]["run"] == started["run"]
+        assert got.documents[0]["simulated"] is True
+        assert [w["well"] for w in results["wells"]] == [
+            d["reading"]["well"] for d in got.documents if d["kind"] == "data"
+        ]
+        assert results["stop"]["exit_status"] == "success"
+
+
+async def test_broker_killed_and_restarted_mid_count_loses_nothing(tmp_path: Path) -> None:
+    with (
+        MosquittoBroker(persistence=False) as broker,
+        lab_stack(tmp_path, broker.port, time_scale=150.0) as stack,
+    ):
+        config = stack.config
+        killed = asyncio.Event()
+
+        async def kill_once(doc: dict[str, Any]) -> None:
+            if doc["kind"] == "data" and doc["reading"]["index"] == 20 and not killed.is_set():
+                killed.set()
+                await asyncio.to_thread(broker.restart, hard=True)  # SIGKILL, same port
+
+        subscribed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        consumer = asyncio.create_task(
+            collect_run(config, subscribed, on_document=kill_once, timeout_s=90)
+        )
+        await subscribed
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            await client.request("run.start", {"count_time_s": 30})
+        got = await consumer
+        assert killed.is_set()
+        _check_complete_run(got.documents)
+        by_id: dict[str, dict[str, Any]] = {}
+        for doc in got.received:  # duplicates are allowed only as the same document
+            assert by_id.setdefault(doc["id"], doc) == doc
+            assert by_id[doc["id"]]["seq"] == doc["seq"]
+
+
+async def test_malformed_commands_get_error_replies_and_the_daemon_stays_healthy(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with lab_stack(tmp_path, broker.port, time_scale=2000.0) as stack:
+        config = stack.config
+        cases: list[tuple[bytes, str]] = [
+            (b"not json at all", "bad_json"),
+            (b"[1, 2, 3]", "bad_json"),
+            (json.dumps({"verb": "launch.rocket"}).encode(), "unknown_verb"),
+            (
+                json.dumps({"verb": "run.start", "args": {"count_time_s": "long"}}).encode(),
+                "bad_request",
+            ),
+            (json.dumps({"verb": "runs", "args": {"limit": -4}}).encode(), "bad_request"),
+            (json.dumps({"verb": "status", "extra": 1}).encode(), "bad_request"),
+            (json.dumps({"verb": "results", "args": {"run": "no-such-run"}}).encode(), "not_found"),
+            (b"{" + b" " * (1024 * 1024) + b"}", "too_large"),
+            (b"\xff\xfe\x00garbage", "bad_json"),
+        ]
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            for payload, code in cases:
+                reply = await _raw_request(client, payload)
+                assert reply["ok"] is False, payload[:40]
+                assert reply["error"]["code"] == code, (payload[:40], reply)
+            status = await client.request("status")
+            assert status["node"] == config.node
+        assert stack.daemon.alive()
+        assert MAX_COMMAND_BYTES < 1024 * 1024
+
+
+async def _raw_request(client: DaemonClient, payload: bytes) -> dict[str, Any]:
+    reply_topic = client.config.topic("replies", "raw-test")
+    async with client.subscription(reply_topic) as queue:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = b"raw-1"
+        await client.client.publish(client.config.topic("cmd"), payload, qos=1, properties=props)
+        msg = await asyncio.wait_for(queue.get(), 10)
+    assert getattr(msg.properties, "CorrelationData", None) == b"raw-1"
+    assert isinstance(msg.payload, bytes)
+    data: dict[str, Any] = json.loads(msg.payload)
+    return data
+
+
+async def test_sigterm_mid_run_is_graceful(broker: MosquittoBroker, tmp_path: Path) -> None:
+    with lab_stack(tmp_path, broker.port, time_scale=100.0) as stack:
+        config = stack.config
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            started = await client.request("run.start", {"count_time_s": 60})
+            run = started["run"]
+            async with asyncio.timeout(20):
+                while (await client.request("run.get", {"run": run}))["last_seq"] < 6:
+                    await asyncio.sleep(0.05)
+        code = await asyncio.to_thread(stack.daemon.stop, signal.SIGTERM)
+        assert code == 0
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as sub:
+            await sub.subscribe(config.topic("status"), qos=1)
+            await sub.subscribe(config.topic("runs", run, "state"), qos=1)
+            retained: dict[str, dict[str, Any]] = {}
+            async with asyncio.timeout(5):
+                async for msg in sub.messages:
+                    assert isinstance(msg.payload, bytes)
+                    retained[str(msg.topic)] = json.loads(msg.payload)
+                    if len(retained) == 2:
+                        break
+        assert retained[config.topic("status")]["state"] == "offline"
+        assert retained[config.topic("status")]["reason"] == "shutdown"
+        assert retained[config.topic("runs", run, "state")]["state"] == "interrupted"
+        # Restarted, the daemon still has every document of the interrupted run.
+        stack.daemon.start()
+        async with DaemonClient(load_config(stack.lab.config_path)) as client:
+            res = await client.request("results", {"run": run})
+        assert res["state"] == "interrupted"
+        assert res["stop"]["exit_status"] == "interrupted"
+        assert len(res["wells"]) >= 5
