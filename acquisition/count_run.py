@@ -21,7 +21,7 @@ from acquisition.payloads import Progress, WellReading
 from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock
 from drivers.counter import WellCount
-from drivers.errors import InstrumentError, InstrumentFaultError
+from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentReplyError
 
 __all__ = ["CountOutcome", "run_count_plate"]
 
@@ -121,6 +121,8 @@ async def run_count_plate(
             await recorder.data(_reading(count, status.plate_id), progress)
     except InstrumentFaultError as exc:
         return await _failed(recorder, "instrument fault", exc, done, len(wells))
+    except InstrumentReplyError as exc:
+        return await _failed(recorder, "instrument refused", exc, done, len(wells))
     except InstrumentError as exc:
         return await _failed(recorder, "instrument lost", exc, done, len(wells))
     except asyncio.CancelledError:
@@ -137,11 +139,15 @@ async def run_count_plate(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        await recorder.stop("abort", f"aborted by operator after {done} wells", "aborted")
+        await recorder.stop("abort", f"aborted by operator after {_wells(done)}", "aborted")
         return CountOutcome("abort", done)
     await recorder.step_phase(STEP, "finished", {"wells": done})
-    await recorder.stop("success", f"counted {done} wells", "completed")
+    await recorder.stop("success", f"counted {_wells(done)}", "completed")
     return CountOutcome("success", done)
+
+
+def _wells(n: int) -> str:
+    return f"{n} well" if n == 1 else f"{n} wells"
 
 
 async def _failed(

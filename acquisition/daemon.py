@@ -102,6 +102,7 @@ class Daemon:
                 on_command=self._on_command,
                 status_online=lambda: self._status("online"),
                 status_offline=lambda reason: self._status("offline", reason),
+                on_connected=self._republish_retained,
                 clock=self.clock,
             )
             self._instruments = InstrumentManager(cfg, self._journal, self._link.notify, self.clock)
@@ -124,6 +125,12 @@ class Daemon:
             self._tg = None
             await self._journal.close()
             log.info("daemon stopped")
+
+    async def _republish_retained(self) -> None:
+        """On every (re)connect: a broker restarted without persistence lost retained states."""
+        await self.instruments.republish_all()
+        for active in list(self.active.values()):
+            await active.recorder.republish_state()
 
     async def _recover_interrupted_runs(self) -> None:
         """Runs left open by a crash are marked interrupted; their data is kept."""

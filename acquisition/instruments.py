@@ -144,6 +144,11 @@ class InstrumentManager:
             raise CommandError(
                 "unavailable", f"instrument '{instrument_id}' is not connected ({handle.state})"
             )
+        if handle.state == "fault":
+            raise CommandError(
+                "unavailable",
+                f"instrument '{instrument_id}' reports a fault: {handle.fault or 'unknown'}",
+            )
         handle.lease = run
         await self.publish(handle)
         try:
@@ -193,8 +198,15 @@ class InstrumentManager:
     async def _poll(self, handle: InstrumentHandle) -> None:
         status = await handle.driver.status()
         handle.connected = True
-        handle.fault = status.fault
-        if status.fault or status.state == "fault":
+        # A standing fault needs an operator; the reason an earlier count was aborted
+        # (reported until the next count starts) is history, not a fault.
+        if status.door_open:
+            handle.fault = "door open"
+        elif status.state == "fault":
+            handle.fault = status.fault or "fault"
+        else:
+            handle.fault = None
+        if handle.fault is not None:
             handle.state = "fault"
         elif status.state == "counting":
             handle.state = "busy"
@@ -206,6 +218,7 @@ class InstrumentManager:
             "wells_total": status.total,
             "door_open": status.door_open,
             "plate_id": status.plate_id,
+            "last_abort": status.fault if status.state == "aborted" else None,
         }
         handle.readings = readings
         await self.publish(handle)

@@ -120,6 +120,11 @@ class RunRecorder:
         )
         self._notify()
 
+    async def republish_state(self) -> None:
+        """Queue the current retained state again (a restarted broker may have lost it)."""
+        await self._journal.enqueue([self._state_message(self.state_payload())])
+        self._notify()
+
     # -- documents -------------------------------------------------------------------
 
     def _base(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="assay-demo-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         _say("starting Mosquitto, the simulated bench and the daemon")
-        broker = stack.enter_context(MosquittoBroker())
+        broker = stack.enter_context(MosquittoBroker(port=int(pinned) if pinned else None))
         lab = write_lab_config(workdir, broker_port=broker.port, time_scale=TIME_SCALE)
         watch = f"mosquitto_sub -p {broker.port} -v -t 'assay/#'"
         print(f"broker   127.0.0.1:{broker.port}   (watch it: {watch})")

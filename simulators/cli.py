@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = [_CounterSpec("counter", args.host, args.port, args.detectors, args.seed,
                               args.overhead_s, args.background_cpm)]
         return _run(specs, args.time_scale, args.host, args.control_port)
-    from simulators.config import ConfigProblem, load_bench_config, parse_socket_address  # noqa: PLC0415 (lazy: fast --help)
+    from simulators.config import ConfigProblem, load_bench_config, parse_socket_address
 
     config = load_bench_config(args.config)
     if isinstance(config, ConfigProblem):
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(specs: list[_CounterSpec], time_scale: float, control_host: str,
          control_port: int) -> int:
-    import structlog  # noqa: PLC0415 (lazy: fast --help)
+    import structlog
 
     # The CLI owns stdout (the listening lines and "ready"); logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -97,10 +97,10 @@ def _run(specs: list[_CounterSpec], time_scale: float, control_host: str,
 
 async def _serve(specs: list[_CounterSpec], time_scale: float, control_host: str,
                  control_port: int) -> int:
-    from drivers.clock import ScaledClock  # noqa: PLC0415 (lazy: fast --help)
-    from simulators.control import ControlServer  # noqa: PLC0415 (lazy: fast --help)
-    from simulators.counter import CounterSimulator  # noqa: PLC0415 (lazy: fast --help)
-    from simulators.counting import PhysicsConfig  # noqa: PLC0415 (lazy: fast --help)
+    from drivers.clock import ScaledClock
+    from simulators.control import ControlServer
+    from simulators.counter import CounterSimulator
+    from simulators.counting import PhysicsConfig
 
     clock = ScaledClock(time_scale)  # one time base for every simulated instrument
     sims: dict[str, CounterSimulator] = {}

@@ -84,6 +84,26 @@ async def test_broker_killed_and_restarted_mid_count_loses_nothing(tmp_path: Pat
         for doc in got.received:  # duplicates are allowed only as the same document
             assert by_id.setdefault(doc["id"], doc) == doc
             assert by_id[doc["id"]]["seq"] == doc["seq"]
+        # The restarted broker had no persistence: the daemon re-announced its retained state.
+        retained = await _retained(
+            broker.port, [config.topic("status"), config.topic("instruments", "counter")]
+        )
+        assert retained[config.topic("status")]["state"] == "online"
+        assert retained[config.topic("instruments", "counter")]["connected"] is True
+
+
+async def _retained(port: int, topics: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        for topic in topics:
+            await sub.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for msg in sub.messages:
+                assert isinstance(msg.payload, bytes)
+                out[str(msg.topic)] = json.loads(msg.payload)
+                if len(out) == len(topics):
+                    break
+    return out
 
 
 async def test_malformed_commands_get_error_replies_and_the_daemon_stays_healthy(
@@ -143,18 +163,9 @@ async def test_sigterm_mid_run_is_graceful(broker: MosquittoBroker, tmp_path: Pa
                     await asyncio.sleep(0.05)
         code = await asyncio.to_thread(stack.daemon.stop, signal.SIGTERM)
         assert code == 0
-        async with aiomqtt.Client(
-            "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-        ) as sub:
-            await sub.subscribe(config.topic("status"), qos=1)
-            await sub.subscribe(config.topic("runs", run, "state"), qos=1)
-            retained: dict[str, dict[str, Any]] = {}
-            async with asyncio.timeout(5):
-                async for msg in sub.messages:
-                    assert isinstance(msg.payload, bytes)
-                    retained[str(msg.topic)] = json.loads(msg.payload)
-                    if len(retained) == 2:
-                        break
+        retained = await _retained(
+            broker.port, [config.topic("status"), config.topic("runs", run, "state")]
+        )
         assert retained[config.topic("status")]["state"] == "offline"
         assert retained[config.topic("status")]["reason"] == "shutdown"
         assert retained[config.topic("runs", run, "state")]["state"] == "interrupted"

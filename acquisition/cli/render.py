@@ -81,12 +81,14 @@ def print_instruments(console: Console, instruments: list[dict[str, Any]]) -> No
 
 def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:
     table = Table(title="runs (newest first)")
-    for col in ("run", "protocol", "state", "created", "documents"):
-        table.add_column(col)
+    table.add_column("run", no_wrap=True)
+    table.add_column("protocol")
+    table.add_column("state")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("docs", justify="right")
     for run in runs:
-        table.add_row(
-            run["run"], run["protocol"], run["state"], run["created_at"][:19], str(run["last_seq"])
-        )
+        created = run["created_at"][:16].replace("T", " ")
+        table.add_row(run["run"], run["protocol"], run["state"], created, str(run["last_seq"]))
     console.print(table)
 
 
