@@ -31,7 +31,7 @@ from acquisition.run_recorder import utcnow
 if TYPE_CHECKING:
     from acquisition.daemon import Daemon
 
-__all__ = ["CommandHandlers"]
+__all__ = ["CommandHandlers", "ReplyCache"]
 
 log = structlog.get_logger("acquisition.commands")
 REPLAY_LIMIT = 100_000
@@ -46,6 +46,32 @@ def _run_summary(record: RunRecord) -> dict[str, Any]:
         "updated_at": record.updated_at.isoformat(),
         "last_seq": record.last_seq,
     }
+
+
+class ReplyCache:
+    """Recent replies by (response topic, correlation data).
+
+    MQTT QoS1 may deliver a command twice; the broker acks it before we see it. A command
+    whose (ResponseTopic, CorrelationData) was answered in the last ``ttl_s`` seconds is not
+    executed again: its first reply is sent again. So a redelivered ``run.start`` never starts
+    a second run.
+    """
+
+    def __init__(self, *, size: int = 512, ttl_s: float = 600.0) -> None:
+        self._size = size
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[str, bytes], tuple[float, CommandReply]] = {}
+
+    def get(self, key: tuple[str, bytes], now: float) -> CommandReply | None:
+        hit = self._entries.get(key)
+        if hit is None or now - hit[0] > self._ttl_s:
+            return None
+        return hit[1]
+
+    def put(self, key: tuple[str, bytes], reply: CommandReply, now: float) -> None:
+        self._entries[key] = (now, reply)
+        while len(self._entries) > self._size:
+            del self._entries[next(iter(self._entries))]
 
 
 class CommandHandlers:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from acquisition.errors import CommandError
 
@@ -31,7 +31,6 @@ __all__ = [
     "CommandReply",
     "CommandRequest",
     "ReplayArgs",
-    "ResultsArgs",
     "RunRef",
     "RunStartArgs",
     "RunsArgs",
@@ -63,6 +62,14 @@ class RunStartArgs(_Args):
     )
     label: str | None = Field(None, max_length=200)
 
+    @field_validator("wells")
+    @classmethod
+    def _wells_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            dup = sorted({w for w in v if v.count(w) > 1})
+            raise ValueError(f"each well once (repeated: {', '.join(dup)})")
+        return v
+
 
 class RunRef(_Args):
     run: str = Field(min_length=1, max_length=100)
@@ -70,10 +77,6 @@ class RunRef(_Args):
 
 class RunsArgs(_Args):
     limit: int = Field(20, ge=1, le=500)
-
-
-class ResultsArgs(RunRef):
-    pass
 
 
 class ReplayArgs(RunRef):
@@ -88,7 +91,7 @@ VERB_ARGS: dict[str, type[_Args]] = {
     "run.get": RunRef,
     "run.start": RunStartArgs,
     "run.abort": RunRef,
-    "results": ResultsArgs,
+    "results": RunRef,
     "replay": ReplayArgs,
 }
 VERBS = tuple(VERB_ARGS)
@@ -134,6 +137,8 @@ def parse_command(payload: bytes) -> tuple[str, _Args]:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError("bad_json", f"payload is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise CommandError("bad_json", "payload nests too deeply") from exc
     if not isinstance(raw, dict):
         raise CommandError("bad_json", "payload must be a JSON object")
     try:

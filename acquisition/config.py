@@ -52,7 +52,9 @@ class MqttConfig(_Strict):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
-    tls_ca: Path | None = Field(None, description="CA certificate (PEM); enables TLS")
+    tls_ca: Path | None = Field(
+        None, description="CA certificate (PEM); TLS is on when this or tls_cert is set"
+    )
     tls_cert: Path | None = Field(None, description="client certificate (PEM), optional")
     tls_key: Path | None = Field(None, description="client private key (PEM), optional")
     tls_insecure: bool = Field(False, description="skip host-name verification (tests only)")
@@ -163,9 +165,6 @@ class LabConfig(BaseSettings):
         """``assay/{node}/...``"""
         return "/".join((self.mqtt.topic_prefix, self.node, *parts))
 
-    def instrument(self, instrument_id: str) -> InstrumentConfig | None:
-        return next((i for i in self.instruments if i.id == instrument_id), None)
-
     def redacted(self) -> dict[str, Any]:
         """The config as JSON-able data with secrets masked (for run snapshots)."""
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
@@ -215,9 +214,15 @@ def _one_line(source: str, exc: ValidationError) -> ConfigError:
         msg = "no such setting (check the spelling)"
     elif err.get("type") == "missing":
         msg = "a value (this setting is required)"
+    elif _is_secret(loc):
+        pass  # never echo what was given for a secret
     elif "input" in err and err.get("type") not in {"missing", "union_tag_invalid"}:
         msg = f"{msg} (got {_short(err['input'])})"
     return ConfigError(source, loc or "(top level)", msg)
+
+
+def _is_secret(loc: str) -> bool:
+    return any(word in loc.lower() for word in ("password", "secret", "token"))
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

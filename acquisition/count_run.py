@@ -68,6 +68,12 @@ def _reading(count: WellCount, plate_id: str | None) -> WellReading:
     )
 
 
+@dataclass
+class _Tally:
+    done: int = 0
+    total: int = 0
+
+
 async def run_count_plate(
     config: LabConfig,
     recorder: RunRecorder,
@@ -77,7 +83,50 @@ async def run_count_plate(
     *,
     abort_requested: asyncio.Event,
 ) -> CountOutcome:
-    """Count one plate on a leased counter; the caller owns the lease and the recorder."""
+    """Count one plate on a leased counter; the caller owns the lease and the recorder.
+
+    Whatever happens from the first write on, the run ends with exactly one stop document:
+    success, a fault (after every well already counted), an operator abort, or an
+    interruption when the daemon stops (the cancellation is then re-raised).
+    """
+    tally = _Tally(total=len(args.wells) if args.wells else len(ALL_WELLS))
+    try:
+        await _count(config, recorder, handle, args, clock=clock, tally=tally)
+    except InstrumentFaultError as exc:
+        return await _failed(recorder, "instrument fault", exc, tally)
+    except InstrumentReplyError as exc:
+        return await _failed(recorder, "instrument refused", exc, tally)
+    except InstrumentError as exc:
+        return await _failed(recorder, "instrument lost", exc, tally)
+    except asyncio.CancelledError:
+        # Either the operator aborted (abort_requested is set) or the daemon is stopping.
+        await _stop_counter(handle)
+        if recorder.stopped:  # cancelled while the stop document itself was being written
+            raise
+        if not abort_requested.is_set():
+            await recorder.interruption(
+                "daemon shutting down", {"wells_done": tally.done, "wells_total": tally.total}
+            )
+            reason = f"daemon stopped after {tally.done} of {tally.total} wells"
+            await recorder.stop("interrupted", reason, "interrupted")
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        await recorder.stop("abort", f"aborted by operator after {_wells(tally.done)}", "aborted")
+        return CountOutcome("abort", tally.done)
+    return CountOutcome("success", tally.done)
+
+
+async def _count(
+    config: LabConfig,
+    recorder: RunRecorder,
+    handle: InstrumentHandle,
+    args: RunStartArgs,
+    *,
+    clock: Clock,
+    tally: _Tally,
+) -> None:
     driver = handle.driver
     wells = list(args.wells) if args.wells else list(ALL_WELLS)
     status = await driver.status()
@@ -108,42 +157,17 @@ async def run_count_plate(
     )
     await recorder.step_phase(STEP, "started", {"wells": len(wells)})
     eta = _Eta(clock, len(wells))
-    done = 0
-    try:
-        async for count in driver.count_plate(
-            count_time_s=args.count_time_s,
-            precision_pct=args.precision_pct,
-            isotope=args.isotope,
-            wells=wells,
-        ):
-            done += 1
-            progress = Progress(done=done, total=len(wells), eta_s=eta.estimate(done))
-            await recorder.data(_reading(count, status.plate_id), progress)
-    except InstrumentFaultError as exc:
-        return await _failed(recorder, "instrument fault", exc, done, len(wells))
-    except InstrumentReplyError as exc:
-        return await _failed(recorder, "instrument refused", exc, done, len(wells))
-    except InstrumentError as exc:
-        return await _failed(recorder, "instrument lost", exc, done, len(wells))
-    except asyncio.CancelledError:
-        # Either the operator aborted (abort_requested is set) or the daemon is stopping.
-        await _stop_counter(handle)
-        if not abort_requested.is_set():
-            await recorder.interruption(
-                "daemon shutting down", {"wells_done": done, "wells_total": len(wells)}
-            )
-            await recorder.stop(
-                "interrupted", f"daemon stopped after {done} of {len(wells)} wells", "interrupted"
-            )
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        await recorder.stop("abort", f"aborted by operator after {_wells(done)}", "aborted")
-        return CountOutcome("abort", done)
-    await recorder.step_phase(STEP, "finished", {"wells": done})
-    await recorder.stop("success", f"counted {_wells(done)}", "completed")
-    return CountOutcome("success", done)
+    async for count in driver.count_plate(
+        count_time_s=args.count_time_s,
+        precision_pct=args.precision_pct,
+        isotope=args.isotope,
+        wells=wells,
+    ):
+        tally.done += 1
+        progress = Progress(done=tally.done, total=tally.total, eta_s=eta.estimate(tally.done))
+        await recorder.data(_reading(count, status.plate_id), progress)
+    await recorder.step_phase(STEP, "finished", {"wells": tally.done})
+    await recorder.stop("success", f"counted {_wells(tally.done)}", "completed")
 
 
 def _wells(n: int) -> str:
@@ -151,8 +175,9 @@ def _wells(n: int) -> str:
 
 
 async def _failed(
-    recorder: RunRecorder, what: str, exc: InstrumentError, done: int, total: int
+    recorder: RunRecorder, what: str, exc: InstrumentError, tally: _Tally
 ) -> CountOutcome:
+    done, total = tally.done, tally.total
     fault = getattr(exc, "fault", "") or type(exc).__name__
     log.warning("count failed", error=str(exc), wells_done=done)
     await recorder.interruption(

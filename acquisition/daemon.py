@@ -18,7 +18,7 @@ import aiomqtt
 import structlog
 
 from acquisition import __version__
-from acquisition.command_handlers import CommandHandlers
+from acquisition.command_handlers import CommandHandlers, ReplyCache
 from acquisition.commands import RunStartArgs
 from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
@@ -26,7 +26,7 @@ from acquisition.errors import CommandError
 from acquisition.instruments import InstrumentManager
 from acquisition.journal import Journal
 from acquisition.mqtt_link import MqttLink
-from acquisition.payloads import TERMINAL_STATES, DaemonStatus
+from acquisition.payloads import DaemonStatus
 from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock, MonotonicClock
 
@@ -55,6 +55,8 @@ class Daemon:
         self._instruments: InstrumentManager | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._handlers = CommandHandlers(self)
+        self._replies = ReplyCache()
+        self._reply_prefix = config.topic("replies") + "/"
 
     # -- accessors for the command handlers ----------------------------------------------
 
@@ -138,7 +140,9 @@ class Daemon:
             {"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"}
         )
         for record in open_runs:
-            recorder = RunRecorder(self.config, self.journal, self.link.notify, record)
+            recorder = await RunRecorder.resume(
+                self.config, self.journal, self.link.notify, record
+            )
             with structlog.contextvars.bound_contextvars(run=record.run):
                 log.warning("run was open when the daemon stopped; marking it interrupted")
                 await recorder.interruption(
@@ -193,10 +197,13 @@ class Daemon:
                         log.info(
                             "run finished", exit_status=outcome.exit_status, wells=outcome.wells
                         )
-                    except Exception as exc:  # a bug: record it, keep the daemon up
+                    except Exception as exc:  # a bug or a journal failure: keep the daemon up
                         log.exception("run crashed")
-                        if recorder.state not in TERMINAL_STATES:
-                            await recorder.stop("fail", f"internal error: {exc}", "failed")
+                        if not recorder.stopped:
+                            try:
+                                await recorder.stop("fail", f"internal error: {exc}", "failed")
+                            except Exception:
+                                log.exception("could not record the run's stop document")
                     finally:
                         self.active.pop(recorder.run, None)
 
@@ -205,11 +212,13 @@ class Daemon:
         return recorder
 
     def abort_run(self, run: str) -> bool:
+        """Ask an active run to abort; repeating it does nothing more. False if not active."""
         active = self.active.get(run)
         if active is None:
             return False
-        active.abort_requested.set()
-        active.task.cancel()
+        if not active.abort_requested.is_set():  # a second cancel would cut the abort short
+            active.abort_requested.set()
+            active.task.cancel()
         return True
 
     # -- commands --------------------------------------------------------------------------
@@ -218,9 +227,29 @@ class Daemon:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-        reply = await self._handlers.handle(bytes(payload))
+        if response_topic is not None and not self._valid_reply_topic(response_topic):
+            # Replies go only under {prefix}/{node}/replies/: a command must not make the
+            # daemon publish into run streams or anywhere else.
+            log.warning("command refused: response topic outside replies/", topic=response_topic)
+            return
+        key = (response_topic, bytes(correlation)) if response_topic and correlation else None
+        cached = self._replies.get(key, self.clock.monotonic()) if key else None
+        if cached is not None:
+            log.info("duplicate command delivery; answering again", verb=cached.verb)
+            reply = cached
+        else:
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            reply = await self._handlers.handle(bytes(payload))
+            if key is not None:
+                self._replies.put(key, reply, self.clock.monotonic())
         if not response_topic:
             log.warning("command without a response topic", verb=reply.verb, ok=reply.ok)
             return
         await self.link.reply(response_topic, reply.to_json(), correlation_data=correlation)
+
+    def _valid_reply_topic(self, topic: str) -> bool:
+        return (
+            topic.startswith(self._reply_prefix)
+            and len(topic) > len(self._reply_prefix)
+            and not any(c in topic for c in "#+\0")
+        )

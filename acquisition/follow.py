@@ -21,6 +21,7 @@ class RunFollower:
         self.grace_s = grace_s
         self.retry_s = retry_s
         self.duplicates = 0
+        self.foreign = 0
         self.replays_requested = 0
         self._buffer: dict[int, dict[str, Any]] = {}
         self._known_last = next_seq - 1
@@ -33,8 +34,15 @@ class RunFollower:
         return self.next_seq - 1
 
     def offer(self, doc: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """Take one received document; return those now deliverable, in order."""
-        seq = int(doc["seq"])
+        """Take one received document; return those now deliverable, in order.
+
+        Anything that is not a run document (no ``assay.event/1`` schema or no integer
+        ``seq``) is ignored and counted in ``foreign``.
+        """
+        seq = doc.get("seq") if isinstance(doc, dict) else None
+        if not isinstance(seq, int) or doc.get("schema") != "assay.event/1":
+            self.foreign += 1
+            return []
         if seq < self.next_seq or seq in self._buffer:
             self.duplicates += 1
             return []

@@ -10,6 +10,12 @@
 * consumes ``client.messages`` in the same TaskGroup, because a client that only publishes
   never notices a lost connection.
 
+Input is bounded: the CONNECT carries a MaximumPacketSize of :data:`MAX_PACKET_BYTES`, so the
+broker drops anything larger instead of sending it to us, and aiomqtt's inbound queue holds
+at most :data:`MAX_QUEUED_INCOMING` messages while every command handler slot is busy
+(aiomqtt drops and logs the rest). Connection arguments and TLS come from
+:func:`acquisition.mqtt_params.client_kwargs`, the same builder the bench terminal uses.
+
 A lost connection ends the TaskGroup; the link reconnects and the drainer resends from the
 oldest undeleted row. :meth:`MqttLink.shutdown` drains the outbox, publishes
 ``status_offline("shutdown")`` and disconnects cleanly (a clean DISCONNECT suppresses the
@@ -27,6 +33,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 import structlog
@@ -38,17 +45,22 @@ from paho.mqtt.reasoncodes import ReasonCode
 from acquisition.config import LabConfig
 from acquisition.errors import BrokerError
 from acquisition.journal import Journal
+from acquisition.mqtt_params import client_kwargs
 from acquisition.outbox import OutboxDrainer
 from drivers.backoff import Backoff
 from drivers.clock import Clock, MonotonicClock
 
-__all__ = ["MqttLink"]
+__all__ = ["MAX_PACKET_BYTES", "MAX_QUEUED_INCOMING", "MqttLink"]
 
 log = structlog.get_logger(__name__)
 _PAHO_LOGGER = "acquisition.mqtt_link.paho"
 # v3.1.1 CONNACK 4/5; v5 0x86 bad user name or password, 0x87 not authorized
 _NOT_AUTHORISED = {4, 5, 0x86, 0x87}
 _DISCONNECT_WITH_WILL = 0x04
+MAX_PACKET_BYTES = 4 * 1024 * 1024
+"""CONNECT MaximumPacketSize: the broker drops larger packets instead of sending them."""
+MAX_QUEUED_INCOMING = 1000
+"""aiomqtt's inbound queue bound (messages waiting for a free command handler slot)."""
 
 
 class _GracefulStop(Exception):
@@ -61,17 +73,6 @@ def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """paho 2.2 leaves its socket open when the TLS handshake fails: close it here."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
 
 
 class MqttLink:
@@ -89,6 +90,7 @@ class MqttLink:
         clock: Clock | None = None,
         client_id: str | None = None,
         backoff: Backoff | None = None,
+        refused_backoff: Backoff | None = None,
         max_concurrent_commands: int = 8,
         timeout_s: float = 10.0,
     ) -> None:
@@ -109,6 +111,7 @@ class MqttLink:
             journal,
             window=self._mqtt.publish_window,
             publish_timeout_s=max(30.0, 2.0 * self._mqtt.keepalive_s),
+            refused_backoff=refused_backoff,
         )
         self._command_slots = asyncio.Semaphore(max_concurrent_commands)
         self._client: aiomqtt.Client | None = None
@@ -134,6 +137,11 @@ class MqttLink:
     def published(self) -> int:
         """Outbox rows acknowledged by the broker since the link was created."""
         return self._drainer.published
+
+    @property
+    def refused(self) -> int:
+        """Outbox publishes the broker refused (PUBACK reason >= 0x80); the rows were kept."""
+        return self._drainer.refused
 
     def notify(self) -> None:
         """The journal has new outbox rows: wake the drainer."""
@@ -225,12 +233,12 @@ class MqttLink:
     async def _session(self) -> bool:
         """Connect, serve until the connection ends; True if it had become ready."""
         self.connect_attempts += 1
-        try:
-            tls = await asyncio.to_thread(self._tls_context) if self._mqtt.tls_ca else None
+        try:  # reads certificate files when TLS is on: off the loop
+            kwargs = await asyncio.to_thread(client_kwargs, self._mqtt)
         except (OSError, ssl.SSLError) as exc:
             self._failed(exc)
             return False
-        client = self._make_client(tls)
+        client = self._make_client(kwargs)
         if not await self._connect(client):
             return False
         graceful = ready = False
@@ -293,38 +301,28 @@ class MqttLink:
         if done.done() and not done.cancelled():
             done.exception()  # retrieved, so asyncio does not log it as never retrieved
 
-    def _make_client(self, tls: ssl.SSLContext | None) -> aiomqtt.Client:
+    def _make_client(self, kwargs: dict[str, Any]) -> aiomqtt.Client:
+        """A client from :func:`client_kwargs` (address, credentials, TLS) plus the daemon's
+        own session settings; must be called in the running loop."""
         cfg = self._mqtt
         will = aiomqtt.Will(
             self._status_topic, self._status_offline("connection lost"), qos=1, retain=True
         )
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.MaximumPacketSize = MAX_PACKET_BYTES
         client = aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            username=cfg.username,
-            password=cfg.password.get_secret_value() if cfg.password is not None else None,
+            **kwargs,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
             will=will,
             clean_start=True,
-            keepalive=cfg.keepalive_s,
             timeout=self._timeout_s,
             max_inflight_messages=cfg.publish_window + 8,  # + status and replies
-            tls_context=tls,
+            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
+            properties=connect_props,
             logger=self._paho_logger,
         )
         client.pending_calls_threshold = cfg.publish_window + 64
         return client
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Verify the broker against ``tls_ca``; optional client certificate."""
-        cfg = self._mqtt
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.tls_ca)
-        if cfg.tls_cert is not None:
-            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        ctx.check_hostname = not cfg.tls_insecure
-        ctx.sslsocket_class = _ClosingSSLSocket
-        return ctx
 
     async def _announce(self) -> None:
         """Run the on_connected hook (e.g. re-queue retained states a restarted broker lost)."""

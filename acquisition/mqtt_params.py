@@ -1,7 +1,9 @@
 """aiomqtt connection arguments from :class:`~acquisition.config.MqttConfig`.
 
-Shared by the daemon's link and the bench terminal, so TLS and credentials are set up in
-exactly one place.
+Shared by the daemon's link (:mod:`acquisition.mqtt_link`) and the bench terminal
+(:mod:`acquisition.cli.client`), so TLS and credentials are set up in exactly one place:
+:func:`tls_context` is the only TLS builder, :func:`client_kwargs` the only place that turns
+a config into connection arguments.
 """
 
 from __future__ import annotations
@@ -11,11 +13,56 @@ from typing import Any
 
 from acquisition.config import MqttConfig
 
-__all__ = ["client_kwargs"]
+__all__ = ["client_kwargs", "tls_context", "tls_enabled"]
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho 2.2 leaves its socket open when the TLS handshake fails: close it here."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_enabled(cfg: MqttConfig) -> bool:
+    """TLS is on when a CA or a client certificate is configured.
+
+    A client certificate alone still means TLS (verified against the system's CAs): never
+    send credentials in cleartext because only half of the TLS settings were given.
+    """
+    return cfg.tls_ca is not None or cfg.tls_cert is not None
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    """The client TLS context for ``cfg``, or None when TLS is off (:func:`tls_enabled`).
+
+    The broker is verified against ``tls_ca`` (the system's default CAs when it is unset),
+    with a host-name check unless ``tls_insecure``; ``tls_cert``/``tls_key`` add a client
+    certificate. Blocking (reads the certificate files): the daemon calls it from a worker
+    thread. Raises OSError / ssl.SSLError for unreadable or invalid files.
+    """
+    if not tls_enabled(cfg):
+        return None
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(cfg.tls_ca) if cfg.tls_ca is not None else None
+    )
+    if cfg.tls_cert is not None:
+        ctx.load_cert_chain(
+            str(cfg.tls_cert), str(cfg.tls_key) if cfg.tls_key is not None else None
+        )
+    ctx.check_hostname = not cfg.tls_insecure  # verify_mode stays CERT_REQUIRED
+    ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
 
 
 def client_kwargs(cfg: MqttConfig) -> dict[str, Any]:
-    """Keyword arguments for :class:`aiomqtt.Client` (hostname, port, auth, TLS)."""
+    """Keyword arguments for :class:`aiomqtt.Client` (hostname, port, auth, TLS, MQTT v5).
+
+    Blocking when TLS is on (see :func:`tls_context`).
+    """
     import aiomqtt
 
     kwargs: dict[str, Any] = {
@@ -27,13 +74,7 @@ def client_kwargs(cfg: MqttConfig) -> dict[str, Any]:
     if cfg.username is not None:
         kwargs["username"] = cfg.username
         kwargs["password"] = cfg.password.get_secret_value() if cfg.password else None
-    if cfg.tls_ca is not None or cfg.tls_cert is not None:
-        kwargs["tls_params"] = aiomqtt.TLSParameters(
-            ca_certs=str(cfg.tls_ca) if cfg.tls_ca else None,
-            certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
-            keyfile=str(cfg.tls_key) if cfg.tls_key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        kwargs["tls_insecure"] = cfg.tls_insecure
+    ctx = tls_context(cfg)
+    if ctx is not None:
+        kwargs["tls_context"] = ctx
     return kwargs

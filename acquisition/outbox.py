@@ -11,6 +11,18 @@ from the oldest undeleted row, so a message may be delivered twice (same payload
 document id) but never lost. Rows acknowledged but not yet deleted are remembered across
 sessions and not resent.
 
+A publish the broker *refuses* (a PUBACK with a reason code >= 0x80, e.g. 0x87 "not
+authorized" from an ACL) is not an acknowledgement: aiomqtt 2.5.1 ignores PUBACK reason
+codes, so :func:`_watch_puback_reasons` makes them visible and the publish raises
+:class:`PublishRefusedError`. The row stays in the outbox, one error per topic per
+connection is logged, and the topic is *held*: no later row of that topic is sent (per-topic
+order is kept) while other topics keep flowing. After a backoff the oldest refused row goes
+out alone as a probe; when the broker accepts it, the rest of the topic follows in id order,
+otherwise the hold waits longer (up to ``refused_backoff.cap_s``). A new connection starts
+with no holds. A refusal is taken as a verdict on the topic (what Mosquitto's ACLs give): a
+later row of the topic that was already in flight when the first was refused and that the
+broker then accepted would arrive before the refused one.
+
 The outbox's data types live here too (re-exported by :mod:`acquisition.journal`), with
 :class:`OutboxTail`, the journal's in-memory mirror of freshly committed rows.
 """
@@ -20,17 +32,25 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import contextvars
+import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
+import structlog
+from paho.mqtt.reasoncodes import ReasonCode
+
+from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
     from acquisition.journal import Journal
 
-__all__ = ["OutboxDrainer", "OutboxMessage", "OutboxRow", "OutboxTail"]
+__all__ = ["OutboxDrainer", "OutboxMessage", "OutboxRow", "OutboxTail", "PublishRefusedError"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,105 @@ class OutboxTail:
             return [self._rows[i] for i in self._ids[start : start + limit]]
 
 
+class PublishRefusedError(Exception):
+    """The broker answered a QoS1 publish with a failure PUBACK (reason code >= 0x80).
+
+    Not an :class:`aiomqtt.MqttError`: the connection is fine, only this message was refused.
+    """
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        self.topic = topic
+        self.reason = reason
+        self.code: int = reason.value
+        super().__init__(f"broker refused publish on {topic!r}: {reason} (0x{self.code:02X})")
+
+
+@dataclass
+class _PubackWatch:
+    """What :func:`_watch_puback_reasons` tracks for one client."""
+
+    watched: set[int] = field(default_factory=set)  # mids of publishes made under _MIDS
+    refused: dict[int, ReasonCode] = field(default_factory=dict)  # watched mid -> reason
+
+
+# Set by _publish_acknowledged in its own task; the paho publish wrapper appends the mid.
+_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "outbox_publish_mids", default=None
+)
+
+
+def _watch_puback_reasons(client: aiomqtt.Client) -> _PubackWatch:
+    """Make failure PUBACK reason codes visible (a hack on aiomqtt 2.5.1 internals).
+
+    aiomqtt's ``_on_publish`` wakes the waiting ``publish()`` (an ``asyncio.Event`` per mid
+    in ``_pending_publishes``) whatever the PUBACK's reason code, so a publish the broker
+    refused (0x87 "not authorized", 0x97 "quota exceeded", ...) returns normally, and aiomqtt
+    never tells its caller the mid. Two attributes of the paho client it owns
+    (``client._client``) are wrapped, once per client, before its first publish:
+
+    * ``publish``: aiomqtt calls it synchronously inside ``Client.publish``, so in the
+      caller's task: the mid is appended to that task's :data:`_MIDS` list, if it set one.
+    * ``on_publish`` (aiomqtt's ``_on_publish``): for a watched mid whose reason code is a
+      failure, the reason is recorded *before* aiomqtt's callback wakes the caller, so
+      :func:`_publish_acknowledged` finds it as soon as ``publish()`` returns.
+
+    Publishes made without :data:`_MIDS` (status, replies) are not tracked.
+    """
+    paho = client._client
+    watch = _PubackWatch()
+    aiomqtt_on_publish: Any = paho.on_publish  # aiomqtt's _on_publish (callback API v2)
+    paho_publish = paho.publish
+
+    def on_publish(
+        c: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        if mid in watch.watched and reason_code.is_failure:
+            watch.refused[mid] = reason_code
+        aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        info = paho_publish(*args, **kwargs)
+        mids = _MIDS.get()
+        if mids is not None:
+            mids.append(info.mid)
+            watch.watched.add(info.mid)
+        return info
+
+    paho.on_publish = on_publish
+    setattr(paho, "publish", publish)  # noqa: B010 (mypy: cannot assign to a method)
+    return watch
+
+
+async def _publish_acknowledged(
+    client: aiomqtt.Client, watch: _PubackWatch, row: OutboxRow, timeout_s: float
+) -> None:
+    """Publish ``row``; return once the broker accepted it (a success PUBACK for QoS1).
+
+    Raises :class:`PublishRefusedError` for a failure PUBACK, MqttError as aiomqtt does.
+    """
+    mids: list[int] = []
+    token = _MIDS.set(mids)
+    try:
+        await client.publish(
+            row.topic, row.payload, qos=row.qos, retain=row.retain, timeout=timeout_s
+        )
+    finally:
+        _MIDS.reset(token)
+        watch.watched.difference_update(mids)
+        reasons = [r for mid in mids if (r := watch.refused.pop(mid, None)) is not None]
+    if reasons:
+        raise PublishRefusedError(row.topic, reasons[0])
+
+
+@dataclass
+class _Hold:
+    """A topic whose oldest unacknowledged row the broker refused."""
+
+    first_id: int  # the oldest refused row: the probe
+    attempt: int  # refusals of the probe so far (backoff attempt)
+    retry_at: float  # loop time of the next probe; inf while the probe is out
+    probing: bool = False  # the probe may be sent (once) or is out
+    probe_id: int | None = None  # the row sent as the probe, until its answer
 
 
 class OutboxDrainer:
@@ -109,6 +228,7 @@ class OutboxDrainer:
         publish_timeout_s: float = 30.0,
         poll_s: float = 1.0,
         delete_pause_s: float = 0.02,
+        refused_backoff: Backoff | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("the publish window must be at least 1")
@@ -125,14 +245,30 @@ class OutboxDrainer:
         self._delete_lock = asyncio.Lock()
         self._acked: set[int] = set()  # PUBACKed, not yet deleted
         self._to_delete: list[int] = []
+        self._refused_backoff = refused_backoff or Backoff(base_s=1.0, factor=2.0, cap_s=60.0)
+        # Per connection (reset by run):
+        self._inflight: set[int] = set()
+        self._holds: dict[str, _Hold] = {}
+        self._refusal_logged: set[str] = set()
+        self._rewind_to: int | None = None  # re-read the outbox from this row id
+        self._watch = _PubackWatch()
         self.published = 0  # rows acknowledged by the broker, over the link's lifetime
+        self.refused = 0  # publishes the broker refused (rows kept), over its lifetime
 
     def notify(self) -> None:
         """New outbox rows were committed: wake the publisher."""
         self._wake.set()
 
     async def run(self, client: aiomqtt.Client) -> None:
-        """Drain over ``client`` until cancelled or the connection fails (MqttError)."""
+        """Drain over ``client`` until cancelled or the connection fails (MqttError).
+
+        Call once per client: it wraps the client's PUBACK handling (see
+        :func:`_watch_puback_reasons`)."""
+        self._inflight.clear()
+        self._holds.clear()
+        self._refusal_logged.clear()
+        self._rewind_to = None
+        self._watch = _watch_puback_reasons(client)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._deleter(), name="outbox-deleter")
             await self._publisher(client, tg)
@@ -164,35 +300,118 @@ class OutboxDrainer:
         batch = max(64, self._window * 4)
         while True:
             self._wake.clear()
+            cursor = self._release_due_holds(cursor)
             rows = await self._journal.outbox_after(cursor, batch)
             if not rows:
-                self._progress.set()
+                if not self._holds:  # with a hold, progress comes from the probe's answer
+                    self._progress.set()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_s):
+                    async with asyncio.timeout(self._idle_wait()):
                         await self._wake.wait()
                 continue
             for row in rows:
                 cursor = row.id
-                if row.id in self._acked:
+                if not self._may_send(row):
                     continue
                 await slots.acquire()
+                if not self._may_send(row):  # refused or resent while we waited for a slot
+                    slots.release()
+                    continue
+                hold = self._holds.get(row.topic)
+                if hold is not None:
+                    hold.probe_id = row.id
+                self._inflight.add(row.id)
                 tg.create_task(self._publish(client, row, slots), name=f"outbox-publish-{row.id}")
+
+    def _may_send(self, row: OutboxRow) -> bool:
+        if row.id in self._acked or row.id in self._inflight:
+            return False
+        hold = self._holds.get(row.topic)
+        if hold is None:
+            return True
+        # A held topic sends nothing but its probe, once per retry.
+        return hold.probing and hold.probe_id is None and row.id == hold.first_id
+
+    def _release_due_holds(self, cursor: int) -> int:
+        """Apply a pending rewind and arm the probes that are due; the new cursor."""
+        now = asyncio.get_running_loop().time()
+        for hold in self._holds.values():
+            if not hold.probing and hold.retry_at <= now:
+                hold.probing, hold.probe_id, hold.retry_at = True, None, math.inf
+                self._rewind(hold.first_id)
+        if self._rewind_to is not None:
+            cursor = min(cursor, self._rewind_to - 1)
+            self._rewind_to = None
+        return cursor
+
+    def _rewind(self, row_id: int) -> None:
+        """Make the publisher read the outbox again from ``row_id`` (skipped rows, probes)."""
+        self._rewind_to = row_id if self._rewind_to is None else min(self._rewind_to, row_id)
+        self._wake.set()
+
+    def _idle_wait(self) -> float:
+        now = asyncio.get_running_loop().time()
+        next_probe = min((h.retry_at for h in self._holds.values()), default=math.inf)
+        return max(0.0, min(self._poll_s, next_probe - now))
 
     async def _publish(
         self, client: aiomqtt.Client, row: OutboxRow, slots: asyncio.Semaphore
     ) -> None:
         try:
-            await client.publish(
-                row.topic, row.payload, qos=row.qos, retain=row.retain, timeout=self._timeout
-            )
+            await _publish_acknowledged(client, self._watch, row, self._timeout)
+        except PublishRefusedError as exc:
+            self._refused(row, exc)
+            return
         finally:
+            self._inflight.discard(row.id)
             slots.release()
         self.published += 1
+        hold = self._holds.get(row.topic)
+        if hold is not None and row.id == hold.probe_id:
+            del self._holds[row.topic]  # the broker takes this topic again
+            # Its later rows were skipped: send them now, in order.
+            self._rewind(min(hold.first_id, row.id + 1))
+            log.info("broker accepts the refused topic again", topic=row.topic, row=row.id)
         self._acked.add(row.id)
         self._to_delete.append(row.id)
         self._delete_wake.set()
         if len(self._to_delete) >= self._delete_batch:
             self._batch_full.set()
+        self._progress.set()
+
+    def _refused(self, row: OutboxRow, exc: PublishRefusedError) -> None:
+        """Keep the row; hold its topic and schedule a probe after a backoff."""
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        hold = self._holds.get(row.topic)
+        if hold is None:
+            hold = _Hold(first_id=row.id, attempt=0, retry_at=now + self._refused_backoff.delay(0))
+            self._holds[row.topic] = hold
+        elif row.id == hold.probe_id:  # the probe was refused again
+            hold.attempt += 1
+            hold.probing, hold.probe_id = False, None
+            hold.first_id = min(hold.first_id, row.id)
+            hold.retry_at = now + self._refused_backoff.delay(hold.attempt)
+        else:  # another row of the topic that was in flight before the hold
+            hold.first_id = min(hold.first_id, row.id)
+        retry_in_s = round(max(0.0, hold.retry_at - now), 3) if hold.retry_at < math.inf else None
+        if row.topic not in self._refusal_logged:
+            self._refusal_logged.add(row.topic)
+            log.error(
+                "broker refused a publish: the row stays in the outbox and the topic is retried",
+                topic=row.topic,
+                reason=str(exc.reason),
+                reason_code=f"0x{exc.code:02X}",
+                row=row.id,
+                retry_in_s=retry_in_s,
+            )
+        else:
+            log.debug(
+                "broker refused a publish again",
+                topic=row.topic, reason_code=f"0x{exc.code:02X}", row=row.id,
+                retry_in_s=retry_in_s,
+            )  # fmt: skip
+        self._wake.set()  # the publisher recomputes when to wake for the probe
         self._progress.set()
 
     async def _deleter(self) -> None:

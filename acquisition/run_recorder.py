@@ -7,6 +7,8 @@ drains the outbox; nothing reaches the broker that is not already on disk.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -67,6 +69,17 @@ class RunRecorder:
         self._state_topic = config.topic("runs", self.run, "state")
 
     @classmethod
+    async def resume(
+        cls, config: LabConfig, journal: Journal, notify: Callable[[], None], record: RunRecord
+    ) -> RunRecorder:
+        """A recorder for a run already in the journal, its document counts restored."""
+        recorder = cls(config, journal, notify, record)
+        for payload in await journal.documents(record.run):
+            kind = json.loads(payload).get("kind", "?")
+            recorder.counts[kind] = recorder.counts.get(kind, 0) + 1
+        return recorder
+
+    @classmethod
     async def create(
         cls,
         config: LabConfig,
@@ -86,7 +99,8 @@ class RunRecorder:
 
     # -- retained state --------------------------------------------------------------
 
-    def state_payload(self) -> bytes:
+    def state_payload(self, last_seq: int | None = None) -> bytes:
+        """The retained run state; ``last_seq`` overrides while a document is being written."""
         return (
             RunState(
                 node=self._config.node,
@@ -95,7 +109,7 @@ class RunRecorder:
                 state=self.state,
                 step=self.step,
                 progress=self.progress,
-                last_seq=self.last_seq,
+                last_seq=self.last_seq if last_seq is None else last_seq,
                 latest=self.latest,
                 message=self.message,
                 created_at=self.created_at,
@@ -140,23 +154,45 @@ class RunRecorder:
         self,
         doc: StartDocument | StepDocument | DataDocument | InterruptionDocument | StopDocument,
     ) -> None:
+        """Write one document; ``last_seq`` moves only once it is on disk.
+
+        The write is shielded: a run cancelled (abort, shutdown) while its document is queued
+        for the journal's worker still gets that document written, so seq never has a hole
+        and the stop document that follows the cancellation has the right seq.
+        """
         payload = doc.model_dump_json(by_alias=True).encode()
-        self.last_seq = doc.seq
-        state_payload = self.state_payload()
-        await self._journal.append(
-            self.run,
-            doc.seq,
-            doc.id,
-            doc.kind,
-            payload,
-            outbox=[
-                OutboxMessage(self._events_topic, payload, qos=1, retain=False),
-                self._state_message(state_payload),
-            ],
-            state=self.state,
-            state_payload=state_payload,
+        state_payload = self.state_payload(last_seq=doc.seq)
+        write = asyncio.ensure_future(
+            self._journal.append(
+                self.run,
+                doc.seq,
+                doc.id,
+                doc.kind,
+                payload,
+                outbox=[
+                    OutboxMessage(self._events_topic, payload, qos=1, retain=False),
+                    self._state_message(state_payload),
+                ],
+                state=self.state,
+                state_payload=state_payload,
+            )
         )
-        self.counts[doc.kind] = self.counts.get(doc.kind, 0) + 1
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await write  # finish what was started, then let the cancellation through
+            self._written(doc.seq, doc.kind)
+            raise
+        self._written(doc.seq, doc.kind)
+
+    @property
+    def stopped(self) -> bool:
+        """True once the stop document is on disk."""
+        return self.counts.get("stop", 0) > 0
+
+    def _written(self, seq: int, kind: str) -> None:
+        self.last_seq = seq
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         self._notify()
 
     async def start(

@@ -5,9 +5,10 @@
 Starts its own Mosquitto and, in alternating rounds on that broker, measures:
 
 (a) bare: one aiomqtt client awaiting each QoS1 publish (PUBACK) in a loop;
-(b) durable: ``Journal.append`` (document + outbox row, one SQLite transaction in WAL) ->
-    ``MqttLink``'s outbox drainer (QoS1, ``publish_window`` in flight, row deleted after
-    PUBACK) -> broker.
+(b) durable: exactly what the daemon does per counted well: ``RunRecorder.data`` builds the
+    run document, appends it to the journal with two outbox rows (the event and the retained
+    run state) in one SQLite transaction (WAL) -> ``MqttLink``'s outbox drainer (QoS1,
+    ``publish_window`` in flight, row deleted after PUBACK) -> broker.
 
 In both, the subscriber is a separate process (``mosquitto_sub -q 1``), so it does not
 compete with the publisher for this process's event loop, and the rate is messages received
@@ -37,9 +38,19 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acquisition.config import JournalConfig, LabConfig, MqttConfig
-from acquisition.journal import Journal, OutboxMessage
+from acquisition.journal import Journal
 from acquisition.mqtt_link import MqttLink
+from acquisition.payloads import Progress, WellReading
+from acquisition.run_recorder import RunRecorder
 from devtools.mosquitto import MosquittoBroker
+
+
+def _reading(i: int) -> WellReading:
+    return WellReading(
+        index=i, well="A1", plate_id="P1", detector=1, counts=12345, count_time_s=60.0,
+        cpm=12345.0, ccpm=12001.5, sigma2_pct=1.8, sqp=712.3, flags=[],
+        counted_at=datetime.now(UTC),
+    )  # fmt: skip
 
 
 def _payload(seq: int) -> bytes:
@@ -133,22 +144,16 @@ async def durable(
         status_online=lambda: b'{"state": "online"}',
         status_offline=lambda why: b'{"state": "offline"}',
     )  # fmt: skip
-    run = f"bench-{round_no}"
-    topic = cfg.topic("runs", run, "events")
+    recorder = await RunRecorder.create(cfg, journal, link.notify, "bench", {})
+    topic = cfg.topic("runs", recorder.run, "events")
     sent: dict[int, float] = {}
-    await journal.create_run(run, "bench", {}, datetime.now(UTC))
     async with Subscriber(broker, topic, n) as rx, asyncio.TaskGroup() as tg:
         runner = tg.create_task(link.run())
         await link.wait_connected(30)
         t0 = time.time()
-        for seq in range(1, n + 1):
-            payload = _payload(seq)
-            sent[seq] = time.time()
-            await journal.append(
-                run, seq, f"{run}-{seq:08d}", "data", payload,
-                outbox=[OutboxMessage(topic, payload)],
-            )  # fmt: skip
-            link.notify()
+        for i in range(n):
+            sent[recorder.last_seq + 1] = time.time()
+            await recorder.data(_reading(i), Progress(done=i + 1, total=n))
         await asyncio.wait_for(rx.done.wait(), 300)
         elapsed = max(rx.times.values()) - t0
         await link.shutdown(timeout_s=30)
@@ -159,6 +164,7 @@ async def durable(
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "outbox_left": float(await journal.outbox_size()),
+        "payload_bytes": float(len((await journal.documents(recorder.run, 2, 2))[0])),
     }
 
 

@@ -155,6 +155,17 @@ class MosquittoBroker:
         self.kill() if hard else self.stop()
         self.start()
 
+    def reload(self, *, acl: str | None = None) -> None:
+        """SIGHUP: Mosquitto re-reads its config, password file and ACL (``acl`` replaces
+        the ACL file first, if given). Returns once the signal is sent."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("the broker is not running")
+        if acl is not None:
+            self.acl = acl
+            (self.workdir / "acl").write_text(acl)
+            self._write_config()
+        self._proc.send_signal(signal.SIGHUP)
+
     def close(self) -> None:
         """Kill the broker and remove its directory."""
         with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 __all__ = ["DaemonProcess", "LabFiles", "SimBenchProcess", "free_port", "write_lab_config"]
 
@@ -111,8 +112,10 @@ class _Process:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._log: BinaryIO | None = None
 
     def start(self) -> None:
+        self._close_log()
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -160,13 +163,20 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._log.close()
+        self._close_log()
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> _Process:
         self.start()

@@ -1,8 +1,10 @@
 """An asyncio link to a line-oriented VISA instrument (pyvisa + pyvisa-py).
 
 pyvisa is blocking and not safe for concurrent use of one resource, so every call runs in
-:func:`asyncio.to_thread` while holding the link's single :class:`asyncio.Lock`; the event loop
-never blocks. The link owns framing (one command line out, one reply line back), translation
+the link's own single-thread executor (created lazily, shut down by :meth:`VisaLink.close`)
+while holding the link's single :class:`asyncio.Lock`; the event loop never blocks, and a
+stalled instrument holds only its own thread, never one of the default executor's shared
+workers. The link owns framing (one command line out, one reply line back), translation
 of foreign errors into :mod:`drivers.errors`, and recovery:
 
 * Any failure (``VisaIOError``, raw ``OSError`` from pyvisa-py, an undecodable reply) closes
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import pyvisa
@@ -103,6 +107,9 @@ class VisaLink(Generic[L]):
         self._stale = False  # a reply made no sense: reopen before the next exchange
         self._had_link = False  # a link once worked: later failures are "lost"
         self._lost = False  # "link lost" already logged, "reconnected" pending
+        self._executor: ThreadPoolExecutor | None = None  # this link's one worker thread
+        self.reconnects = 0
+        """Successful re-opens after the first open (fault recovery, resync, reconnect)."""
 
     @property
     def connected(self) -> bool:
@@ -120,7 +127,13 @@ class VisaLink(Generic[L]):
         """Close the resource; idempotent."""
         async with self._lock:
             self._wanted = False
-            await self._drop_locked()
+            try:
+                await self._drop_locked()
+            finally:
+                executor, self._executor = self._executor, None
+                if executor is not None:
+                    # No call is running (we hold the lock): the idle thread just exits.
+                    executor.shutdown(wait=False)
 
     async def query(self, command: bytes) -> L:
         """Send one command line and return its decoded reply line."""
@@ -198,6 +211,8 @@ class VisaLink(Generic[L]):
             raise LinkError(
                 f"cannot open {self.resource}: {exc}", instrument=self.instrument_id
             ) from exc
+        if self._had_link:
+            self.reconnects += 1
         self._had_link = True
         self._stale = False
         if self._lost:
@@ -207,13 +222,19 @@ class VisaLink(Generic[L]):
     async def _run(
         self, fn: Callable[..., Any], *args: Any, on_orphan: Callable[[Any], None] | None = None
     ) -> Any:
-        """Run a blocking call in a worker thread.
+        """Run a blocking call in the link's worker thread (context variables copied, as
+        :func:`asyncio.to_thread` does).
 
         A thread cannot be interrupted: if the caller is cancelled, keep the lock until the
         call returns (the resource must not see two calls at once), hand a result nobody will
         receive to ``on_orphan`` (e.g. close a freshly opened resource), then re-raise.
         """
-        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"visa-{self.instrument_id}"
+            )
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        task = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

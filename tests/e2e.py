@@ -35,6 +35,8 @@ class Stack:
 
 @contextlib.contextmanager
 def lab_stack(workdir: Path, broker_port: int, **config: Any) -> Iterator[Stack]:
+    """A simulated bench and a daemon; the node id is unique unless given (shared broker)."""
+    config.setdefault("node", f"e2e-{uuid.uuid4().hex[:8]}")
     lab = write_lab_config(workdir, broker_port=broker_port, **config)
     with SimBenchProcess(lab) as sim, DaemonProcess(lab) as daemon:
         yield Stack(lab, sim, daemon)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from acquisition.cli.client import DaemonClient
 from acquisition.config import LabConfig
 from acquisition.journal import Journal
+from acquisition.logs import configure_logging
 from acquisition.mqtt_link import MqttLink
+from acquisition.mqtt_params import client_kwargs, tls_context
 from devtools import certs
 from devtools.mosquitto import MosquittoBroker
 
@@ -186,3 +192,124 @@ async def test_tls_with_an_unknown_ca_is_refused(
             await asyncio.sleep(0.02)
     assert not link.connected
     assert link.last_error is not None and "CERTIFICATE_VERIFY_FAILED" in link.last_error
+
+
+async def test_the_terminal_reaches_the_daemon_over_tls_with_credentials(
+    secure_broker: tuple[MosquittoBroker, str],
+    lab_config: Callable[..., LabConfig],
+    tmp_journal: Journal,
+) -> None:
+    b, node = secure_broker
+    assert b.ca_path is not None
+    cfg = lab_config(
+        node=node, host="localhost", port=b.tls_port, username="assayd", password=PASSWORD,
+        tls_ca=b.ca_path,
+    )  # fmt: skip
+    kwargs = client_kwargs(cfg.mqtt)
+    assert isinstance(kwargs["tls_context"], ssl.SSLContext)
+    link: MqttLink
+
+    async def on_command(message: aiomqtt.Message) -> None:  # a minimal daemon: echo
+        props = message.properties
+        assert props is not None and isinstance(message.payload, bytes)
+        verb = json.loads(message.payload)["verb"]
+        reply = {"ok": True, "result": {"verb": verb, "node": node}}
+        await link.reply(
+            props.ResponseTopic, json.dumps(reply).encode(), correlation_data=props.CorrelationData
+        )
+
+    link = _link(cfg, tmp_journal, on_command=on_command)
+    async with running(link):
+        assert await link.wait_connected(WAIT_S), link.last_error
+        async with DaemonClient(cfg, timeout_s=WAIT_S) as terminal:
+            assert await terminal.request("status") == {"verb": "status", "node": node}
+        # The plain aiomqtt path the terminal builds on, with the same kwargs.
+        async with aiomqtt.Client(identifier=f"{node}-plain", **client_kwargs(cfg.mqtt)) as c:
+            await c.publish(cfg.topic("tls-check"), b"ok", qos=1)
+
+
+async def test_a_client_certificate_alone_turns_tls_on_in_the_daemon_and_the_terminal(
+    secure_broker: tuple[MosquittoBroker, str],
+    lab_config: Callable[..., LabConfig],
+    tmp_journal: Journal,
+    tmp_path: Path,
+) -> None:
+    b, node = secure_broker
+    ca = certs.make_ca(tmp_path / "client-ca")
+    client_cert = certs.issue(ca, tmp_path / "client-ca", "assayd", server=False)
+    cfg = lab_config(
+        node=node, host="localhost", port=b.tls_port, username="assayd", password=PASSWORD,
+        tls_cert=client_cert.cert, tls_key=client_cert.key,
+    )  # fmt: skip
+    assert cfg.mqtt.tls_ca is None
+    ctx = tls_context(cfg.mqtt)
+    assert ctx is not None and ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert isinstance(client_kwargs(cfg.mqtt)["tls_context"], ssl.SSLContext)
+    assert tls_context(cfg.mqtt.model_copy(update={"tls_cert": None, "tls_key": None})) is None
+    # The daemon speaks TLS too (not cleartext with the password): the broker's test CA is
+    # not among the system CAs, so the handshake is what fails.
+    link = _link(cfg, tmp_journal)
+    async with running(link), asyncio.timeout(WAIT_S):
+        while link.connect_attempts < 2:
+            await asyncio.sleep(0.02)
+    assert not link.connected
+    assert link.last_error is not None and "CERTIFICATE_VERIFY_FAILED" in link.last_error
+    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        async with aiomqtt.Client(identifier=f"{node}-cli", **client_kwargs(cfg.mqtt)):
+            pass
+
+
+@contextlib.contextmanager
+def production_logging(stream: io.StringIO) -> Iterator[None]:
+    """The daemon's real logging chain into ``stream``; everything restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in _NOISY}
+    configure_logging(level="debug", fmt="json", stream=stream)
+    # Module-level loggers would keep this configuration forever once cached: other tests
+    # capture logs with structlog.testing. Rendering is unchanged by this.
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+_NOISY = ("pymodbus", "pyvisa", "paho", "aiomqtt", "asyncio")
+
+
+async def test_the_production_log_chain_never_carries_the_password(
+    secure_broker: tuple[MosquittoBroker, str],
+    lab_config: Callable[..., LabConfig],
+    tmp_journal: Journal,
+) -> None:
+    b, node = secure_broker
+    assert b.ca_path is not None
+    stream = io.StringIO()
+    with production_logging(stream):
+        for password in (PASSWORD, WRONG):
+            cfg = lab_config(
+                node=node, host="localhost", port=b.tls_port, username="assayd",
+                password=password, tls_ca=b.ca_path,
+            )  # fmt: skip
+            link = _link(cfg, tmp_journal)
+            async with running(link), asyncio.timeout(WAIT_S):
+                if password == PASSWORD:
+                    assert await link.wait_connected(WAIT_S), link.last_error
+                else:
+                    while link.connect_attempts < 3:
+                        await asyncio.sleep(0.02)
+                    assert link.last_error is not None and "not authorised" in link.last_error
+            # A daemon-style line naming the secret's key: masked by the chain.
+            structlog.get_logger("test").info("config loaded", mqtt_password=password)
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    events = [e["event"] for e in lines]
+    assert "broker connected" in events and "broker connect failed" in events
+    assert all({"timestamp", "level", "logger"} <= e.keys() for e in lines)
+    assert PASSWORD not in text and WRONG not in text
+    assert structlog.is_configured() is False, "logging restored for the other tests"

@@ -53,3 +53,14 @@ def test_bad_commands_name_what_is_wrong(payload: bytes, code: str, words: str) 
 def test_arbitrary_bytes_give_a_command_or_a_command_error(payload: bytes) -> None:
     with contextlib.suppress(CommandError):
         parse_command(payload)
+
+
+def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(b"[" * 50_000)
+    assert info.value.code == "bad_json"
+
+
+def test_a_well_listed_twice_is_refused_up_front() -> None:
+    with pytest.raises(CommandError, match="repeated: A1"):
+        parse_command(cmd("run.start", wells=["A1", "B2", "A1"]))

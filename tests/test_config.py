@@ -132,3 +132,12 @@ def test_password_is_never_shown(tmp_path: Path) -> None:
 def test_shipped_config_is_valid() -> None:
     cfg = load_config(GOOD)
     assert [i.id for i in cfg.instruments] == ["counter"]
+
+
+def test_errors_never_echo_a_password(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text("[mqtt]\npassword = 123456789\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "mqtt.password" in str(info.value)
+    assert "123456789" not in str(info.value)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -81,13 +83,43 @@ async def test_selected_wells_only(driver: CounterDriver, sim: CounterSimulator)
 async def test_link_faults_mid_count_lose_and_repeat_nothing(
     driver: CounterDriver, sim: CounterSimulator, fault: FaultKind
 ) -> None:
+    link = driver._link  # CounterDriver does not re-export the link's counter
     got: list[WellCount] = []
+    reconnects_at_fault = -1
     async for well in driver.count_plate(count_time_s=60):
         got.append(well)
         if len(got) == 24:
+            reconnects_at_fault = link.reconnects
             sim.inject_fault(fault)
     assert len(got) == 96
     _assert_exact(got, sim.records())
+    assert reconnects_at_fault == 0
+    assert link.reconnects >= 1, f"the {fault} fault never made the driver reopen its link"
+
+
+async def test_a_stalled_instrument_holds_its_own_thread_not_a_shared_one(
+    driver: CounterDriver, sim: CounterSimulator
+) -> None:
+    loop = asyncio.get_running_loop()
+    shared = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared")
+    loop.set_default_executor(shared)  # one shared worker: a stall there would block this
+    prefix = f"visa-{driver.instrument_id}"
+    sim.inject_fault("stall")
+    status = asyncio.create_task(driver.status())
+    await asyncio.sleep(TIMEOUT_S / 4)  # the query now blocks in a reading thread
+    assert not status.done()
+    async with asyncio.timeout(TIMEOUT_S / 2):  # well before the instrument's timeout
+        assert (await asyncio.to_thread(lambda: threading.current_thread().name)).startswith(
+            "shared"
+        )
+    workers = [t for t in threading.enumerate() if t.name.startswith(prefix)]
+    assert workers, "the link runs pyvisa in its own thread"
+    with pytest.raises(InstrumentTimeoutError):
+        await status
+    await driver.close()
+    for worker in workers:
+        await asyncio.to_thread(worker.join, 5.0)
+        assert not worker.is_alive(), "close() shuts the link's thread down"
 
 
 async def test_stall_gives_a_typed_timeout_and_no_stale_reply_later(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -137,15 +138,19 @@ async def test_malformed_commands_get_error_replies_and_the_daemon_stays_healthy
         assert MAX_COMMAND_BYTES < 1024 * 1024
 
 
-async def _raw_request(client: DaemonClient, payload: bytes) -> dict[str, Any]:
+async def _raw_request(
+    client: DaemonClient, payload: bytes, correlation: bytes | None = None
+) -> dict[str, Any]:
     reply_topic = client.config.topic("replies", "raw-test")
+    correlation = correlation or os.urandom(8)
     async with client.subscription(reply_topic) as queue:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
-        props.CorrelationData = b"raw-1"
+        props.CorrelationData = correlation
         await client.client.publish(client.config.topic("cmd"), payload, qos=1, properties=props)
         msg = await asyncio.wait_for(queue.get(), 10)
-    assert getattr(msg.properties, "CorrelationData", None) == b"raw-1"
+    assert msg is not None
+    assert getattr(msg.properties, "CorrelationData", None) == correlation
     assert isinstance(msg.payload, bytes)
     data: dict[str, Any] = json.loads(msg.payload)
     return data
@@ -176,3 +181,74 @@ async def test_sigterm_mid_run_is_graceful(broker: MosquittoBroker, tmp_path: Pa
         assert res["state"] == "interrupted"
         assert res["stop"]["exit_status"] == "interrupted"
         assert len(res["wells"]) >= 5
+
+
+async def test_commands_are_idempotent_and_replies_stay_in_their_place(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with lab_stack(tmp_path, broker.port, time_scale=50.0) as stack:
+        config = stack.config
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            start = json.dumps({"verb": "run.start", "args": {"count_time_s": 60}}).encode()
+            # The same command delivered twice (same ResponseTopic + CorrelationData).
+            first = await _raw_request(client, start, correlation=b"start-1")
+            again = await _raw_request(client, start, correlation=b"start-1")
+            assert first["ok"] and again == first
+            run = first["result"]["run"]
+            assert [r["run"] for r in await client.request("runs")] == [run]
+            # Abort twice: both answered, one stop document.
+            assert (await client.request("run.abort", {"run": run}))["state"] == "aborting"
+            await client.request("run.abort", {"run": run})
+            async with asyncio.timeout(15):
+                while (res := await client.request("results", {"run": run}))["stop"] is None:
+                    await asyncio.sleep(0.05)
+            assert res["state"] == "aborted" and res["stop"]["exit_status"] == "abort"
+            # A reply must never land outside replies/: this command gets no answer at all.
+            events = config.topic("runs", run, "events")
+            async with client.subscription(events) as queue:
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = events
+                props.CorrelationData = b"evil"
+                status = json.dumps({"verb": "status"}).encode()
+                await client.client.publish(config.topic("cmd"), status, qos=1, properties=props)
+                assert (await client.request("status"))["node"] == config.node
+                assert queue.empty()
+        docs = [d for d in _documents(stack.lab.journal_path, run)]
+        assert [d["kind"] for d in docs].count("stop") == 1
+        assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
+
+
+def _documents(journal_path: Path, run: str) -> list[dict[str, Any]]:
+    import sqlite3
+
+    with sqlite3.connect(journal_path) as conn:
+        rows = conn.execute(
+            "SELECT payload FROM documents WHERE run = ? ORDER BY seq", (run,)
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+async def test_daemon_sigkilled_mid_count_keeps_its_data_and_marks_the_run_interrupted(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with lab_stack(tmp_path, broker.port, time_scale=100.0) as stack:
+        config = stack.config
+        async with DaemonClient(config) as client:
+            await wait_connected(client)
+            run = (await client.request("run.start", {"count_time_s": 60}))["run"]
+            async with asyncio.timeout(20):
+                while (await client.request("run.get", {"run": run}))["last_seq"] < 10:
+                    await asyncio.sleep(0.05)
+        stack.daemon.kill()  # SIGKILL: no chance to write anything more
+        stack.daemon.start()
+        async with DaemonClient(config) as client:
+            res = await client.request("results", {"run": run})
+        assert res["state"] == "interrupted"
+        assert res["stop"]["exit_status"] == "interrupted"
+        docs = _documents(stack.lab.journal_path, run)
+        assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
+        wells = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
+        assert len(wells) >= 8 and len(set(wells)) == len(wells)
+        assert docs[-1]["counts"] == {"data": len(wells)}
+        assert docs[-2]["kind"] == "interruption"

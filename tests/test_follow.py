@@ -11,7 +11,7 @@ from acquisition.follow import RunFollower
 
 
 def doc(seq: int, kind: str = "data") -> dict[str, Any]:
-    return {"seq": seq, "id": f"id-{seq}", "kind": kind}
+    return {"schema": "assay.event/1", "seq": seq, "id": f"id-{seq}", "kind": kind}
 
 
 def test_in_order_documents_pass_straight_through() -> None:
@@ -63,3 +63,11 @@ def test_any_arrival_order_with_duplicates_delivers_each_once_in_order(
     for seq in [*order, *dups]:
         delivered += [d["seq"] for d in f.offer(doc(seq), 0)]
     assert delivered == list(range(1, 30))
+
+
+def test_payloads_that_are_not_run_documents_are_ignored() -> None:
+    f = RunFollower()
+    assert f.offer({"schema": "assay.reply/1", "ok": True}, 0) == []
+    assert f.offer({"schema": "assay.event/1", "seq": "7"}, 0) == []
+    assert f.foreign == 2
+    assert [d["seq"] for d in f.offer(doc(1), 0)] == [1]

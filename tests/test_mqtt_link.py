@@ -23,9 +23,10 @@ from structlog.testing import capture_logs
 from acquisition.config import LabConfig
 from acquisition.errors import JournalError
 from acquisition.journal import Journal, OutboxMessage
-from acquisition.mqtt_link import MqttLink
+from acquisition.mqtt_link import MAX_PACKET_BYTES, MAX_QUEUED_INCOMING, MqttLink
 from acquisition.payloads import DaemonStatus
 from devtools.mosquitto import MosquittoBroker
+from drivers.backoff import Backoff
 from drivers.clock import VirtualClock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,7 +318,7 @@ _DAEMON = textwrap.dedent(
     from pathlib import Path
     from acquisition.config import JournalConfig, LabConfig, MqttConfig
     from acquisition.journal import Journal
-    from acquisition.mqtt_link import MqttLink
+    from acquisition.mqtt_link import MAX_PACKET_BYTES, MAX_QUEUED_INCOMING, MqttLink
 
     async def main() -> None:
         host, port, node, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
@@ -455,3 +456,101 @@ async def test_a_journal_failure_ends_run_with_the_journal_error(
     with pytest.raises(JournalError, match="closed"):
         await asyncio.wait_for(task, WAIT_S)
     assert not link.connected
+
+
+def is_doc(run: str, seq: int) -> Callable[[aiomqtt.Message], bool]:
+    return lambda m: (payload_json(m)["run"], payload_json(m)["seq"]) == (run, seq)
+
+
+def _acl_for(node: str, *, denied_run: str | None) -> str:
+    """assayd may use its status, cmd and run topics, except those of ``denied_run``."""
+    lines = [
+        "user assayd",
+        f"topic readwrite assay/{node}/status",
+        f"topic readwrite assay/{node}/cmd",
+    ]
+    lines += [f"topic readwrite assay/{node}/runs/{run}/#" for run in ("good", "bad")
+              if run != denied_run]  # fmt: skip
+    lines += ["", "user reader", "topic read assay/#", ""]
+    return "\n".join(lines)
+
+
+async def test_a_refused_publish_stays_in_the_outbox_and_other_topics_keep_flowing(
+    own_broker: Callable[..., MosquittoBroker],
+    lab_config: Callable[..., LabConfig],
+    tmp_journal: Journal,
+    unique: Callable[[str], str],
+) -> None:
+    node = unique("acl")
+    b = own_broker(users={"assayd": "pw-a", "reader": "pw-r"}, acl=_acl_for(node, denied_run="bad"))
+    cfg = lab_config(b, node=node, username="assayd", password="pw-a", publish_window=4)
+    fast = Backoff(base_s=0.05, factor=2.0, cap_s=0.2)
+    link = make_link(cfg, tmp_journal, refused_backoff=fast)
+    for run in ("bad", "good"):
+        await tmp_journal.create_run(run, "p", {}, T0)
+    good, bad = cfg.topic("runs", "good", "events"), cfg.topic("runs", "bad", "events")
+    with capture_logs() as logs:
+        async with (
+            subscriber(b, good, bad, username="reader", password="pw-r") as sub,
+            running(link),
+        ):
+            assert await link.wait_connected(WAIT_S), link.last_error
+            # Refused rows first, so the allowed ones queue up behind them in id order.
+            await append_docs(tmp_journal, link, cfg, "bad", range(1, 6))
+            await append_docs(tmp_journal, link, cfg, "good", range(1, 11))
+            await append_docs(tmp_journal, link, cfg, "bad", range(6, 9))
+            got_good = await collect(sub, is_doc("good", 10))
+
+            async def retried_twice() -> bool:
+                return link.refused >= 8 + 2  # every bad row once, then probes
+
+            await eventually(retried_twice)
+            assert link.connected, "a refusal is not a connection failure"
+            rows = await tmp_journal.outbox_after(0, 100)
+            assert [r.topic for r in rows] == [bad] * 8, "refused rows are never deleted"
+            assert [json.loads(r.payload)["seq"] for r in rows] == list(range(1, 9))
+            assert await tmp_journal.outbox_size() == 8
+
+            # The operator fixes the ACL (Mosquitto re-reads it on SIGHUP): the next probe
+            # is accepted and the held rows follow, in order, exactly once.
+            await asyncio.to_thread(b.reload, acl=_acl_for(node, denied_run=None))
+            got_bad = await collect(sub, is_doc("bad", 8))
+            await eventually(lambda: _empty(tmp_journal))
+            await link.shutdown(timeout_s=WAIT_S)
+    assert [payload_json(m)["seq"] for m in got_good] == list(range(1, 11))
+    assert [(payload_json(m)["run"], payload_json(m)["seq"]) for m in got_bad] == [
+        ("bad", seq) for seq in range(1, 9)
+    ], "the refused topic's rows arrive in order, none twice"
+    refusals = [e for e in logs if e["event"].startswith("broker refused a publish:")]
+    assert len(refusals) == 1, "one error per topic per connection, not one per retry"
+    assert refusals[0]["log_level"] == "error"
+    assert refusals[0]["topic"] == bad and refusals[0]["reason_code"] == "0x87"
+    assert "authori" in refusals[0]["reason"].lower()
+
+
+async def test_commands_above_the_max_packet_size_never_reach_the_daemon(
+    broker: MosquittoBroker, lab_config: Callable[..., LabConfig], tmp_journal: Journal
+) -> None:
+    cfg = lab_config(broker)
+    sizes: list[int] = []
+    done = asyncio.Event()
+
+    async def on_command(message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        sizes.append(len(message.payload))
+        if message.payload == b"done":
+            done.set()
+
+    link = make_link(cfg, tmp_journal, on_command=on_command)
+    async with subscriber(broker) as cli, running(link):
+        assert await link.wait_connected(WAIT_S)
+        assert link._client is not None
+        assert link._client._queue.maxsize == MAX_QUEUED_INCOMING, "bounded inbound queue"
+        for size in (MAX_PACKET_BYTES + 1024, 1024 * 1024):
+            await cli.publish(cfg.topic("cmd"), b"x" * size, qos=1)
+        await cli.publish(cfg.topic("cmd"), b"done", qos=1)
+        await asyncio.wait_for(done.wait(), WAIT_S)
+        assert link.connected
+    # The broker dropped the oversized one (the daemon's CONNECT set MaximumPacketSize);
+    # a 1 MiB command still arrives, for the command layer to answer "too_large".
+    assert sizes == [1024 * 1024, 4]

@@ -43,9 +43,11 @@ class DaemonClient:
         self._client_id = f"assay-cli-{uuid.uuid4().hex[:10]}"
         self._reply_topic = config.topic("replies", self._client_id)
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
-        self._queues: list[tuple[str, asyncio.Queue[aiomqtt.Message]]] = []
+        self._queues: list[tuple[str, asyncio.Queue[aiomqtt.Message | None]]] = []
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.lost: BrokerError | None = None
+        """Set once the broker connection is gone; every wait then ends with it."""
 
     async def __aenter__(self) -> DaemonClient:
         client = aiomqtt.Client(identifier=self._client_id, **client_kwargs(self.config.mqtt))
@@ -79,14 +81,23 @@ class DaemonClient:
         return self._client
 
     async def _read(self) -> None:
-        async for message in self.client.messages:
-            topic = str(message.topic)
-            if topic == self._reply_topic:
-                self._resolve(message)
-                continue
-            for pattern, queue in self._queues:
-                if message.topic.matches(pattern):
-                    queue.put_nowait(message)
+        try:
+            async for message in self.client.messages:
+                topic = str(message.topic)
+                if topic == self._reply_topic:
+                    self._resolve(message)
+                    continue
+                for pattern, queue in self._queues:
+                    if message.topic.matches(pattern):
+                        queue.put_nowait(message)
+        except aiomqtt.MqttError as exc:
+            where = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
+            self.lost = BrokerError(f"lost the MQTT broker at {where}: {exc}")
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(self.lost)
+            for _, queue in self._queues:
+                queue.put_nowait(None)  # wakes a consumer, which then sees self.lost
 
     def _resolve(self, message: aiomqtt.Message) -> None:
         corr = getattr(message.properties, "CorrelationData", None)
@@ -101,6 +112,8 @@ class DaemonClient:
 
     async def request(self, verb: str, args: dict[str, Any] | None = None) -> Any:
         """Send one command; return its result or raise CommandError with the reply's code."""
+        if self.lost is not None:
+            raise self.lost
         corr = uuid.uuid4().bytes
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
@@ -109,9 +122,13 @@ class DaemonClient:
         props.CorrelationData = corr
         props.MessageExpiryInterval = COMMAND_EXPIRY_S
         body = {"schema": "assay.command/1", "verb": verb, "args": args or {}}
-        await self.client.publish(
-            self.config.topic("cmd"), json.dumps(body).encode(), qos=1, properties=props
-        )
+        try:
+            await self.client.publish(
+                self.config.topic("cmd"), json.dumps(body).encode(), qos=1, properties=props
+            )
+        except aiomqtt.MqttError as exc:
+            self._pending.pop(corr, None)
+            raise BrokerError(f"could not send '{verb}' to the broker: {exc}") from exc
         try:
             reply = await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError as exc:
@@ -127,9 +144,11 @@ class DaemonClient:
         return reply.get("result")
 
     @contextlib.asynccontextmanager
-    async def subscription(self, *patterns: str) -> AsyncIterator[asyncio.Queue[aiomqtt.Message]]:
+    async def subscription(
+        self, *patterns: str
+    ) -> AsyncIterator[asyncio.Queue[aiomqtt.Message | None]]:
         """Messages on any of ``patterns`` (retained ones first), in arrival order."""
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        queue: asyncio.Queue[aiomqtt.Message | None] = asyncio.Queue()
         entries = [(p, queue) for p in patterns]
         self._queues.extend(entries)
         try:
@@ -150,6 +169,8 @@ class DaemonClient:
                 msg = await asyncio.wait_for(queue.get(), wait_s)
             except TimeoutError:
                 return None
+        if msg is None:
+            raise self.lost or BrokerError("lost the MQTT broker")
         assert isinstance(msg.payload, bytes | bytearray)
         data: dict[str, Any] = json.loads(msg.payload)
         return data
