@@ -133,8 +133,8 @@ class CommandHandlers:
     async def _state_payload(self, run: str) -> bytes:
         record = await self._record(run)
         active = self._d.active.get(run)
-        if active is not None:
-            return active.recorder.state_payload()
+        if active is not None:  # only what is on disk, so a replay can serve all of it
+            return active.recorder.state_payload(last_seq=active.recorder.last_seq)
         if record.state_payload is None:
             raise CommandError("not_found", f"run '{run}' has no state yet")
         return record.state_payload

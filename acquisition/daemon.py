@@ -141,7 +141,7 @@ class Daemon:
         )
         for record in open_runs:
             recorder = await RunRecorder.resume(
-                self.config, self.journal, self.link.notify, record
+                self.config, self.journal, self.link.notify, record, clock=self.clock
             )
             with structlog.contextvars.bound_contextvars(run=record.run):
                 log.warning("run was open when the daemon stopped; marking it interrupted")
@@ -177,6 +177,7 @@ class Daemon:
                 self.link.notify,
                 args.protocol,
                 args.model_dump(mode="json"),
+                clock=self.clock,
             )
             handle.lease = recorder.run
         except BaseException:

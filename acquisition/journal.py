@@ -7,26 +7,28 @@ together or not at all, so a daemon killed at any moment leaves a gap-free prefi
 documents whose outbox rows are all still there (``synchronous=normal`` survives a process
 crash, ``full`` also a power cut).
 
-All SQLite work runs on one dedicated worker thread that owns the connection; the event
-loop only awaits it. ``sqlite3`` errors are translated into
-:class:`~acquisition.errors.JournalError`. A caller cancelled while awaiting a write does
-not roll it back: the worker finishes the transaction it started.
+All SQLite work runs on one dedicated thread that owns the connection
+(:class:`~acquisition.journal_worker.JournalWorker`), in submission order; operations that
+queue up behind each other commit together (group commit), each in its own savepoint, so
+one that fails is rolled back alone. The event loop only awaits. ``sqlite3`` errors are
+translated into :class:`~acquisition.errors.JournalError`. A caller cancelled while awaiting
+a write does not undo it: the worker runs every job it was given.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from acquisition.errors import JournalError
+from acquisition.journal_worker import JournalWorker
 from acquisition.outbox import OutboxMessage, OutboxRow, OutboxTail
 
 __all__ = ["SCHEMA_VERSION", "Journal", "OutboxMessage", "OutboxRow", "RunRecord"]
@@ -112,12 +114,9 @@ def _insert_outbox(conn: sqlite3.Connection, outbox: Sequence[OutboxMessage]) ->
 class Journal:
     """The SQLite journal. Open with ``await Journal.open(path)``; close with ``close()``."""
 
-    def __init__(
-        self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection, floor: int
-    ) -> None:
+    def __init__(self, path: Path, worker: JournalWorker, floor: int) -> None:
         self.path = path
-        self._executor = executor
-        self._conn: sqlite3.Connection | None = conn
+        self._worker: JournalWorker | None = worker
         self._tail = OutboxTail(floor)
 
     @classmethod
@@ -125,35 +124,28 @@ class Journal:
         """Open (creating parent directories and the schema) the journal at ``path``."""
         if synchronous not in ("normal", "full"):
             raise JournalError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        loop = asyncio.get_running_loop()
-        try:
-            conn, floor = await loop.run_in_executor(executor, _connect, Path(path), synchronous)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(Path(path), executor, conn, floor)
+        worker = JournalWorker(lambda: _connect(Path(path), synchronous), name="journal")
+        await worker.start()
+        floor = await worker.call(
+            lambda conn: int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+        )
+        return cls(Path(path), worker, floor)
+
+    @property
+    def worker(self) -> JournalWorker:
+        if self._worker is None:
+            raise JournalError(f"{self.path}: the journal is closed")
+        return self._worker
 
     async def close(self) -> None:
-        """Close the connection and stop the worker thread. Idempotent."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, conn.close)
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: close failed: {exc}") from exc
-        finally:
-            self._executor.shutdown(wait=False)
+        """Finish queued work, close the connection, stop the thread. Idempotent."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop()
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        conn = self._conn
-        if conn is None:
-            raise JournalError(f"{self.path}: the journal is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, conn)
+            return await self.worker.call(fn)
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: {exc}") from exc
 
@@ -222,7 +214,7 @@ class Journal:
                     (seq, _now(), state, state_payload, run),
                 )
                 rows = _insert_outbox(conn, messages)
-            self._tail.add(rows)
+            self.worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
 
@@ -246,7 +238,7 @@ class Journal:
                 if cur.rowcount != 1:
                     raise JournalError(f"run {run!r} does not exist")
                 rows = _insert_outbox(conn, messages)
-            self._tail.add(rows)
+            self.worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
 
@@ -314,13 +306,13 @@ class Journal:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 rows = _insert_outbox(conn, batch)
-            self._tail.add(rows)
+            self.worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
 
     async def outbox_after(self, after_id: int, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` outbox rows with ``id > after_id``, in id order."""
-        if self._conn is None:
+        if self._worker is None:
             raise JournalError(f"{self.path}: the journal is closed")
         cached = self._tail.after(after_id, limit)
         if cached is not None:
@@ -345,7 +337,7 @@ class Journal:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.executemany("DELETE FROM outbox WHERE id = ?", batch)
-            self._tail.remove(ids)
+            self.worker.after_commit(partial(self._tail.remove, list(ids)))
 
         await self._call(work)
 
@@ -358,7 +350,17 @@ class Journal:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    """All or nothing: a savepoint inside the worker's batch, else its own transaction."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT tx")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO tx")
+            conn.execute("RELEASE tx")
+            raise
+        conn.execute("RELEASE tx")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -368,8 +370,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, int]:
-    """Open the connection (on the worker thread), create the schema; newest outbox id."""
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    """Open the connection (on the worker thread) and create the schema."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -386,7 +388,7 @@ def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, int]:
     except JournalError:
         conn.close()
         raise
-    return conn, int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+    return conn
 
 
 def _initialise(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:

@@ -3,18 +3,33 @@
 Every call appends one run document (``seq`` = previous + 1) and, in the same SQLite
 transaction, queues the event and the new retained run state in the outbox. The MQTT link
 drains the outbox; nothing reaches the broker that is not already on disk.
+
+Writes are pipelined: a data document is handed to the journal's single worker (which
+commits in order) and the run goes on to the next well without waiting for the commit, up
+to :data:`MAX_PENDING_WRITES` in flight. Each write is its own task, so cancelling the run
+(abort, shutdown) never drops one that was handed over. :meth:`RunRecorder.flush` waits for
+them all; ``start`` and ``stop`` flush, so a run's outcome is on disk before it is reported,
+and a journal failure surfaces at the next call.
+
+The retained run state goes out with every document except data documents arriving faster
+than one per :data:`STATE_INTERVAL_S`: those refresh it at most that often (the newest
+state follows by itself), which halves the traffic of a fast count. Every data document is
+still sent, each with its seq.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from acquisition.config import LabConfig
+from acquisition.errors import JournalError
 from acquisition.journal import Journal, OutboxMessage, RunRecord
 from acquisition.payloads import (
     DataDocument,
@@ -28,8 +43,12 @@ from acquisition.payloads import (
     StopDocument,
     WellReading,
 )
+from drivers.clock import Clock, MonotonicClock
 
-__all__ = ["RunRecorder", "new_run_id", "utcnow"]
+__all__ = ["MAX_PENDING_WRITES", "STATE_INTERVAL_S", "RunRecorder", "new_run_id", "utcnow"]
+
+MAX_PENDING_WRITES = 64
+STATE_INTERVAL_S = 0.2
 
 
 def utcnow() -> datetime:
@@ -51,6 +70,8 @@ class RunRecorder:
         journal: Journal,
         notify: Callable[[], None],
         record: RunRecord,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
@@ -58,7 +79,13 @@ class RunRecorder:
         self.run = record.run
         self.protocol = record.protocol
         self.created_at = record.created_at
-        self.last_seq = record.last_seq
+        self.last_seq = record.last_seq  # the newest document on disk
+        self._next_seq = record.last_seq + 1
+        self._writes: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None
+        self._clock: Clock = clock or MonotonicClock()
+        self._state_sent_at = -math.inf
+        self._deferred_state: asyncio.Task[None] | None = None
         self.state: RunStateName = record.state  # type: ignore[assignment]
         self.step: str | None = None
         self.progress: Progress | None = None
@@ -70,10 +97,16 @@ class RunRecorder:
 
     @classmethod
     async def resume(
-        cls, config: LabConfig, journal: Journal, notify: Callable[[], None], record: RunRecord
+        cls,
+        config: LabConfig,
+        journal: Journal,
+        notify: Callable[[], None],
+        record: RunRecord,
+        *,
+        clock: Clock | None = None,
     ) -> RunRecorder:
         """A recorder for a run already in the journal, its document counts restored."""
-        recorder = cls(config, journal, notify, record)
+        recorder = cls(config, journal, notify, record, clock=clock)
         for payload in await journal.documents(record.run):
             kind = json.loads(payload).get("kind", "?")
             recorder.counts[kind] = recorder.counts.get(kind, 0) + 1
@@ -87,20 +120,27 @@ class RunRecorder:
         notify: Callable[[], None],
         protocol: str,
         params: dict[str, Any],
+        *,
+        clock: Clock | None = None,
     ) -> RunRecorder:
         now = utcnow()
         run = new_run_id(now)
         await journal.create_run(run, protocol, params, now, state="queued")
         record = await journal.get_run(run)
         assert record is not None  # just created in the same journal
-        recorder = cls(config, journal, notify, record)
+        recorder = cls(config, journal, notify, record, clock=clock)
         await recorder.set_state("queued")
         return recorder
 
     # -- retained state --------------------------------------------------------------
 
     def state_payload(self, last_seq: int | None = None) -> bytes:
-        """The retained run state; ``last_seq`` overrides while a document is being written."""
+        """The retained run state.
+
+        By default ``last_seq`` is the newest document handed to the journal: the state goes
+        through the same in-order journal, so by the time it is published those documents
+        are on disk. Pass ``last_seq=recorder.last_seq`` for a state answered directly.
+        """
         return (
             RunState(
                 node=self._config.node,
@@ -109,7 +149,7 @@ class RunRecorder:
                 state=self.state,
                 step=self.step,
                 progress=self.progress,
-                last_seq=self.last_seq if last_seq is None else last_seq,
+                last_seq=self._next_seq - 1 if last_seq is None else last_seq,
                 latest=self.latest,
                 message=self.message,
                 created_at=self.created_at,
@@ -146,51 +186,94 @@ class RunRecorder:
             "id": uuid.uuid4().hex,
             "run": self.run,
             "node": self._config.node,
-            "seq": self.last_seq + 1,
+            "seq": self._next_seq,
             "ts": utcnow(),
         }
 
     async def _append(
         self,
         doc: StartDocument | StepDocument | DataDocument | InterruptionDocument | StopDocument,
+        *,
+        durable: bool = False,
+        throttle_state: bool = False,
     ) -> None:
-        """Write one document; ``last_seq`` moves only once it is on disk.
-
-        The write is shielded: a run cancelled (abort, shutdown) while its document is queued
-        for the journal's worker still gets that document written, so seq never has a hole
-        and the stop document that follows the cancellation has the right seq.
-        """
+        """Hand one document to the journal; with ``durable``, return once all are on disk."""
+        if self._failure is not None:
+            raise JournalError(f"run {self.run}: an earlier write failed: {self._failure}")
         payload = doc.model_dump_json(by_alias=True).encode()
         state_payload = self.state_payload(last_seq=doc.seq)
-        write = asyncio.ensure_future(
+        self._next_seq = doc.seq + 1
+        outbox = [OutboxMessage(self._events_topic, payload, qos=1, retain=False)]
+        now = self._clock.monotonic()
+        if not throttle_state or now - self._state_sent_at >= STATE_INTERVAL_S:
+            outbox.append(self._state_message(state_payload))
+            self._state_sent_at = now
+            self._cancel_deferred_state()
+        elif self._deferred_state is None:
+            self._deferred_state = asyncio.create_task(
+                self._send_state_later(), name=f"state:{self.run}"
+            )
+        write = asyncio.create_task(
             self._journal.append(
                 self.run,
                 doc.seq,
                 doc.id,
                 doc.kind,
                 payload,
-                outbox=[
-                    OutboxMessage(self._events_topic, payload, qos=1, retain=False),
-                    self._state_message(state_payload),
-                ],
+                outbox=outbox,
                 state=self.state,
                 state_payload=state_payload,
-            )
+            ),
+            name=f"journal:{self.run}:{doc.seq}",
         )
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            await write  # finish what was started, then let the cancellation through
-            self._written(doc.seq, doc.kind)
-            raise
-        self._written(doc.seq, doc.kind)
+        write.add_done_callback(partial(self._written, doc.seq, doc.kind))
+        self._writes.append(write)
+        if durable:
+            await self.flush()
+        elif len(self._writes) >= MAX_PENDING_WRITES:
+            await asyncio.shield(self._writes[0])
+
+    async def _send_state_later(self) -> None:
+        """Publish the newest state once the throttle interval has passed."""
+        await self._clock.sleep(STATE_INTERVAL_S)
+        self._deferred_state = None
+        self._state_sent_at = self._clock.monotonic()
+        if self._failure is None:
+            await self._journal.enqueue([self._state_message(self.state_payload())])
+            self._notify()
+
+    def _cancel_deferred_state(self) -> None:
+        if self._deferred_state is not None:
+            self._deferred_state.cancel()
+            self._deferred_state = None
+
+    async def flush(self) -> None:
+        """Wait until every document handed over is on disk; JournalError if one failed.
+
+        Not interrupted by a cancellation: the writes finish, then the cancellation goes on.
+        """
+        cancelled = False
+        while self._writes:
+            try:
+                await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
+            except asyncio.CancelledError:
+                cancelled = True
+        if self._failure is not None:
+            raise JournalError(f"run {self.run}: a write failed: {self._failure}")
+        if cancelled:
+            raise asyncio.CancelledError
 
     @property
     def stopped(self) -> bool:
         """True once the stop document is on disk."""
         return self.counts.get("stop", 0) > 0
 
-    def _written(self, seq: int, kind: str) -> None:
+    def _written(self, seq: int, kind: str, write: asyncio.Task[None]) -> None:
+        self._writes.remove(write)
+        exc = None if write.cancelled() else write.exception()
+        if write.cancelled() or exc is not None:
+            self._failure = self._failure or exc or asyncio.CancelledError()
+            return
         self.last_seq = seq
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self._notify()
@@ -212,7 +295,8 @@ class RunRecorder:
                 instruments=instruments,
                 config=self._config.redacted(),
                 simulated=simulated,
-            )
+            ),
+            durable=True,
         )
 
     async def step_phase(
@@ -229,7 +313,7 @@ class RunRecorder:
     async def data(self, reading: WellReading, progress: Progress) -> None:
         self.progress = progress
         self.latest = {"well": reading.well, "cpm": reading.cpm, "ccpm": reading.ccpm}
-        await self._append(DataDocument(**self._base(), reading=reading))
+        await self._append(DataDocument(**self._base(), reading=reading), throttle_state=True)
 
     async def interruption(self, reason: str, detail: dict[str, Any] | None = None) -> None:
         self.message = reason
@@ -246,5 +330,6 @@ class RunRecorder:
                 exit_status=exit_status,
                 reason=reason,
                 counts={k: v for k, v in self.counts.items() if k == "data"},
-            )
+            ),
+            durable=True,
         )

@@ -208,8 +208,8 @@ async def main(argv: list[str] | None = None) -> int:
     p50 = statistics.median(d["p50_ms"] for d in runs)
     p99 = statistics.median(d["p99_ms"] for d in runs)
     print(f"  per-round ratios: {min(spread):.2f} .. {max(spread):.2f}")
-    print(f"  latency append -> subscriber receipt (median of rounds): p50 {p50:.2f} ms,", end="")
-    print(f" p99 {p99:.2f} ms")
+    print(f"  latency at saturation (producer up to 64 documents ahead): p50 {p50:.2f} ms,", end="")
+    print(f" p99 {p99:.2f} ms; paced latency: bench/well_latency.py")
     left = sum(d["outbox_left"] for d in runs)
     if left:
         print(f"  WARNING: {left:.0f} outbox rows left after shutdown")

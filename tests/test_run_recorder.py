@@ -28,6 +28,7 @@ async def test_a_cancel_while_a_document_is_queued_still_writes_it(tmp_journal: 
     await asyncio.sleep(0)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await rec.flush()
     # Whatever the cancel hit, the recorder's seq and the journal's agree ...
     record = await tmp_journal.get_run(rec.run)
     assert record is not None and record.last_seq == rec.last_seq == 2
