@@ -17,6 +17,7 @@ a write does not undo it: the worker runs every job it was given.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -116,7 +117,8 @@ class Journal:
 
     def __init__(self, path: Path, worker: JournalWorker, floor: int) -> None:
         self.path = path
-        self._worker: JournalWorker | None = worker
+        self._worker = worker
+        self._closed = False
         self._tail = OutboxTail(floor)
 
     @classmethod
@@ -125,27 +127,36 @@ class Journal:
         if synchronous not in ("normal", "full"):
             raise JournalError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         worker = JournalWorker(lambda: _connect(Path(path), synchronous), name="journal")
-        await worker.start()
-        floor = await worker.call(
-            lambda conn: int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
-        )
+        try:
+            await worker.start()
+            floor = await worker.submit(
+                lambda c: int(c.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+            )
+        except BaseException as exc:
+            await worker.stop()
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(f"{path}: {exc}") from exc
+            raise
         return cls(Path(path), worker, floor)
 
     @property
     def worker(self) -> JournalWorker:
-        if self._worker is None:
-            raise JournalError(f"{self.path}: the journal is closed")
         return self._worker
 
     async def close(self) -> None:
-        """Finish queued work, close the connection, stop the thread. Idempotent."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            await worker.stop()
+        """Finish the work queued so far, close the connection, stop the thread. Idempotent."""
+        self._closed = True
+        await self._worker.stop()
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        """Queue ``fn`` on the journal thread now (call order is disk order)."""
+        if self._closed:
+            raise JournalError(f"{self.path}: the journal is closed")
+        return self._worker.submit(fn)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         try:
-            return await self.worker.call(fn)
+            return await self._submit(fn)
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: {exc}") from exc
 
@@ -175,7 +186,7 @@ class Journal:
 
         await self._call(work)
 
-    async def append(
+    def submit_append(
         self,
         run: str,
         seq: int,
@@ -186,8 +197,10 @@ class Journal:
         outbox: Sequence[OutboxMessage] = (),
         state: str | None = None,
         state_payload: bytes | None = None,
-    ) -> None:
-        """Append document ``seq`` (= last_seq + 1) and its outbox rows in one transaction."""
+    ) -> asyncio.Future[None]:
+        """Queue the append of document ``seq`` now; the future completes once committed.
+
+        Queued synchronously: whatever the caller submits next is written after it."""
         messages = tuple(outbox)
 
         def work(conn: sqlite3.Connection) -> None:
@@ -196,9 +209,7 @@ class Journal:
                 if row is None:
                     raise JournalError(f"run {run!r} does not exist")
                 if seq != row[0] + 1:
-                    raise JournalError(
-                        f"run {run!r}: seq {seq} does not follow last_seq {row[0]}"
-                    )
+                    raise JournalError(f"run {run!r}: seq {seq} does not follow last_seq {row[0]}")
                 try:
                     conn.execute(
                         "INSERT INTO documents (run, seq, doc_id, kind, payload)"
@@ -214,9 +225,30 @@ class Journal:
                     (seq, _now(), state, state_payload, run),
                 )
                 rows = _insert_outbox(conn, messages)
-            self.worker.after_commit(partial(self._tail.add, rows))
+            self._worker.after_commit(partial(self._tail.add, rows))
 
-        await self._call(work)
+        return self._submit(work)
+
+    async def append(
+        self,
+        run: str,
+        seq: int,
+        doc_id: str,
+        kind: str,
+        payload: bytes,
+        *,
+        outbox: Sequence[OutboxMessage] = (),
+        state: str | None = None,
+        state_payload: bytes | None = None,
+    ) -> None:
+        """Append document ``seq`` (= last_seq + 1) and its outbox rows in one transaction."""
+        try:
+            await self.submit_append(
+                run, seq, doc_id, kind, payload,
+                outbox=outbox, state=state, state_payload=state_payload,
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: {exc}") from exc
 
     async def update_run(
         self,
@@ -238,7 +270,7 @@ class Journal:
                 if cur.rowcount != 1:
                     raise JournalError(f"run {run!r} does not exist")
                 rows = _insert_outbox(conn, messages)
-            self.worker.after_commit(partial(self._tail.add, rows))
+            self._worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
 
@@ -306,13 +338,13 @@ class Journal:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 rows = _insert_outbox(conn, batch)
-            self.worker.after_commit(partial(self._tail.add, rows))
+            self._worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
 
     async def outbox_after(self, after_id: int, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` outbox rows with ``id > after_id``, in id order."""
-        if self._worker is None:
+        if self._closed:
             raise JournalError(f"{self.path}: the journal is closed")
         cached = self._tail.after(after_id, limit)
         if cached is not None:
@@ -337,7 +369,7 @@ class Journal:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.executemany("DELETE FROM outbox WHERE id = ?", batch)
-            self.worker.after_commit(partial(self._tail.remove, list(ids)))
+            self._worker.after_commit(partial(self._tail.remove, list(ids)))
 
         await self._call(work)
 
@@ -356,8 +388,9 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK TO tx")
-            conn.execute("RELEASE tx")
+            if conn.in_transaction:  # SQLite may have aborted the whole transaction
+                conn.execute("ROLLBACK TO tx")
+                conn.execute("RELEASE tx")
             raise
         conn.execute("RELEASE tx")
         return

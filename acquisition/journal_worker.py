@@ -1,32 +1,47 @@
 """The journal's one SQLite thread, with group commit.
 
 Every journal operation is a job ``fn(conn) -> result`` run on one dedicated thread that owns
-the connection, strictly in submission order. Jobs that queue up while the thread is busy
-run together in ONE transaction, each inside its own SAVEPOINT: a job that raises is rolled
-back alone (its caller gets the exception), the others commit. A burst of appends then
-costs one COMMIT instead of one each, and one wake-up of the event loop per batch.
+the connection, strictly in submission order. :meth:`JournalWorker.submit` queues the job at
+once (synchronously), so the order of ``submit`` calls is the order on disk. Jobs that queue
+up while the thread is busy run together in ONE transaction, each inside its own SAVEPOINT:
+a job that raises is rolled back alone (its caller gets the exception), the others commit.
+A burst of appends then costs one COMMIT instead of one each, and one wake-up of the event
+loop per batch.
 
 Side effects that must only happen once data is on disk (exposing new outbox rows to the
 drainer) are registered by a job with :meth:`JournalWorker.after_commit`; they run after the
-COMMIT, and are dropped with a job that is rolled back. If the COMMIT itself fails, every
-job of the batch fails with that error and none of their side effects run.
+COMMIT and are dropped with a job that is rolled back. If SQLite aborts the whole
+transaction (disk full, I/O error: a job's error leaves no transaction open) or the COMMIT
+fails, every job of the batch fails with that error and no side effect runs.
+
+If the thread dies anyway, every queued and future job fails with :class:`WorkerDead`;
+no caller waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["MAX_BATCH", "JournalWorker"]
+import structlog
 
+__all__ = ["MAX_BATCH", "JournalWorker", "WorkerDead"]
+
+log = structlog.get_logger(__name__)
 MAX_BATCH = 256
 _T = TypeVar("_T")
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Outcome = tuple[Any, BaseException | None]
 _STOP = None
+
+
+class WorkerDead(sqlite3.OperationalError):
+    """The journal thread is gone (closed, or it failed); nothing more can be written."""
 
 
 class JournalWorker:
@@ -39,6 +54,8 @@ class JournalWorker:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._opened: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dead: WorkerDead | None = None
+        self._lock = threading.Lock()  # orders "is it dead?" against queueing a job
         self.batches = 0  # transactions committed (for tests and benchmarks)
         self.jobs_done = 0
 
@@ -49,40 +66,69 @@ class JournalWorker:
         self._thread.start()
         await self._opened
 
-    async def call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn(conn)`` on the thread, after every job submitted before it."""
+    def submit(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        """Queue ``fn(conn)`` now, after every job submitted before; its future result."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_T] = loop.create_future()
-        self._jobs.put((fn, loop, fut))
-        return await fut
+        with self._lock:
+            if self._dead is not None:
+                fut.set_exception(self._dead)
+            else:
+                self._jobs.put((fn, loop, fut))
+        return fut
 
     def after_commit(self, effect: Callable[[], None]) -> None:
         """From inside a job: run ``effect`` on the thread once the job is committed."""
         self._post.append(effect)
 
     async def stop(self) -> None:
-        """Finish the queued jobs, close the connection, end the thread."""
-        self._jobs.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        """Finish the jobs queued so far, close the connection, end the thread."""
+        with self._lock:
+            if self._dead is None:
+                self._jobs.put(_STOP)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
 
     # -- the thread ----------------------------------------------------------------------
 
     def _main(self) -> None:
         assert self._loop is not None and self._opened is not None
-        opened: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
             conn = self._connect()
         except BaseException as exc:
-            opened = [(self._opened, None, exc)]
-            self._loop.call_soon_threadsafe(_settle, opened)
+            self._die(WorkerDead(f"cannot open the journal: {exc}"))
+            _reply(self._loop, [(self._opened, None, exc)])
             return
-        opened = [(self._opened, None, None)]
-        self._loop.call_soon_threadsafe(_settle, opened)
+        _reply(self._loop, [(self._opened, None, None)])
+        batch: list[_Job] = []
         try:
-            while (batch := self._take()) is not None:
+            while (taken := self._take()) is not None:
+                batch = taken
                 self._run(conn, batch)
+                batch = []
+            self._die(WorkerDead("the journal is closed"))
+        except BaseException as exc:  # a bug or a broken connection: fail loudly, not silently
+            log.exception("journal thread failed")
+            dead = WorkerDead(f"the journal thread failed: {exc}")
+            self._answer(batch, [(None, dead)] * len(batch))
+            self._die(dead)
         finally:
-            conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _die(self, dead: WorkerDead) -> None:
+        """No more jobs: fail every one still queued, and every later submit."""
+        with self._lock:
+            self._dead = dead
+        leftovers: list[_Job] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftovers.append(job)
+        self._answer(leftovers, [(None, dead)] * len(leftovers))
 
     def _take(self) -> list[_Job] | None:
         first = self._jobs.get()
@@ -101,29 +147,16 @@ class JournalWorker:
         return batch
 
     def _run(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = []
         self._post.clear()
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._answer(batch, [(None, exc)] * len(batch))
-            return
-        for fn, _, _ in batch:
-            mark = len(self._post)
-            conn.execute("SAVEPOINT job")
-            try:
-                result = fn(conn)
-            except BaseException as exc:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                del self._post[mark:]
-                outcomes.append((None, exc))
-                continue
-            conn.execute("RELEASE job")
-            outcomes.append((result, None))
-        try:
+            for fn, _, _ in batch:
+                outcomes.append(self._run_job(conn, fn))
+                if not conn.in_transaction:  # SQLite aborted the whole transaction
+                    _aborted(outcomes[-1][1])
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._answer(batch, [(None, exc)] * len(batch))
@@ -131,22 +164,49 @@ class JournalWorker:
         self.batches += 1
         self.jobs_done += len(batch)
         for effect in self._post:
-            effect()
+            try:
+                effect()
+            except Exception:  # an in-memory mirror; the data itself is committed
+                log.exception("journal after-commit effect failed")
         self._answer(batch, outcomes)
 
+    def _run_job(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> _Outcome:
+        mark = len(self._post)
+        conn.execute("SAVEPOINT job")
+        try:
+            result = fn(conn)
+        except Exception as exc:
+            del self._post[mark:]
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            return None, exc
+        conn.execute("RELEASE job")
+        return result, None
+
     @staticmethod
-    def _answer(batch: list[_Job], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+    def _answer(batch: list[_Job], outcomes: list[_Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for (_, loop, fut), (result, exc) in zip(batch, outcomes, strict=True):
             by_loop.setdefault(loop, []).append((fut, result, exc))
         for loop, items in by_loop.items():  # one wake-up per loop and batch
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_settle, items)
+            _reply(loop, items)
+
+
+def _aborted(cause: BaseException | None) -> None:
+    raise cause or sqlite3.OperationalError("transaction aborted")
+
+
+def _reply(loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(_settle, items)
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, result, exc in items:
-        if fut.cancelled():
+        if fut.done():
             continue  # the caller stopped waiting; the job ran (or failed) all the same
         if exc is not None:
             fut.set_exception(exc)

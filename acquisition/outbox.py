@@ -23,10 +23,6 @@ with no holds. A refusal is taken as a verdict on the topic (what Mosquitto's AC
 later row of the topic that was already in flight when the first was refused and that the
 broker then accepted would arrive before the refused one.
 
-Retained rows are state, not history: a retained row followed in the same read batch by a
-newer retained row of the same topic is dropped unsent (:func:`_superseded_retained`). This
-only happens when the drainer is behind; run documents are never dropped.
-
 The outbox's data types live here too (re-exported by :mod:`acquisition.journal`), with
 :class:`OutboxTail`, the journal's in-memory mirror of freshly committed rows.
 """
@@ -221,26 +217,6 @@ class _Hold:
     probe_id: int | None = None  # the row sent as the probe, until its answer
 
 
-def _superseded_retained(rows: Sequence[OutboxRow]) -> set[int]:
-    """Ids of retained rows followed, later in ``rows``, by a retained row of the same topic.
-
-    A retained topic holds one value: the broker keeps the newest and a subscriber that
-    connects later sees only that. When the drainer falls behind (a burst, a reconnect), the
-    intermediate values are dropped unsent; the newest is published like any other row and
-    deleted only after its PUBACK. Run documents (not retained) are never dropped.
-    """
-    seen: set[str] = set()
-    out: set[int] = set()
-    for row in reversed(rows):
-        if not row.retain:
-            continue
-        if row.topic in seen:
-            out.add(row.id)
-        else:
-            seen.add(row.topic)
-    return out
-
-
 class OutboxDrainer:
     """Publishes the journal's outbox over whichever client is connected."""
 
@@ -278,7 +254,6 @@ class OutboxDrainer:
         self._watch = _PubackWatch()
         self.published = 0  # rows acknowledged by the broker, over the link's lifetime
         self.refused = 0  # publishes the broker refused (rows kept), over its lifetime
-        self.coalesced = 0  # retained rows dropped unsent because a newer one followed
 
     def notify(self) -> None:
         """New outbox rows were committed: wake the publisher."""
@@ -334,14 +309,9 @@ class OutboxDrainer:
                     async with asyncio.timeout(self._idle_wait()):
                         await self._wake.wait()
                 continue
-            superseded = _superseded_retained(rows)
             for row in rows:
                 cursor = row.id
                 if not self._may_send(row):
-                    continue
-                if row.id in superseded and row.topic not in self._holds:
-                    self._settle(row.id)  # a newer retained value of this topic follows
-                    self.coalesced += 1
                     continue
                 await slots.acquire()
                 if not self._may_send(row):  # refused or resent while we waited for a slot
@@ -402,12 +372,8 @@ class OutboxDrainer:
             # Its later rows were skipped: send them now, in order.
             self._rewind(min(hold.first_id, row.id + 1))
             log.info("broker accepts the refused topic again", topic=row.topic, row=row.id)
-        self._settle(row.id)
-
-    def _settle(self, row_id: int) -> None:
-        """The row is done with (acknowledged, or superseded): queue its delete."""
-        self._acked.add(row_id)
-        self._to_delete.append(row_id)
+        self._acked.add(row.id)
+        self._to_delete.append(row.id)
         self._delete_wake.set()
         if len(self._to_delete) >= self._delete_batch:
             self._batch_full.set()

@@ -20,6 +20,7 @@ still sent, each with its seq.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import uuid
@@ -81,7 +82,7 @@ class RunRecorder:
         self.created_at = record.created_at
         self.last_seq = record.last_seq  # the newest document on disk
         self._next_seq = record.last_seq + 1
-        self._writes: list[asyncio.Task[None]] = []
+        self._writes: list[asyncio.Future[None]] = []
         self._failure: BaseException | None = None
         self._clock: Clock = clock or MonotonicClock()
         self._state_sent_at = -math.inf
@@ -199,7 +200,7 @@ class RunRecorder:
     ) -> None:
         """Hand one document to the journal; with ``durable``, return once all are on disk."""
         if self._failure is not None:
-            raise JournalError(f"run {self.run}: an earlier write failed: {self._failure}")
+            await self._recover()
         payload = doc.model_dump_json(by_alias=True).encode()
         state_payload = self.state_payload(last_seq=doc.seq)
         self._next_seq = doc.seq + 1
@@ -213,25 +214,24 @@ class RunRecorder:
             self._deferred_state = asyncio.create_task(
                 self._send_state_later(), name=f"state:{self.run}"
             )
-        write = asyncio.create_task(
-            self._journal.append(
-                self.run,
-                doc.seq,
-                doc.id,
-                doc.kind,
-                payload,
-                outbox=outbox,
-                state=self.state,
-                state_payload=state_payload,
-            ),
-            name=f"journal:{self.run}:{doc.seq}",
+        # Queued on the journal thread right now: whatever is submitted next (a state, the
+        # next document) is written after it.
+        write = self._journal.submit_append(
+            self.run,
+            doc.seq,
+            doc.id,
+            doc.kind,
+            payload,
+            outbox=outbox,
+            state=self.state,
+            state_payload=state_payload,
         )
         write.add_done_callback(partial(self._written, doc.seq, doc.kind))
         self._writes.append(write)
         if durable:
             await self.flush()
         elif len(self._writes) >= MAX_PENDING_WRITES:
-            await asyncio.shield(self._writes[0])
+            await asyncio.wait({self._writes[0]})
 
     async def _send_state_later(self) -> None:
         """Publish the newest state once the throttle interval has passed."""
@@ -239,7 +239,8 @@ class RunRecorder:
         self._deferred_state = None
         self._state_sent_at = self._clock.monotonic()
         if self._failure is None:
-            await self._journal.enqueue([self._state_message(self.state_payload())])
+            with contextlib.suppress(JournalError):  # the next document reports it
+                await self._journal.enqueue([self._state_message(self.state_payload())])
             self._notify()
 
     def _cancel_deferred_state(self) -> None:
@@ -250,25 +251,40 @@ class RunRecorder:
     async def flush(self) -> None:
         """Wait until every document handed over is on disk; JournalError if one failed.
 
-        Not interrupted by a cancellation: the writes finish, then the cancellation goes on.
+        Not interrupted by a cancellation: the writes finish, then the cancellation goes on
+        (it wins over a write failure, which the next call reports).
         """
         cancelled = False
         while self._writes:
             try:
-                await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
+                await asyncio.wait(set(self._writes))
             except asyncio.CancelledError:
                 cancelled = True
-        if self._failure is not None:
-            raise JournalError(f"run {self.run}: a write failed: {self._failure}")
         if cancelled:
             raise asyncio.CancelledError
+        if self._failure is not None:
+            await self._recover()
+
+    async def _recover(self) -> None:
+        """After a failed write: realign seq with the disk, then report the failure once.
+
+        Every write queued after the failed one failed too (its seq no longer follows), so
+        once they have all settled the next document takes ``last_seq + 1`` again and the
+        run can still record its interruption and stop.
+        """
+        while self._writes:
+            await asyncio.wait(set(self._writes))
+        failure, self._failure = self._failure, None
+        self._cancel_deferred_state()
+        self._next_seq = self.last_seq + 1
+        raise JournalError(f"run {self.run}: a journal write failed: {failure}")
 
     @property
     def stopped(self) -> bool:
         """True once the stop document is on disk."""
         return self.counts.get("stop", 0) > 0
 
-    def _written(self, seq: int, kind: str, write: asyncio.Task[None]) -> None:
+    def _written(self, seq: int, kind: str, write: asyncio.Future[None]) -> None:
         self._writes.remove(write)
         exc = None if write.cancelled() else write.exception()
         if write.cancelled() or exc is not None:

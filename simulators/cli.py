@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ class _CounterSpec:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run instrument simulators.")
     sub = parser.add_subparsers(dest="command", required=True)
-    counter = sub.add_parser("counter", help="one microplate scintillation counter")
+    counter = sub.add_parser(
+        "counter", help="one microplate scintillation counter, set up by flags (no config file)"
+    )
     counter.add_argument("--host", default="127.0.0.1")
     counter.add_argument("--port", type=int, default=5025)
     counter.add_argument("--control-port", type=int, default=5026)
@@ -50,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     counter.add_argument("--overhead-s", type=float, default=2.0)
     counter.add_argument("--background-cpm", type=float, default=25.0)
     bench = sub.add_parser("bench", help="every simulated instrument of a lab config file")
-    bench.add_argument("--config", type=Path, required=True, help="lab TOML config")
+    bench.add_argument(
+        "--config", type=Path, default=None,
+        help="lab TOML config (default: $ASSAY_CONFIG or config/lab.toml)",
+    )  # fmt: skip
     return parser
 
 
@@ -69,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(specs, args.time_scale, args.host, args.control_port)
     from simulators.config import ConfigProblem, load_bench_config, parse_socket_address
 
-    config = load_bench_config(args.config)
+    path = args.config or Path(os.environ.get("ASSAY_CONFIG", "config/lab.toml"))
+    config = load_bench_config(path)
     if isinstance(config, ConfigProblem):
         return _fail(str(config), 2)
     settings = config.simulation.counter

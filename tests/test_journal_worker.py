@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from acquisition.journal_worker import JournalWorker
+from acquisition.journal_worker import JournalWorker, WorkerDead
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -33,10 +33,12 @@ async def test_queued_jobs_commit_together_in_order_and_a_bad_one_alone(tmp_path
         return job
 
     try:
-        calls = [worker.call(insert(n)) for n in range(1, 101)]
-        calls.insert(50, worker.call(insert(7)))  # duplicate key: fails, alone
+        calls = [worker.submit(insert(n)) for n in range(1, 101)]
+        calls.insert(50, worker.submit(insert(7)))  # duplicate key: fails, alone
         results = await asyncio.gather(*calls, return_exceptions=True)
-        rows = await worker.call(lambda c: [r[0] for r in c.execute("SELECT n FROM t ORDER BY n")])
+        rows = await worker.submit(
+            lambda c: [r[0] for r in c.execute("SELECT n FROM t ORDER BY n")]
+        )
     finally:
         await worker.stop()
     assert [r for r in results if isinstance(r, Exception)] != []
@@ -53,3 +55,56 @@ async def test_a_failed_open_is_raised(tmp_path: Path) -> None:
     worker = JournalWorker(broken)
     with pytest.raises(sqlite3.OperationalError):
         await worker.start()
+
+
+class _Boom(BaseException):
+    """Not an Exception: the kind of failure that would kill a thread."""
+
+
+async def test_a_dead_thread_fails_every_waiting_and_later_caller(tmp_path: Path) -> None:
+    worker = JournalWorker(lambda: _connect(tmp_path / "w.sqlite3"))
+    await worker.start()
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise _Boom
+
+    first = worker.submit(boom)
+    queued = worker.submit(lambda c: 1)
+    results = await asyncio.wait_for(asyncio.gather(first, queued, return_exceptions=True), 5)
+    assert all(isinstance(r, WorkerDead) for r in results), results
+    with pytest.raises(WorkerDead):
+        await asyncio.wait_for(worker.submit(lambda c: 2), 5)
+    await worker.stop()
+
+
+async def test_a_transaction_sqlite_aborts_fails_its_batch_and_the_thread_goes_on(
+    tmp_path: Path,
+) -> None:
+    worker = JournalWorker(lambda: _connect(tmp_path / "w.sqlite3"))
+    await worker.start()
+    try:
+        await worker.submit(lambda c: c.execute("CREATE TABLE blobs (b BLOB)"))
+        pages = await worker.submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await worker.submit(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"))
+
+        def too_big(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO blobs VALUES (?)", (b"x" * 1_000_000,))
+
+        small = worker.submit(lambda c: c.execute("INSERT INTO t (n) VALUES (1)"))
+        big = worker.submit(too_big)
+        results = await asyncio.wait_for(asyncio.gather(small, big, return_exceptions=True), 5)
+        assert isinstance(results[1], sqlite3.Error)
+        # Whatever SQLite did to the batch, nobody hangs and the thread still works.
+        assert await asyncio.wait_for(worker.submit(lambda c: 41 + 1), 5) == 42
+    finally:
+        await worker.stop()
+
+
+async def test_jobs_queued_before_stop_still_run(tmp_path: Path) -> None:
+    worker = JournalWorker(lambda: _connect(tmp_path / "w.sqlite3"))
+    await worker.start()
+    queued = worker.submit(lambda c: c.execute("INSERT INTO t (n) VALUES (5)").rowcount)
+    await worker.stop()
+    assert await queued == 1
+    with pytest.raises(WorkerDead):
+        await worker.submit(lambda c: 1)

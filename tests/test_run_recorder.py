@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from acquisition.config import LabConfig
+from acquisition.errors import JournalError
 from acquisition.journal import Journal
 from acquisition.payloads import Progress, WellReading
 from acquisition.run_recorder import RunRecorder
@@ -47,3 +52,52 @@ async def test_retained_state_names_the_seq_of_its_document(tmp_journal: Journal
     record = await tmp_journal.get_run(rec.run)
     assert record is not None and record.state_payload is not None
     assert json.loads(record.state_payload)["last_seq"] == 1
+
+
+async def test_after_a_failed_write_the_run_can_still_record_its_stop(
+    tmp_journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = LabConfig(node="rec")
+    rec = await RunRecorder.create(config, tmp_journal, lambda: None, "count-plate", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    real = tmp_journal.submit_append
+    failed: list[int] = []
+
+    def failing_seq_3(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        if seq == 3 and not failed:  # the first write of seq 3 fails, once
+            failed.append(seq)
+
+            def fail(conn: sqlite3.Connection) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            return tmp_journal.worker.submit(fail)
+        return real(run, seq, *args, **kwargs)
+
+    monkeypatch.setattr(tmp_journal, "submit_append", failing_seq_3)
+    await rec.data(reading(0), Progress(done=1, total=3))  # seq 2
+    await rec.data(reading(1), Progress(done=2, total=3))  # seq 3: fails on the thread
+    with pytest.raises(JournalError, match="disk I/O error"):
+        await rec.flush()  # the failure is reported once ...
+    await rec.stop("fail", "journal write failed", "failed")  # ... and the run can still end
+    docs = [json.loads(p) for p in await tmp_journal.documents(rec.run)]
+    assert [(d["seq"], d["kind"]) for d in docs] == [(1, "start"), (2, "data"), (3, "stop")]
+    assert rec.stopped
+
+
+async def test_no_retained_state_is_queued_before_the_document_it_names(
+    tmp_journal: Journal,
+) -> None:
+    config = LabConfig(node="rec")
+    rec = await RunRecorder.create(config, tmp_journal, lambda: None, "count-plate", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    for i in range(5):
+        await rec.data(reading(i), Progress(done=i + 1, total=5))
+        await rec.republish_state()  # what a reconnect does, mid-count
+    await rec.stop("success", "done", "completed")
+    newest_event = 0
+    for row in await tmp_journal.outbox_after(0, 1000):
+        body = json.loads(row.payload)
+        if row.retain:
+            assert body["last_seq"] <= newest_event, "a state names a document not yet queued"
+        else:
+            newest_event = body["seq"]
