@@ -27,11 +27,14 @@ from acquisition.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "CounterConfig",
+    "HarvesterConfig",
+    "IncubatorConfig",
     "InstrumentConfig",
     "JournalConfig",
     "LabConfig",
     "LoggingConfig",
     "MqttConfig",
+    "PerfusionConfig",
     "SimulationConfig",
     "load_config",
 ]
@@ -86,15 +89,19 @@ class LoggingConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
-class CounterConfig(_Strict):
+class _InstrumentBase(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    address: str
+    timeout_s: float = Field(3.0, gt=0, le=120)
+    status_interval_s: float = Field(2.0, gt=0, le=3600)
+
+
+class CounterConfig(_InstrumentBase):
     """A microplate scintillation counter reached through VISA."""
 
     kind: Literal["counter"]
-    id: str
     address: str = Field(description="VISA resource, e.g. TCPIP::127.0.0.1::5025::SOCKET")
-    timeout_s: float = Field(3.0, gt=0, le=120)
     poll_interval_s: float = Field(0.25, gt=0, le=60)
-    status_interval_s: float = Field(2.0, gt=0, le=3600)
 
     @field_validator("address")
     @classmethod
@@ -104,7 +111,54 @@ class CounterConfig(_Strict):
         return v
 
 
-InstrumentConfig = Annotated[CounterConfig, Field(discriminator="kind")]
+class IncubatorConfig(_InstrumentBase):
+    """An incubator / temperature controller with shaker (Eurotherm 3200 map) over Modbus."""
+
+    kind: Literal["incubator"]
+    address: str = Field(
+        description="modbus-tcp://host:port, or modbus-rtu://<serial device or socket:// URL>"
+    )
+    device_id: int = Field(1, ge=1, le=247, description="Modbus unit id")
+    decimals: int = Field(1, ge=0, le=3, description="decimal places of scaled registers")
+
+    @field_validator("address")
+    @classmethod
+    def _modbus(cls, v: str) -> str:
+        if not re.match(r"^modbus-(tcp://[^:/]+:\d{1,5}|rtu://.+)$", v):
+            raise ValueError("modbus-tcp://host:port or modbus-rtu://<serial device or URL>")
+        return v
+
+
+class _SerialInstrument(_InstrumentBase):
+    address: str = Field(
+        description="serial device (/dev/ttyUSB0, a pty path or a link to it) or socket://host:port"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _serial(cls, v: str) -> str:
+        if not (v.startswith("/") or re.match(r"^socket://[^:/]+:\d{1,5}$", v)):
+            raise ValueError("a serial device path like /dev/ttyUSB0, or socket://host:port")
+        return v
+
+
+class HarvesterConfig(_SerialInstrument):
+    """A cell harvester (Brandel / FilterMate-style) over RS-232."""
+
+    kind: Literal["harvester"]
+
+
+class PerfusionConfig(_SerialInstrument):
+    """A perfusion valve controller (AutoMate ValveLink8 ASCII) over RS-232."""
+
+    kind: Literal["perfusion"]
+    device_address: int = Field(0, ge=0, le=9, description="ValveLink8 address switch")
+
+
+InstrumentConfig = Annotated[
+    CounterConfig | IncubatorConfig | HarvesterConfig | PerfusionConfig,
+    Field(discriminator="kind"),
+]
 
 
 class SimulationConfig(_Strict):
@@ -114,6 +168,10 @@ class SimulationConfig(_Strict):
     time_scale: float = Field(1.0, gt=0, le=1_000_000)
     control_port: int | None = Field(None, ge=1, le=65535)
     counter: dict[str, Any] = Field(default_factory=dict)
+    incubator: dict[str, Any] = Field(default_factory=dict)
+    harvester: dict[str, Any] = Field(default_factory=dict)
+    perfusion: dict[str, Any] = Field(default_factory=dict)
+    world: dict[str, Any] = Field(default_factory=dict)
 
 
 class LabConfig(BaseSettings):
@@ -230,7 +288,9 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"counter"} and out.startswith("instruments["):
+        elif part in {"counter", "incubator", "harvester", "perfusion"} and out.startswith(
+            "instruments["
+        ):
             continue  # the discriminated-union tag adds noise to the path
         else:
             out += f".{part}" if out else str(part)

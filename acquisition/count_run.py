@@ -20,7 +20,7 @@ from acquisition.instruments import InstrumentHandle
 from acquisition.payloads import Progress, WellReading
 from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock
-from drivers.counter import WellCount
+from drivers.counter import CounterDriver, WellCount
 from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentReplyError
 
 __all__ = ["CountOutcome", "run_count_plate"]
@@ -128,6 +128,7 @@ async def _count(
     tally: _Tally,
 ) -> None:
     driver = handle.driver
+    assert isinstance(driver, CounterDriver), "start_count_run leases counters only"
     wells = list(args.wells) if args.wells else list(ALL_WELLS)
     status = await driver.status()
     plate = {"plate_id": status.plate_id, "format": 96, "wells": wells}
@@ -189,5 +190,7 @@ async def _failed(
 
 async def _stop_counter(handle: InstrumentHandle) -> None:
     """Leave the counter safe: stop counting. Never raises."""
-    with contextlib.suppress(InstrumentError, OSError):
-        await asyncio.shield(handle.driver.abort())
+    driver = handle.driver
+    if isinstance(driver, CounterDriver):
+        with contextlib.suppress(InstrumentError, OSError):
+            await asyncio.shield(driver.abort())

@@ -169,7 +169,7 @@ class Daemon:
         recorder: RunRecorder | None = None
         try:
             handle = await stack.enter_async_context(
-                self.instruments.lease(args.instrument, run="(starting)")
+                self.instruments.lease(args.instrument, run="(starting)", kind="counter")
             )
             recorder = await RunRecorder.create(
                 self.config,

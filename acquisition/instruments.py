@@ -12,18 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import structlog
 
-from acquisition.config import CounterConfig, InstrumentConfig, LabConfig
+from acquisition.config import (
+    CounterConfig,
+    HarvesterConfig,
+    IncubatorConfig,
+    InstrumentConfig,
+    LabConfig,
+)
 from acquisition.errors import CommandError
 from acquisition.journal import Journal, OutboxMessage
 from acquisition.payloads import InstrumentState
 from acquisition.run_recorder import utcnow
 from drivers.backoff import Backoff
+from drivers.base import Instrument
 from drivers.clock import Clock
 from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
@@ -38,7 +44,7 @@ class InstrumentHandle:
     """One instrument as the daemon sees it."""
 
     config: InstrumentConfig
-    driver: CounterDriver
+    driver: Instrument
     state: str = "connecting"
     connected: bool = False
     fault: str | None = None
@@ -64,7 +70,8 @@ class InstrumentHandle:
         )
 
 
-def _make_driver(cfg: InstrumentConfig, clock: Clock) -> CounterDriver:
+def _make_driver(cfg: InstrumentConfig, clock: Clock) -> Instrument:
+    """The driver for one configured instrument (imported only for the kinds in use)."""
     if isinstance(cfg, CounterConfig):
         return CounterDriver(
             cfg.address,
@@ -73,7 +80,43 @@ def _make_driver(cfg: InstrumentConfig, clock: Clock) -> CounterDriver:
             clock=clock,
             poll_interval_s=cfg.poll_interval_s,
         )
-    raise TypeError(f"no driver for instrument kind {cfg.kind!r}")  # pragma: no cover
+    if isinstance(cfg, IncubatorConfig):
+        from drivers.incubator import IncubatorDriver
+
+        return IncubatorDriver(
+            cfg.address,
+            instrument_id=cfg.id,
+            device_id=cfg.device_id,
+            decimals=cfg.decimals,
+            timeout_s=cfg.timeout_s,
+            clock=clock,
+        )
+    if isinstance(cfg, HarvesterConfig):
+        from drivers.harvester import HarvesterDriver
+
+        return HarvesterDriver(
+            cfg.address, instrument_id=cfg.id, timeout_s=cfg.timeout_s, clock=clock
+        )
+    from drivers.perfusion import PerfusionDriver
+
+    return PerfusionDriver(
+        cfg.address,
+        instrument_id=cfg.id,
+        device_address=cfg.device_address,
+        timeout_s=cfg.timeout_s,
+        clock=clock,
+    )
+
+
+def _identity(ident: object) -> dict[str, str | int]:
+    """A driver's identity (a Mapping or a dataclass) as the published str/int fields."""
+    if isinstance(ident, Mapping):
+        items = dict(ident).items()
+    elif is_dataclass(ident) and not isinstance(ident, type):
+        items = asdict(ident).items()
+    else:
+        items = {"identity": str(ident)}.items()
+    return {str(k): v for k, v in items if isinstance(v, str | int)}
 
 
 class InstrumentManager:
@@ -131,11 +174,19 @@ class InstrumentManager:
             await self.publish(handle, force=True)
 
     @contextlib.asynccontextmanager
-    async def lease(self, instrument_id: str, run: str) -> AsyncIterator[InstrumentHandle]:
-        """Hold an instrument for one run; CommandError if absent, held or offline."""
+    async def lease(
+        self, instrument_id: str, run: str, *, kind: str | None = None
+    ) -> AsyncIterator[InstrumentHandle]:
+        """Hold an instrument for one run; CommandError if absent, of another kind, held,
+        offline or in fault."""
         handle = self.handles.get(instrument_id)
         if handle is None:
             raise CommandError("not_found", f"no instrument '{instrument_id}' in the config")
+        if kind is not None and handle.config.kind != kind:
+            raise CommandError(
+                "bad_request",
+                f"instrument '{instrument_id}' is a {handle.config.kind}, not a {kind}",
+            )
         if handle.lease is not None:
             raise CommandError(
                 "conflict", f"instrument '{instrument_id}' is held by run {handle.lease}"
@@ -173,10 +224,7 @@ class InstrumentManager:
                         continue
                     if not handle.driver.connected:
                         await handle.driver.open()
-                        ident = await handle.driver.identify()
-                        handle.identity = {
-                            k: v for k, v in vars(ident).items() if isinstance(v, str | int)
-                        }
+                        handle.identity = _identity(await handle.driver.identify())
                         log.info("instrument connected", address=cfg.address)
                         attempt = 0
                     await self._poll(handle)
@@ -196,29 +244,9 @@ class InstrumentManager:
                     attempt += 1
 
     async def _poll(self, handle: InstrumentHandle) -> None:
-        status = await handle.driver.status()
+        readings = await handle.driver.readings()
         handle.connected = True
-        # A standing fault needs an operator; the reason an earlier count was aborted
-        # (reported until the next count starts) is history, not a fault.
-        if status.door_open:
-            handle.fault = "door open"
-        elif status.state == "fault":
-            handle.fault = status.fault or "fault"
-        else:
-            handle.fault = None
-        if handle.fault is not None:
-            handle.state = "fault"
-        elif status.state == "counting":
-            handle.state = "busy"
-        else:
-            handle.state = "idle"
-        readings: dict[str, Any] = {
-            "count_state": status.state,
-            "wells_done": status.done,
-            "wells_total": status.total,
-            "door_open": status.door_open,
-            "plate_id": status.plate_id,
-            "last_abort": status.fault if status.state == "aborted" else None,
-        }
-        handle.readings = readings
+        handle.fault = readings.fault
+        handle.state = readings.state
+        handle.readings = dict(readings.values)
         await self.publish(handle)

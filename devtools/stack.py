@@ -56,8 +56,13 @@ def write_lab_config(
     overhead_s: float = 2.0,
     seed: int = 1,
     mqtt_extra: str = "",
+    kinds: tuple[str, ...] = ("counter",),
 ) -> LabFiles:
-    """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports."""
+    """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
+
+    ``kinds``: which instruments the bench has (``counter``, ``incubator``, ``harvester``,
+    ``perfusion``); serial ones get a pty link inside ``workdir``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     counter_port = counter_port or free_port()
     control_port = control_port or free_port()
@@ -78,13 +83,7 @@ path = "{journal}"
 level = "info"
 format = "json"
 
-[[instruments]]
-id = "counter"
-kind = "counter"
-address = "TCPIP::127.0.0.1::{counter_port}::SOCKET"
-poll_interval_s = 0.05
-status_interval_s = 0.5
-
+{_instrument_tables(workdir, kinds, counter_port)}
 [simulation]
 enabled = true
 time_scale = {time_scale}
@@ -99,6 +98,37 @@ seed = {seed}
     path = workdir / "lab.toml"
     path.write_text(text, encoding="utf-8")
     return LabFiles(path, workdir, broker_port, counter_port, control_port, journal, node)
+
+
+def _instrument_tables(workdir: Path, kinds: tuple[str, ...], counter_port: int) -> str:
+    tables = {
+        "counter": f"""[[instruments]]
+id = "counter"
+kind = "counter"
+address = "TCPIP::127.0.0.1::{counter_port}::SOCKET"
+poll_interval_s = 0.05
+status_interval_s = 0.5
+""",
+        "incubator": f"""[[instruments]]
+id = "incubator"
+kind = "incubator"
+address = "modbus-tcp://127.0.0.1:{free_port()}"
+status_interval_s = 0.5
+""",
+        "harvester": f"""[[instruments]]
+id = "harvester"
+kind = "harvester"
+address = "{workdir / "harvester.pty"}"
+status_interval_s = 0.5
+""",
+        "perfusion": f"""[[instruments]]
+id = "perfusion"
+kind = "perfusion"
+address = "{workdir / "perfusion.pty"}"
+status_interval_s = 0.5
+""",
+    }
+    return "\n".join(tables[k] for k in kinds)
 
 
 class _Process:

@@ -73,21 +73,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = [_CounterSpec("counter", args.host, args.port, args.detectors, args.seed,
                               args.overhead_s, args.background_cpm)]
         return _run(specs, args.time_scale, args.host, args.control_port)
-    from simulators.config import ConfigProblem, load_bench_config, parse_socket_address
+    from simulators.config import ConfigProblem, load_bench_config
 
     path = args.config or Path(os.environ.get("ASSAY_CONFIG", "config/lab.toml"))
     config = load_bench_config(path)
     if isinstance(config, ConfigProblem):
         return _fail(str(config), 2)
-    settings = config.simulation.counter
-    specs = []
-    for i, inst in enumerate(i for i in config.instruments if i.kind == "counter"):
-        address = parse_socket_address(inst.address)
-        assert address is not None  # checked by load_bench_config
-        specs.append(_CounterSpec(inst.id, *address, settings.detectors, settings.seed + i,
-                                  settings.overhead_s, settings.background_cpm))
-    host = specs[0].host if specs else "127.0.0.1"
-    return _run(specs, config.simulation.time_scale, host, config.simulation.control_port)
+    _quiet_logs()
+    try:
+        return asyncio.run(_serve_bench(config, path))
+    except BenchProblem as exc:
+        return _fail(f"{path}: {exc}", 2)
+    except OSError as exc:
+        return _fail(f"cannot listen: {exc}", 1)
+
+
+class BenchProblem(ValueError):
+    pass
+
+
+def _quiet_logs() -> None:
+    import structlog
+
+    # The CLI owns stdout (the listening lines and "ready"); logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+async def _serve_bench(config: object, path: Path) -> int:
+    from drivers.clock import ScaledClock
+    from simulators.bench import BenchError, start_bench
+    from simulators.config import BenchConfig
+
+    assert isinstance(config, BenchConfig)
+    clock = ScaledClock(config.simulation.time_scale)  # one time base for every simulator
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            bench = await start_bench(config, clock)
+        except BenchError as exc:
+            raise BenchProblem(str(exc)) from exc
+        try:
+            for line in bench.describe():
+                print(line)
+            print("ready", flush=True)
+            await stop.wait()
+        finally:
+            await bench.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 def _run(specs: list[_CounterSpec], time_scale: float, control_host: str,

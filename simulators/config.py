@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,10 +22,12 @@ __all__ = [
     "InstrumentEntry",
     "SimulationSettings",
     "load_bench_config",
+    "parse_modbus_tcp_address",
     "parse_socket_address",
 ]
 
 _SOCKET = re.compile(r"TCPIP\d*::([A-Za-z0-9.\-]+)::(\d{1,5})::SOCKET", re.IGNORECASE)
+_MODBUS_TCP = re.compile(r"modbus-tcp://([A-Za-z0-9.\-]+):(\d{1,5})")
 
 
 class _Model(BaseModel):
@@ -43,6 +45,11 @@ class SimulationSettings(_Model):
     time_scale: float = Field(60.0, gt=0)
     control_port: int = Field(5026, ge=0, le=65535)
     counter: CounterSimSettings = CounterSimSettings()
+    # Knobs of the other simulators, passed to their spec dataclasses by name.
+    incubator: dict[str, Any] = Field(default_factory=dict)
+    harvester: dict[str, Any] = Field(default_factory=dict)
+    perfusion: dict[str, Any] = Field(default_factory=dict)
+    world: dict[str, Any] = Field(default_factory=dict)
 
 
 class InstrumentEntry(_Model):
@@ -75,6 +82,14 @@ def parse_socket_address(address: str) -> tuple[str, int] | None:
     return match[1], int(match[2])
 
 
+def parse_modbus_tcp_address(address: str) -> tuple[str, int] | None:
+    """``modbus-tcp://host:port`` -> ``(host, port)``; None if not that form."""
+    match = _MODBUS_TCP.fullmatch(address.strip())
+    if match is None or int(match[2]) > 65535:
+        return None
+    return match[1], int(match[2])
+
+
 def load_bench_config(path: Path) -> BenchConfig | ConfigProblem:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -93,5 +108,15 @@ def load_bench_config(path: Path) -> BenchConfig | ConfigProblem:
             return ConfigProblem(
                 str(path), f"instruments.{i}.address", "a VISA socket address like "
                 "TCPIP::127.0.0.1::5025::SOCKET",
+            )
+        if inst.kind == "incubator" and parse_modbus_tcp_address(inst.address) is None:
+            return ConfigProblem(
+                str(path), f"instruments.{i}.address",
+                "modbus-tcp://host:port (the simulator serves Modbus TCP)",
+            )
+        if inst.kind in ("harvester", "perfusion") and not inst.address.startswith("/"):
+            return ConfigProblem(
+                str(path), f"instruments.{i}.address",
+                "a path where the simulator links its pty, e.g. /tmp/assay-sim/harvester",
             )
     return config

@@ -39,6 +39,7 @@ from drivers.errors import FrameTooLongError, ProtocolError
 from simulators.counter_model import CounterModel
 from simulators.counting import Medium, PhysicsConfig
 from simulators.plates import demo_plate
+from simulators.world_api import FilterMat, WorldHooks
 
 __all__ = ["FAULT_KINDS", "CounterSimulator", "FaultKind"]
 
@@ -50,7 +51,11 @@ _log = structlog.get_logger()
 
 
 class CounterSimulator:
-    """A counter listening on ``host:port`` (port 0 picks a free one, see :attr:`port`)."""
+    """A counter listening on ``host:port`` (port 0 picks a free one, see :attr:`port`).
+
+    Given a ``world``, it registers there as ``instrument_id`` and loads every filter mat
+    the world places at ``counter:<instrument_id>`` (as a ``filtermat`` plate named by the
+    mat id)."""
 
     def __init__(
         self,
@@ -61,6 +66,8 @@ class CounterSimulator:
         seed: int = 0,
         physics: PhysicsConfig | None = None,
         serial: str | None = None,
+        world: WorldHooks | None = None,
+        instrument_id: str = "counter",
     ) -> None:
         self.clock: Clock = clock or ScaledClock(time_scale)
         self.model = CounterModel(
@@ -77,6 +84,8 @@ class CounterSimulator:
         self._garbage_next = False
         self.host = "127.0.0.1"
         self.port = 0
+        if world is not None:
+            world.register_counter(instrument_id, self._load_mat)
 
     @property
     def resource(self) -> str:
@@ -126,6 +135,13 @@ class CounterSimulator:
     def load_demo_plate(self, seed: int = 1, plate_id: str = "DEMO-0001") -> None:
         plate = demo_plate(seed, plate_id)
         self.load_plate(plate.plate_id, plate.dpm_by_well, plate.luminescence_cpm_by_well)
+
+    def _load_mat(self, mat: FilterMat | None) -> None:
+        """The world placed a harvested mat in this counter (None: took it out)."""
+        if mat is None:
+            self.model.unload_plate()
+        else:
+            self.load_plate(mat.mat_id, mat.dpm_by_well, medium="filtermat")
 
     def inject_fault(self, kind: FaultKind) -> None:
         if kind not in FAULT_KINDS:

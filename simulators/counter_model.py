@@ -153,6 +153,11 @@ class CounterModel:
             loaded_at_s=self.clock.monotonic(),
         )
 
+    def unload_plate(self) -> None:
+        if self.counting:
+            raise RuntimeError("cannot take the plate out while counting")
+        self.plate = None
+
     def open_door(self) -> None:
         self.door_open = True
         if self.run is not None:

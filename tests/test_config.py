@@ -26,7 +26,7 @@ BAD_CONFIGS = [
         "instrument of unknown kind",
         '[[instruments]]\nid = "x"\nkind = "toaster"\naddress = "a"\n',
         "instruments[0].kind",
-        "one of 'counter' (got 'toaster')",
+        "one of 'counter', 'incubator', 'harvester', 'perfusion' (got 'toaster')",
     ),
     (
         "counter address not a VISA socket",
@@ -58,6 +58,25 @@ BAD_CONFIGS = [
         '[mqtt]\ntopic_prefix = "assay/#"\n',
         "mqtt.topic_prefix",
         "wildcards",
+    ),
+    (
+        "incubator address not Modbus",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\naddress = "tcp://a"\n',
+        "instruments[0].address",
+        "modbus-tcp://host:port",
+    ),
+    (
+        "harvester address not a device",
+        '[[instruments]]\nid = "h"\nkind = "harvester"\naddress = "COM1"\n',
+        "instruments[0].address",
+        "serial device path",
+    ),
+    (
+        "perfusion address switch out of range",
+        '[[instruments]]\nid = "p"\nkind = "perfusion"\naddress = "/dev/ttyS0"\n'
+        "device_address = 12\n",
+        "instruments[0].device_address",
+        "less than or equal to 9",
     ),
     (
         "bad journal mode",

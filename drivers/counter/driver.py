@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from drivers.base import Readings
 from drivers.clock import Clock, MonotonicClock
 from drivers.counter.codec import (
     MAX_LINE,
@@ -156,6 +157,34 @@ class CounterDriver:
             fault=st.fault_text if st.fault_code else None,
             count_id=st.count_id,
             fault_code=st.fault_code,
+        )
+
+    async def readings(self) -> Readings:
+        """State and key readings for the daemon (see :class:`drivers.base.Readings`).
+
+        A standing fault needs an operator (door open, FAULT state); the reason an earlier
+        count was aborted is reported until the next count starts, as history, not a fault.
+        """
+        st = await self.status()
+        fault: str | None = None
+        if st.door_open:
+            fault = "door open"
+        elif st.state == "fault":
+            fault = st.fault or "fault"
+        state: Literal["idle", "busy", "fault"] = (
+            "fault" if fault else "busy" if st.state == "counting" else "idle"
+        )
+        return Readings(
+            state,
+            fault,
+            {
+                "count_state": st.state,
+                "wells_done": st.done,
+                "wells_total": st.total,
+                "door_open": st.door_open,
+                "plate_id": st.plate_id,
+                "last_abort": st.fault if st.state == "aborted" else None,
+            },
         )
 
     async def configure(

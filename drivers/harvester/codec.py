@@ -1,0 +1,122 @@
+"""Codec of the cell harvester's RS-232 protocol (our own; ``docs/protocols/harvester.md``).
+
+Pure bytes <-> frozen dataclasses, no I/O. Every frame is one CR-terminated line of
+printable ASCII, ``<body>*<CK>``, ``CK`` the XOR of the body's bytes in two hex digits.
+
+Host side: :func:`encode_command`, :func:`decode` / :func:`open_frame`, :func:`parse_reply`
+and the ``parse_*`` data parsers. Instrument side (the simulator): :func:`parse_command` and
+the ``format_*`` formatters. Decoding raises only :class:`~drivers.errors.ProtocolError` (its
+subclasses :class:`ChecksumError`, :class:`CommandError`,
+:class:`~drivers.errors.FrameTooLongError`); building a command with an out-of-range
+argument raises :class:`ValueError` (a caller bug, not a wire fault).
+"""
+
+from __future__ import annotations
+
+from drivers.harvester._commands import (
+    DRY_S,
+    PREWET_S,
+    STEP_COMMANDS,
+    WASH_CYCLES,
+    WASH_VOLUME_ML,
+    Abort,
+    Aspirate,
+    Command,
+    CommandError,
+    Dry,
+    Identify,
+    Prewet,
+    QueryAnomalies,
+    QueryStatus,
+    Release,
+    Wash,
+    command_text,
+    encode_command,
+    parse_command,
+)
+from drivers.harvester._frames import (
+    EOL,
+    MAX_LINE,
+    ChecksumError,
+    Frame,
+    checksum,
+    decode,
+    open_frame,
+    seal,
+)
+from drivers.harvester._replies import (
+    ERROR_TEXT,
+    FAULT_NAMES,
+    STATES,
+    STEPS,
+    WELLS,
+    ErrorCode,
+    ErrorReply,
+    Identity,
+    OkReply,
+    Reply,
+    State,
+    Status,
+    Step,
+    error_reply,
+    format_anomalies,
+    format_identity,
+    format_reply,
+    format_status,
+    parse_anomalies,
+    parse_identity,
+    parse_reply,
+    parse_status,
+)
+
+__all__ = [
+    "DRY_S",
+    "EOL",
+    "ERROR_TEXT",
+    "FAULT_NAMES",
+    "MAX_LINE",
+    "PREWET_S",
+    "STATES",
+    "STEPS",
+    "STEP_COMMANDS",
+    "WASH_CYCLES",
+    "WASH_VOLUME_ML",
+    "WELLS",
+    "Abort",
+    "Aspirate",
+    "ChecksumError",
+    "Command",
+    "CommandError",
+    "Dry",
+    "ErrorCode",
+    "ErrorReply",
+    "Frame",
+    "Identify",
+    "Identity",
+    "OkReply",
+    "Prewet",
+    "QueryAnomalies",
+    "QueryStatus",
+    "Release",
+    "Reply",
+    "State",
+    "Status",
+    "Step",
+    "Wash",
+    "checksum",
+    "command_text",
+    "decode",
+    "encode_command",
+    "error_reply",
+    "format_anomalies",
+    "format_identity",
+    "format_reply",
+    "format_status",
+    "open_frame",
+    "parse_anomalies",
+    "parse_command",
+    "parse_identity",
+    "parse_reply",
+    "parse_status",
+    "seal",
+]

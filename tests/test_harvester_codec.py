@@ -1,0 +1,205 @@
+"""The harvester codec: byte examples from docs/protocols/harvester.md, round trips for
+every command and reply, and fuzzing of the decoder and every parser (they may only
+return or raise ProtocolError)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.errors import FrameTooLongError, ProtocolError
+from drivers.harvester.codec import (
+    MAX_LINE,
+    WELLS,
+    Abort,
+    Aspirate,
+    ChecksumError,
+    Command,
+    CommandError,
+    Dry,
+    ErrorCode,
+    ErrorReply,
+    Frame,
+    Identify,
+    Identity,
+    OkReply,
+    Prewet,
+    QueryAnomalies,
+    QueryStatus,
+    Release,
+    Status,
+    Wash,
+    checksum,
+    decode,
+    encode_command,
+    error_reply,
+    format_anomalies,
+    format_identity,
+    format_reply,
+    format_status,
+    open_frame,
+    parse_anomalies,
+    parse_command,
+    parse_identity,
+    parse_reply,
+    parse_status,
+    seal,
+)
+from drivers.serial_link import skip_line
+
+ALL_COMMANDS: list[Command] = [
+    Identify(), QueryStatus(), QueryAnomalies(), Prewet(10), Prewet(300), Aspirate(),
+    Wash(3, 1.0), Wash(10, 0.1), Dry(30), Release(), Abort(),
+]
+STATUS = Status("BUSY", "WS", 2, 45, -0.64, 87.5, 18.2, True, True, 0)
+
+
+def test_byte_examples_from_the_protocol_document() -> None:
+    assert encode_command(Identify()) == b"ID?*32"
+    assert encode_command(Wash(3, 1.0)) == b"WS 3,1.0*14"
+    assert encode_command(Prewet(10)) == b"PW 10*26"
+    assert checksum(b"ST?") == 0x38
+    assert format_reply(OkReply()) == b"OK*04"
+    assert format_reply(OkReply(format_status(STATUS))) == (
+        b"OK BUSY,WS,2,45,-0.64,87.5,18.2,1,1,00*12")
+    assert format_reply(error_reply(ErrorCode.WASTE_FULL)) == b"ER 13 Waste full*72"
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=repr)
+def test_every_command_round_trips(command: Command) -> None:
+    wire = encode_command(command)
+    frame, used = decode(wire + b"\r")
+    assert frame is not None and used == len(wire) + 1
+    assert parse_command(frame.body) == command
+
+
+@pytest.mark.parametrize("reply", [
+    OkReply(), OkReply("1,A3"), ErrorReply(20, "Busy: step AS running"),
+    error_reply(ErrorCode.LOW_VACUUM), error_reply(ErrorCode.BAD_ARGUMENT, "x" * 200),
+], ids=repr)
+def test_every_reply_round_trips(reply: OkReply | ErrorReply) -> None:
+    assert parse_reply(open_frame(format_reply(reply)).body) == reply
+
+
+def test_data_round_trips() -> None:
+    ident = Identity("BrandelSim", "HARV96-SIM", "H96-0001", "1.4")
+    assert parse_identity(format_identity(ident)) == ident
+    assert parse_status(format_status(STATUS)) == STATUS
+    assert parse_anomalies(format_anomalies(["H12", "A3", "A3"])) == ("A3", "H12")
+    assert parse_anomalies(format_anomalies([])) == ()
+
+
+def test_checksum_and_framing_errors() -> None:
+    with pytest.raises(ChecksumError):
+        open_frame(b"ID?*33")
+    for bad in (b"ID?", b"ID?*3", b"ID?*3G", b"I*D?*32", b"\xffID?*32", b"ID?*32 "):
+        with pytest.raises(ProtocolError):
+            open_frame(bad)
+    assert open_frame(b"ID?*32") == Frame("ID?")
+    assert open_frame(b"RL*1e") == Frame("RL")  # lower-case hex is accepted
+    assert decode(b"ID?*3") == (None, 0)
+    with pytest.raises(FrameTooLongError):
+        decode(b"A" * (MAX_LINE + 1))
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ("XX", 31), ("ID? 1", 32), ("PW", 32), ("PW 0", 32), ("PW 301", 32), ("PW 1.5", 32),
+    ("WS 3", 32), ("WS 11,1.0", 32), ("WS 3,0.05", 32), ("WS 3,1.25", 32), ("DR -1", 32),
+    ("AS now", 32),
+])
+def test_bad_commands_carry_their_error_code(body: str, code: int) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(body)
+    assert info.value.code == code
+
+
+def test_building_an_out_of_range_command_is_a_caller_bug() -> None:
+    for build in (lambda: Prewet(0), lambda: Wash(0, 1.0), lambda: Wash(3, 1.25),
+                  lambda: Dry(601), lambda: seal("A*B"), lambda: seal("é")):
+        with pytest.raises(ValueError):
+            build()
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+PARSERS: list[Callable[[str], object]] = [
+    parse_reply, parse_command, parse_status, parse_identity, parse_anomalies,
+]
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+
+
+@given(st.binary(max_size=600))
+def test_decode_whole_buffer(data: bytes) -> None:
+    try:
+        frame, used = decode(data)
+    except ProtocolError:
+        return
+    assert (frame is None) == (used == 0)
+    assert used <= min(len(data), MAX_LINE + 1)
+
+
+@given(st.lists(st.one_of(st.binary(max_size=30),
+                          st.sampled_from([encode_command(c) + b"\r" for c in ALL_COMMANDS])),
+                max_size=30))
+def test_decode_fed_byte_by_byte(chunks: list[bytes]) -> None:
+    """Frames mixed with garbage, one byte at a time: every valid frame that follows a CR
+    comes out, nothing raises but ProtocolError, and the buffer stays bounded."""
+    data = b"".join(chunks)
+    buf = bytearray()
+    got: list[str] = []
+    discarding = False
+    for i in range(len(data)):
+        buf += data[i : i + 1]
+        while buf:
+            if discarding:
+                drop = skip_line(buf)
+                discarding = not buf[:drop].endswith(b"\r")
+                del buf[:drop]
+                continue
+            try:
+                frame, used = decode(buf)
+            except ProtocolError:
+                discarding = True
+                continue
+            if frame is None:
+                break
+            got.append(frame.body)
+            del buf[:used]
+        assert len(buf) <= MAX_LINE + 1
+    expected = [f.body for f in _frames_after_cr(data)]
+    assert got == expected
+
+
+def _frames_after_cr(data: bytes) -> list[Frame]:
+    frames = []
+    for line in data.split(b"\r")[:-1]:
+        with contextlib.suppress(ProtocolError):
+            frames.append(open_frame(line))
+    return frames
+
+
+@given(printable)
+def test_parsers_raise_only_protocol_errors(text: str) -> None:
+    for parser in PARSERS:
+        with contextlib.suppress(ProtocolError):
+            parser(text)
+
+
+@given(st.lists(st.sampled_from(WELLS), max_size=96))
+def test_anomalies_round_trip(wells: list[str]) -> None:
+    assert set(parse_anomalies(format_anomalies(wells))) == set(wells)
+
+
+@given(st.builds(
+    Status, st.sampled_from(["IDLE", "BUSY", "FAULT"]),
+    st.sampled_from(["NONE", "PW", "AS", "WS", "DR", "RL"]), st.integers(0, 10),
+    st.integers(0, 100), st.floats(-1.0, 0.0).map(lambda v: round(v, 2)),
+    st.floats(0, 100).map(lambda v: round(v, 1)), st.floats(0, 100).map(lambda v: round(v, 1)),
+    st.booleans(), st.booleans(), st.integers(0, 32),
+))
+def test_status_round_trips(status: Status) -> None:
+    assert parse_status(open_frame(seal(format_status(status))).body) == status

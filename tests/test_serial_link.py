@@ -1,0 +1,281 @@
+"""The serial link: its framing function fuzzed, and the link itself over a real pty
+(:class:`simulators.pty_port.PtyPort`) and over ``socket://`` with hostile peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.backoff import Backoff
+from drivers.clock import VirtualClock
+from drivers.errors import FrameTooLongError, InstrumentTimeoutError, LinkError, ProtocolError
+from drivers.serial_link import SerialLink, skip_line, split_line
+from simulators.pty_port import PtyPort
+
+TIMEOUT_S = 0.3
+Handler = Callable[[bytes], Awaitable[bytes | None]]
+
+# --------------------------------------------------------------------------- framing
+
+
+@given(st.binary(max_size=300), st.sampled_from([b"\r", b"\n", b"\r\n"]),
+       st.integers(1, 64))
+def test_split_line_whole_buffer(data: bytes, eol: bytes, max_line: int) -> None:
+    try:
+        line, used = split_line(data, eol=eol, max_line=max_line)
+    except FrameTooLongError:
+        assert eol not in data[: max_line + len(eol)]
+        return
+    if line is None:
+        assert used == 0 and eol not in data and len(data) < max_line + len(eol)
+    else:
+        assert data[:used] == line + eol and eol not in line and len(line) <= max_line
+
+
+@given(st.lists(st.binary(max_size=40), max_size=20), st.sampled_from([b"\r", b"\r\n"]))
+def test_split_line_fed_byte_by_byte_stays_bounded(chunks: list[bytes], eol: bytes) -> None:
+    """An assembler built on split_line/skip_line: every terminated line comes out whole or
+    as one error, and the buffer never outgrows the bound."""
+    max_line = 16
+    data = eol.join(chunks)
+    buf = bytearray()
+    lines: list[bytes] = []
+    discarding = False
+    for i in range(len(data)):
+        buf += data[i : i + 1]
+        while buf:
+            if discarding:
+                drop = skip_line(buf, eol=eol)
+                if drop == 0:
+                    break  # only a possible half terminator is left: wait for more
+                discarding = not buf[:drop].endswith(eol)
+                del buf[:drop]
+                continue
+            try:
+                line, used = split_line(buf, eol=eol, max_line=max_line)
+            except ProtocolError:
+                discarding = True
+                continue
+            if line is None:
+                break
+            lines.append(line)
+            del buf[:used]
+        assert len(buf) <= max_line + len(eol)
+    expected = [c for c in data.split(eol)[:-1] if len(c) <= max_line]
+    short_only = all(len(c) <= max_line for c in data.split(eol))
+    if short_only:
+        assert lines == expected
+
+
+def test_split_line_examples() -> None:
+    assert split_line(b"OK*4F\rST?", eol=b"\r") == (b"OK*4F", 6)
+    assert split_line(b"partial", eol=b"\r") == (None, 0)
+    with pytest.raises(FrameTooLongError):
+        split_line(b"x" * 9, eol=b"\r", max_line=8)
+    assert skip_line(b"junk\r\nnext", eol=b"\r\n") == 6
+    assert skip_line(b"junk\r", eol=b"\r\n") == 4  # keeps a possible half terminator
+    with pytest.raises(ValueError):
+        split_line(b"", eol=b"")
+
+
+# --------------------------------------------------------------------------- over a pty
+
+
+@contextlib.asynccontextmanager
+async def served(handler: Handler, link_path: Path | None = None) -> AsyncIterator[PtyPort]:
+    port = PtyPort(link_path=link_path)
+    task = asyncio.create_task(port.serve(handler))
+    try:
+        yield port
+    finally:
+        await port.stop()
+        await task
+
+
+async def echo(line: bytes) -> bytes:
+    return b"R:" + line
+
+
+@pytest.fixture
+async def port(tmp_path: Path) -> AsyncIterator[PtyPort]:
+    async with served(echo, tmp_path / "dev" / "ttyECHO") as p:
+        yield p
+
+
+@pytest.fixture
+async def link(port: PtyPort) -> AsyncIterator[SerialLink]:
+    lnk = SerialLink(port.address, timeout_s=TIMEOUT_S, instrument_id="echo")
+    await lnk.open()
+    try:
+        yield lnk
+    finally:
+        await lnk.close()
+
+
+async def test_request_reply_over_a_symlinked_pty(port: PtyPort, link: SerialLink) -> None:
+    assert Path(port.address).resolve() == Path(port.slave_path)
+    assert link.connected
+    assert await link.request(b"ID?") == b"R:ID?"
+    assert await link.request(b"AB", reply=False) == b""
+    assert await link.request(b"ST?") == b"R:AB"  # the unread reply was stale: dropped
+    assert await link.request(b"ST?") == b"R:ST?"
+
+
+async def test_reply_arriving_one_byte_at_a_time(port: PtyPort, link: SerialLink) -> None:
+    port.inject("byte_by_byte")
+    assert await link.request(b"SLOW") == b"R:SLOW"
+    assert await link.request(b"NEXT") == b"R:NEXT"
+
+
+async def test_garbage_reply_is_returned_as_is_then_the_link_recovers(
+    port: PtyPort, link: SerialLink
+) -> None:
+    port.inject("garbage")
+    assert not (await link.request(b"X")).startswith(b"R:")
+    assert await link.request(b"Y") == b"R:Y"
+
+
+async def test_garbage_between_frames_is_discarded(tmp_path: Path) -> None:
+    async def noisy(line: bytes) -> bytes:
+        return b"R:" + line + b"\r\x00\xffnoise"  # unterminated junk after every reply
+
+    async with served(noisy) as port, SerialLink(port.address, timeout_s=TIMEOUT_S) as lnk:
+        for n in range(3):
+            assert await lnk.request(b"Q%d" % n) == b"R:Q%d" % n
+
+
+async def test_stalled_reply_times_out_and_never_answers_the_next_request() -> None:
+    release = asyncio.Event()
+
+    async def late(line: bytes) -> bytes:
+        if line == b"SLOW":
+            await release.wait()
+        return b"R:" + line
+
+    async with served(late) as port, SerialLink(port.address, timeout_s=TIMEOUT_S) as lnk:
+        with pytest.raises(InstrumentTimeoutError):
+            await lnk.request(b"SLOW")
+        release.set()  # the late reply now arrives, just before the next request
+        assert await lnk.request(b"NEXT") == b"R:NEXT"
+        assert await lnk.request(b"AGAIN") == b"R:AGAIN"
+
+
+async def test_stall_fault_then_recovery(port: PtyPort, link: SerialLink) -> None:
+    port.inject("stall")
+    with pytest.raises(InstrumentTimeoutError) as info:
+        await link.request(b"X")
+    assert info.value.retryable
+    assert await link.request(b"Y") == b"R:Y"
+
+
+async def test_overlong_reply_is_a_protocol_error_then_recovers() -> None:
+    async def long(line: bytes) -> bytes:
+        return b"L" * 600 if line == b"BIG" else b"R:" + line
+
+    async with served(long) as port, SerialLink(port.address, timeout_s=TIMEOUT_S) as lnk:
+        with pytest.raises(FrameTooLongError):
+            await lnk.request(b"BIG")
+        assert await lnk.request(b"SMALL") == b"R:SMALL"
+
+
+async def test_port_closing_mid_reply_gives_link_error_then_reopens(
+    port: PtyPort, link: SerialLink
+) -> None:
+    old_slave = port.slave_path
+    port.inject("close")
+    with pytest.raises(LinkError) as info:
+        await link.request(b"X")
+    assert not isinstance(info.value, InstrumentTimeoutError)
+    assert not link.connected
+    assert port.reopens == 1 and Path(port.address).resolve() == Path(port.slave_path)
+    assert port.slave_path != old_slave or port.reopens == 1
+    assert await link.request(b"Y") == b"R:Y"  # reopened through the same symlink
+    assert link.reconnects == 1
+
+
+async def test_cancelled_request_does_not_leave_its_reply_for_the_next() -> None:
+    release = asyncio.Event()
+
+    async def late(line: bytes) -> bytes:
+        if line == b"SLOW":
+            await release.wait()
+        return b"R:" + line
+
+    async with served(late) as port, SerialLink(port.address, timeout_s=2.0) as lnk:
+        task = asyncio.create_task(lnk.request(b"SLOW"))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        assert await lnk.request(b"NEXT") == b"R:NEXT"
+
+
+async def test_concurrent_requests_are_serialised(link: SerialLink) -> None:
+    replies = await asyncio.gather(*(link.request(b"C%d" % n) for n in range(20)))
+    assert replies == [b"R:C%d" % n for n in range(20)]
+
+
+async def test_errors_for_closed_and_missing_ports(tmp_path: Path) -> None:
+    lnk = SerialLink(str(tmp_path / "nothing"), timeout_s=TIMEOUT_S)
+    with pytest.raises(LinkError):
+        await lnk.open()
+    with pytest.raises(LinkError):
+        await lnk.request(b"X")  # never opened
+    await lnk.close()
+    await lnk.close()
+    with pytest.raises(ValueError):
+        await SerialLink("x").request(b"A\rB")
+
+
+async def test_reconnect_backs_off_on_the_clock_then_gives_up(tmp_path: Path) -> None:
+    clock = VirtualClock(autojump=True)
+    address = tmp_path / "ttyGONE"
+    async with served(echo, address):
+        lnk = SerialLink(str(address), timeout_s=TIMEOUT_S, clock=clock,
+                         backoff=Backoff(base_s=0.5, cap_s=4.0))
+        await lnk.open()
+    # The port is gone (symlink removed): reconnect waits on the clock, not in real time.
+    with pytest.raises(LinkError):
+        await lnk.reconnect(30.0)
+    assert 20.0 <= clock.monotonic() <= 30.0
+    async with served(echo, address):
+        await lnk.reconnect(30.0)
+        assert lnk.reconnects == 1
+        assert await lnk.request(b"BACK") == b"R:BACK"
+    await lnk.close()
+
+
+# --------------------------------------------------------------------------- socket://
+
+
+async def test_socket_url_and_peer_reset() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readuntil(b"\r"):
+                writer.write(b"R:" + line)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with SerialLink(f"socket://127.0.0.1:{port}", timeout_s=TIMEOUT_S) as lnk:
+            assert await lnk.request(b"PING") == b"R:PING"
+            writers[0].transport.abort()
+            with pytest.raises(LinkError):
+                await lnk.request(b"LOST")
+            assert await lnk.request(b"AGAIN") == b"R:AGAIN"  # reopened on demand
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        await server.wait_closed()
