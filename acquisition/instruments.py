@@ -34,7 +34,7 @@ from drivers.clock import Clock
 from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
 
-__all__ = ["InstrumentHandle", "InstrumentManager"]
+__all__ = ["InstrumentHandle", "InstrumentManager", "make_driver"]
 
 log = structlog.get_logger("acquisition.instruments")
 
@@ -70,7 +70,7 @@ class InstrumentHandle:
         )
 
 
-def _make_driver(cfg: InstrumentConfig, clock: Clock) -> Instrument:
+def make_driver(cfg: InstrumentConfig, clock: Clock) -> Instrument:
     """The driver for one configured instrument (imported only for the kinds in use)."""
     if isinstance(cfg, CounterConfig):
         return CounterDriver(
@@ -137,7 +137,7 @@ class InstrumentManager:
         self._clock = clock
         self._rng = rng or random.Random()
         self.handles: dict[str, InstrumentHandle] = {
-            cfg.id: InstrumentHandle(cfg, _make_driver(cfg, clock)) for cfg in config.instruments
+            cfg.id: InstrumentHandle(cfg, make_driver(cfg, clock)) for cfg in config.instruments
         }
 
     async def run(self) -> None:

@@ -47,11 +47,16 @@ def main() -> int:
         workdir = Path(tmp)
         _say("starting Mosquitto, the simulated bench and the daemon")
         broker = stack.enter_context(MosquittoBroker(port=int(pinned) if pinned else None))
-        lab = write_lab_config(workdir, broker_port=broker.port, time_scale=TIME_SCALE)
+        lab = write_lab_config(
+            workdir,
+            broker_port=broker.port,
+            time_scale=TIME_SCALE,
+            kinds=("counter", "incubator", "harvester", "perfusion"),
+        )
         watch = f"mosquitto_sub -p {broker.port} -v -t 'assay/#'"
         print(f"broker   127.0.0.1:{broker.port}   (watch it: {watch})")
         sim = stack.enter_context(SimBenchProcess(lab))
-        print(sim.tail(5))
+        print(sim.output().replace("ready\n", ""), end="")
         daemon = stack.enter_context(DaemonProcess(lab))
         print(f"assayd   pid {daemon.pid}, logs in {daemon.log_path}")
 

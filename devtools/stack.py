@@ -57,6 +57,7 @@ def write_lab_config(
     seed: int = 1,
     mqtt_extra: str = "",
     kinds: tuple[str, ...] = ("counter",),
+    simulation_extra: str = "",
 ) -> LabFiles:
     """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
 
@@ -94,6 +95,7 @@ detectors = {detectors}
 overhead_s = {overhead_s}
 background_cpm = 25.0
 seed = {seed}
+{simulation_extra}
 """
     path = workdir / "lab.toml"
     path.write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Instrument", "Readings", "ReadingValue"]
+__all__ = ["Instrument", "ReadingValue", "Readings"]
 
 ReadingValue = float | int | str | bool | None
 

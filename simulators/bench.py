@@ -63,10 +63,15 @@ class SimBench:
     world: World
     control: ControlServer
     handles: dict[str, _Handle] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
-        lines = [handle.describe() for handle in self.handles.values()]
-        lines.append(f"control  {self.control.host}:{self.control.port}  (virtual operator)")
+        """One line per instrument: id, kind, the address a daemon config names; details."""
+        lines = [
+            f"{iid:<10} {self.kinds[iid]:<10} {handle.address}"
+            for iid, handle in self.handles.items()
+        ]
+        lines.append(f"{'control':<10} {'operator':<10} {self.control.host}:{self.control.port}")
         return lines
 
     async def stop(self) -> None:
@@ -104,7 +109,7 @@ async def start_bench(config: BenchConfig, clock: Clock) -> SimBench:
             await handle.stop()
         await world.stop()
         raise
-    return SimBench(world, control, started)
+    return SimBench(world, control, started, {i.id: i.kind for i in config.instruments})
 
 
 async def _start_one(

@@ -37,7 +37,7 @@ _log = structlog.get_logger()
 class Faultable(Protocol):
     """Any simulator the control channel can reach: it takes injected faults by name."""
 
-    def inject_fault(self, kind: Any) -> None: ...
+    def inject_fault(self, kind: Any, /, **kwargs: Any) -> None: ...
 
 
 @runtime_checkable
@@ -57,6 +57,9 @@ class StateRequest(_Request):
 class FaultRequest(_Request):
     op: Literal["fault"]
     kind: str = Field(min_length=1, max_length=64)
+    wells: list[Annotated[str, Field(pattern=r"^[A-H](?:[1-9]|1[0-2])$")]] | None = Field(
+        None, max_length=96, description="for the harvester's clogged_wells fault"
+    )
 
 
 class LoadPlateRequest(_Request):
@@ -192,8 +195,11 @@ class ControlServer:
             sim = self._select(request.instrument, list(self._sims))
         if isinstance(request, FaultRequest):
             try:
-                _faultable(sim).inject_fault(request.kind)
-            except ValueError as exc:
+                if request.wells is not None:
+                    _faultable(sim).inject_fault(request.kind, wells=request.wells)
+                else:
+                    _faultable(sim).inject_fault(request.kind)
+            except (ValueError, TypeError) as exc:
                 raise ValueError(f"kind: {exc}") from None
             return _state(sim)
         if isinstance(request, StateRequest):

@@ -228,11 +228,14 @@ class HarvesterSimulator:
 
     def _reply_to(self, line: bytes) -> Reply:
         try:
-            command = parse_command(open_frame(line).body)
-        except CommandError as exc:
-            return error_reply(ErrorCode(exc.code), str(exc)[:40])
+            body = open_frame(line).body
         except ProtocolError:
             return error_reply(ErrorCode.BAD_CHECKSUM)
+        try:
+            command = parse_command(body)
+        except CommandError as exc:
+            detail = body.partition(" ")[0][:12] if exc.code == 31 else str(exc)
+            return error_reply(ErrorCode(exc.code), detail)
         now = self.clock.monotonic()
         if isinstance(command, Identify):
             return OkReply(format_identity(self.identity))
@@ -258,8 +261,7 @@ class HarvesterSimulator:
             waiter = asyncio.ensure_future(self._wake.wait())
             sleeper = None
             if math.isfinite(due):
-                sleeper = asyncio.ensure_future(
-                    self.clock.sleep(max(0.0, due - self.clock.monotonic())))
+                sleeper = asyncio.ensure_future(self._sleep_until(due))
             try:
                 await asyncio.wait([f for f in (waiter, sleeper) if f is not None],
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -270,6 +272,13 @@ class HarvesterSimulator:
                         with contextlib.suppress(asyncio.CancelledError):
                             await fut
             self.model.advance(self.clock.monotonic())
+
+    async def _sleep_until(self, due: float) -> None:
+        # The delay is taken when this task first runs, not when it is created: the clock
+        # may have moved in between (and a virtual clock never wakes a sleep(0) by itself).
+        delay = due - self.clock.monotonic()
+        if delay > 0:
+            await self.clock.sleep(delay)
 
     def _plate_present(self) -> bool:
         if self.world is not None:

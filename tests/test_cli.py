@@ -105,3 +105,18 @@ def test_terminal_says_clearly_when_the_daemon_is_not_running(
     out = assay(lab.config_path, "--timeout", "1", "instruments", timeout=30)
     assert out.returncode == 3
     assert "daemon 'ghost' did not answer" in out.stderr
+
+
+def test_instruments_shows_the_whole_simulated_bench_with_live_readings(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    kinds = ("counter", "incubator", "harvester", "perfusion")
+    with lab_stack(tmp_path, broker.port, time_scale=60.0, kinds=kinds) as stack:
+        out = assay(stack.lab.config_path, "instruments", "--wait", "20")
+        assert out.returncode == 0, out.stdout + out.stderr
+        rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
+        assert {row.split("│")[1].strip() for row in rows} >= set(kinds)
+        assert all(row.split("│")[4].strip() in {"yes", ""} for row in rows)
+        # The key reading of each: temperature, vacuum, valve states, the plate in the counter.
+        for needle in ("temperature_c=21", "vacuum_bar=", "valves=00000000", "plate_id=DEMO-0001"):
+            assert needle in out.stdout, needle

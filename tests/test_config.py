@@ -150,7 +150,7 @@ def test_password_is_never_shown(tmp_path: Path) -> None:
 
 def test_shipped_config_is_valid() -> None:
     cfg = load_config(GOOD)
-    assert [i.id for i in cfg.instruments] == ["counter"]
+    assert [i.kind for i in cfg.instruments] == ["counter", "incubator", "harvester", "perfusion"]
 
 
 def test_errors_never_echo_a_password(tmp_path: Path) -> None:

@@ -285,8 +285,8 @@ def test_cli_bench_starts_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> N
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
-        assert first.startswith("counter  TCPIP::127.0.0.1::")
-        assert proc.stdout.readline().startswith("control  127.0.0.1:")
+        assert first.startswith("counter    counter    TCPIP::127.0.0.1::")
+        assert proc.stdout.readline().startswith("control    operator   127.0.0.1:")
         assert proc.stdout.readline() == "ready\n"
         proc.terminate()
         assert proc.wait(timeout=5) == 0

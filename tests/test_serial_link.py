@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -98,6 +99,10 @@ async def served(handler: Handler, link_path: Path | None = None) -> AsyncIterat
         await task
 
 
+def points_to(link: str) -> str:
+    return os.path.realpath(link)
+
+
 async def echo(line: bytes) -> bytes:
     return b"R:" + line
 
@@ -119,7 +124,7 @@ async def link(port: PtyPort) -> AsyncIterator[SerialLink]:
 
 
 async def test_request_reply_over_a_symlinked_pty(port: PtyPort, link: SerialLink) -> None:
-    assert Path(port.address).resolve() == Path(port.slave_path)
+    assert points_to(port.address) == port.slave_path
     assert link.connected
     assert await link.request(b"ID?") == b"R:ID?"
     assert await link.request(b"AB", reply=False) == b""
@@ -187,14 +192,12 @@ async def test_overlong_reply_is_a_protocol_error_then_recovers() -> None:
 async def test_port_closing_mid_reply_gives_link_error_then_reopens(
     port: PtyPort, link: SerialLink
 ) -> None:
-    old_slave = port.slave_path
     port.inject("close")
     with pytest.raises(LinkError) as info:
         await link.request(b"X")
     assert not isinstance(info.value, InstrumentTimeoutError)
     assert not link.connected
-    assert port.reopens == 1 and Path(port.address).resolve() == Path(port.slave_path)
-    assert port.slave_path != old_slave or port.reopens == 1
+    assert port.reopens == 1 and points_to(port.address) == port.slave_path
     assert await link.request(b"Y") == b"R:Y"  # reopened through the same symlink
     assert link.reconnects == 1
 

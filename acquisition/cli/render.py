@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 from rich.console import Console
@@ -74,9 +75,20 @@ def print_instruments(console: Console, instruments: list[dict[str, Any]]) -> No
         readings = inst.get("readings") or {}
         if inst.get("fault"):
             console.print(f"  [red]{inst['id']} fault: {inst['fault']}[/red]")
-        if readings:
-            text = "  ".join(f"{k}={_fmt(v)}" for k, v in readings.items())
+        shown = {k: v for k, v in readings.items() if _worth_showing(k, v)}
+        if shown:
+            text = "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
             console.print(f"  {inst['id']}: {text}", soft_wrap=True)
+
+
+_QUIET_WHEN_FALSE = re.compile(r"alarm|break|over_range|latched|shorted|unplugged|fault")
+
+
+def _worth_showing(key: str, value: Any) -> bool:
+    """Hide empty readings and alarm flags that are off; everything else is news."""
+    if value is None or value == "":
+        return False
+    return not (value is False and _QUIET_WHEN_FALSE.search(key))
 
 
 def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:

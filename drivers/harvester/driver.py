@@ -60,10 +60,8 @@ from drivers.harvester.codec import (
 )
 from drivers.serial_link import SerialLink
 
-__all__ = [
-    "HarvestReport", "HarvesterDriver", "HarvesterIdentity", "HarvesterState",
-    "HarvesterStatus", "HarvesterStep",
-]
+__all__ = ["HarvestReport", "HarvesterDriver", "HarvesterIdentity", "HarvesterState",
+           "HarvesterStatus", "HarvesterStep"]
 
 T = TypeVar("T")
 HarvesterState = Literal["idle", "busy", "fault"]
@@ -374,7 +372,7 @@ class HarvesterDriver:
                 raise InstrumentReplyError(
                     f"garbled reply to {wire.decode()!r}: {exc}", instrument=self.instrument_id
                 ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable")
 
     def _reply_error(self, reply: ErrorReply) -> InstrumentFaultError | InstrumentReplyError:
         text = f"error {reply.code:02d}: {reply.text}"
