@@ -38,8 +38,8 @@ schemas: $(STAMP)
 
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/driver_latency.py
 	$(BIN)/python bench/well_latency.py
+	$(BIN)/python bench/instrument_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

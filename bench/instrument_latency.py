@@ -5,7 +5,7 @@ incubator: Modbus TCP; harvester and perfusion: ptys), exactly as in the lab con
 process drives them with the product's drivers and times, for each:
 
 - one command: the smallest exchange the driver offers (counter ``fetch`` = one
-  ``COUN:FETC?``; incubator ``status`` = one Modbus read; harvester ``status`` = one
+  ``COUN:FETC?``; incubator ``identify`` = one Modbus read (PV); harvester ``status`` = one
   ``ST?``; perfusion ``valve_states`` = one ``S?``);
 - ``readings()``: what the daemon polls for the instrument's retained state.
 
@@ -33,7 +33,7 @@ from drivers.clock import MonotonicClock
 
 ONE_COMMAND: dict[str, tuple[str, Callable[[Any], Awaitable[Any]]]] = {
     "counter": ("fetch(0): COUN:FETC?", lambda d: d.fetch(0)),
-    "incubator": ("status(): one Modbus read", lambda d: d.status()),
+    "incubator": ("identify(): one Modbus read", lambda d: d.identify()),
     "harvester": ("status(): ST?", lambda d: d.status()),
     "perfusion": ("valve_states(): S?", lambda d: d.valve_states()),
 }
@@ -58,12 +58,17 @@ async def _measure(config_path: Path, n: int) -> list[tuple[str, str, float, flo
         driver: Any = make_driver(inst, MonotonicClock())
         await driver.open()
         try:
+            if inst.kind == "counter":  # COUN:FETC? needs a count: start a long one
+                await driver.configure(count_time_s=3600)
+                await driver.start_count()
             what, call = ONE_COMMAND[inst.kind]
             p50, p99 = await _time(n, lambda call=call, driver=driver: call(driver))
             rows.append((inst.kind, what, p50, p99))
             p50, p99 = await _time(n, driver.readings)
             rows.append((inst.kind, "readings()", p50, p99))
         finally:
+            if inst.kind == "counter":
+                await driver.abort()
             await driver.close()
     return rows
 

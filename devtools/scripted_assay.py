@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from acquisition.config import (
 from acquisition.sim_control import SimControl
 from drivers.clock import Clock, ScaledClock
 from drivers.counter import CounterDriver, WellCount
+from drivers.errors import AssayError
 from drivers.harvester import HarvesterDriver
 from drivers.harvester.driver import HarvestReport
 from drivers.incubator import IncubatorDriver
@@ -119,14 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=90.0)
     parser.add_argument("--celsius", type=float, default=37.0)
     parser.add_argument("--no-pei", action="store_true")
+    parser.add_argument("--plate-id", default=None, help="default: a new id each run")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except AssayError as exc:
+        print(f"scripted_assay: {exc}", file=sys.stderr)
+        return 2
     clock = ScaledClock(config.simulation.time_scale)
-    out = asyncio.run(
-        run_scripted_assay(
-            config, clock, minutes=args.minutes, celsius=args.celsius, pei=not args.no_pei
-        )
-    )
+    plate_id = args.plate_id or f"P{time.strftime('%H%M%S')}"
+    try:
+        out = asyncio.run(
+            run_scripted_assay(
+                config, clock, plate_id=plate_id, minutes=args.minutes, celsius=args.celsius,
+                pei=not args.no_pei,
+            )
+        )  # fmt: skip
+    except AssayError as exc:
+        print(f"scripted_assay: {exc}", file=sys.stderr)
+        return 1
     print(f"plate {out.plate_id} -> mat {out.mat_id}; incubator stable after "
           f"{out.stable_after_s / 60:.1f} min; harvest took {out.harvest.duration_s:.0f} s, "
           f"clogged: {', '.join(out.harvest.clogged_wells) or 'none'}")  # fmt: skip

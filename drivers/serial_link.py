@@ -289,13 +289,20 @@ class SerialLink:
 
     async def _open_locked(self) -> None:
         rx = _Receiver(cap=4 * (self.max_line + len(self.eol)))
+        # A serial device has one owner: a second program reading the same port would steal
+        # replies. pyserial's exclusive mode takes an advisory flock on the device (which,
+        # unlike TIOCEXCL, also holds for root); socket:// URLs have no such thing.
+        exclusive = None if "://" in self.url else True
         try:
             transport, _ = await serial_asyncio_fast.create_serial_connection(
-                asyncio.get_running_loop(), lambda: rx, self.url, baudrate=self.baudrate
-            )
+                asyncio.get_running_loop(), lambda: rx, self.url, baudrate=self.baudrate,
+                exclusive=exclusive,
+            )  # fmt: skip
         except (serial.SerialException, OSError, ValueError) as exc:
             self._note_lost(exc)
-            raise LinkError(f"cannot open {self.url}: {exc}", instrument=self._where) from exc
+            busy = "lock" in str(exc).lower()
+            why = "it is in use by another program" if busy else str(exc)
+            raise LinkError(f"cannot open {self.url}: {why}", instrument=self._where) from exc
         self._transport, self._rx = transport, rx
         self._resync = False
         if self._had_link:

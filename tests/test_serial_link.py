@@ -282,3 +282,20 @@ async def test_socket_url_and_peer_reset() -> None:
         for writer in writers:
             writer.transport.abort()
         await server.wait_closed()
+
+
+async def test_a_serial_device_has_one_owner(tmp_path: Path) -> None:
+    """A second program on the same port would steal replies: it is refused, clearly."""
+    async with served(echo, tmp_path / "dev") as port:
+        first = SerialLink(port.address, timeout_s=1.0)
+        second = SerialLink(port.address, timeout_s=1.0)
+        await first.open()
+        try:
+            with pytest.raises(LinkError, match="in use by another program"):
+                await second.open()
+            assert await first.request(b"hello") == b"R:hello"
+        finally:
+            await first.close()
+        await second.open()  # free again once the owner let go
+        assert await second.request(b"again") == b"R:again"
+        await second.close()
