@@ -22,11 +22,14 @@ from acquisition.commands import (
     RunRef,
     RunsArgs,
     RunStartArgs,
+    SimArgs,
     parse_command,
 )
 from acquisition.errors import CommandError
 from acquisition.journal import OutboxMessage, RunRecord
 from acquisition.run_recorder import utcnow
+from acquisition.sim_control import SimControl
+from drivers.errors import InstrumentReplyError, LinkError
 
 if TYPE_CHECKING:
     from acquisition.daemon import Daemon
@@ -122,6 +125,9 @@ class CommandHandlers:
             case "replay":
                 assert isinstance(args, ReplayArgs)
                 return await self.replay(args)
+            case "sim":
+                assert isinstance(args, SimArgs)
+                return await self.sim(args)
         raise CommandError("unknown_verb", f"unknown verb '{verb}'")  # pragma: no cover
 
     async def _record(self, run: str) -> RunRecord:
@@ -184,6 +190,23 @@ class CommandHandlers:
             ),
             "last_seq": record.last_seq,
         }
+
+    async def sim(self, args: SimArgs) -> dict[str, Any]:
+        """Forward one virtual-operator op to the simulated bench, over its control channel."""
+        sim = self._d.config.simulation
+        if not sim.enabled or sim.control_port is None:
+            raise CommandError(
+                "unavailable", "not a simulated bench (simulation.enabled / control_port)"
+            )
+        try:
+            async with SimControl(sim.control_host, sim.control_port) as control:
+                reply = await control.request(args.op, **args.args)
+        except LinkError as exc:
+            raise CommandError("unavailable", str(exc)) from exc
+        except InstrumentReplyError as exc:
+            raise CommandError("bad_request", str(exc)) from exc
+        log.info("virtual operator", op=args.op)
+        return {k: v for k, v in reply.items() if k != "ok"}
 
     async def replay(self, args: ReplayArgs) -> dict[str, Any]:
         record = await self._record(args.run)

@@ -34,6 +34,7 @@ __all__ = [
     "RunRef",
     "RunStartArgs",
     "RunsArgs",
+    "SimArgs",
     "parse_command",
 ]
 
@@ -79,6 +80,20 @@ class RunsArgs(_Args):
     limit: int = Field(20, ge=1, le=500)
 
 
+class SimArgs(_Args):
+    """A virtual-operator operation for the simulated bench's control channel."""
+
+    op: str = Field(pattern=r"^[a-z][a-z_]{0,39}$", description="e.g. place_plate, world")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _no_op_key(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "op" in v:
+            raise ValueError("'op' goes outside args")
+        return v
+
+
 class ReplayArgs(RunRef):
     from_seq: int = Field(1, ge=1)
     to_seq: int | None = Field(None, ge=1)
@@ -93,6 +108,7 @@ VERB_ARGS: dict[str, type[_Args]] = {
     "run.abort": RunRef,
     "results": RunRef,
     "replay": ReplayArgs,
+    "sim": SimArgs,
 }
 VERBS = tuple(VERB_ARGS)
 

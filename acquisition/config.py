@@ -166,6 +166,7 @@ class SimulationConfig(_Strict):
 
     enabled: bool = False
     time_scale: float = Field(1.0, gt=0, le=1_000_000)
+    control_host: str = "127.0.0.1"
     control_port: int | None = Field(None, ge=1, le=65535)
     counter: dict[str, Any] = Field(default_factory=dict)
     incubator: dict[str, Any] = Field(default_factory=dict)

@@ -81,20 +81,21 @@ async def run_scripted_assay(
         ctr_cfg.address, instrument_id=ctr_cfg.id, clock=clock, poll_interval_s=2.0
     )
     async with (
-        SimControl("127.0.0.1", config.simulation.control_port) as sim,
+        SimControl(config.simulation.control_host, config.simulation.control_port) as sim,
         incubator,
         harvester,
         counter,
     ):
-        plate_args = layout or {"layout": "competition", "competitors": ["progesterone"]}
-        await sim.request("add_plate", plate_id=plate_id, **plate_args)
-        # Bring the incubator to temperature first, as a scientist would, then load.
+        # Bring the incubator to temperature first; the timer starts once it is stable, when
+        # the plate is set up (membranes, radioligand, competitors) and loaded.
         await incubator.set_temperature(celsius)
         t0 = clock.monotonic()
         await incubator.wait_until_stable(
             tolerance_c=0.5, hold_s=60.0, timeout_s=3 * 3600.0, poll_s=10.0
         )
         stable_after_s = clock.monotonic() - t0
+        plate_args = layout or {"layout": "competition", "competitors": ["progesterone"]}
+        await sim.request("add_plate", plate_id=plate_id, **plate_args)
         await sim.request("place_plate", plate_id=plate_id, location=f"incubator:{inc_cfg.id}")
         await incubator.start_shaking(300)
         await clock.sleep(minutes * 60.0)

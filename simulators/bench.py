@@ -103,7 +103,7 @@ async def start_bench(config: BenchConfig, clock: Clock) -> SimBench:
             started[inst.id] = handle
             simulators[inst.id] = simulator
         control = ControlServer(simulators, world)
-        await control.start("127.0.0.1", sim.control_port)
+        await control.start(sim.control_host, sim.control_port)
     except BaseException:
         for handle in started.values():
             await handle.stop()

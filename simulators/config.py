@@ -43,6 +43,7 @@ class CounterSimSettings(_Model):
 
 class SimulationSettings(_Model):
     time_scale: float = Field(60.0, gt=0)
+    control_host: str = "127.0.0.1"
     control_port: int = Field(5026, ge=0, le=65535)
     counter: CounterSimSettings = CounterSimSettings()
     # Knobs of the other simulators, passed to their spec dataclasses by name.

@@ -120,3 +120,19 @@ def test_instruments_shows_the_whole_simulated_bench_with_live_readings(
         # The key reading of each: temperature, vacuum, valve states, the plate in the counter.
         for needle in ("temperature_c=21", "vacuum_bar=", "valves=00000000", "plate_id=DEMO-0001"):
             assert needle in out.stdout, needle
+
+
+def test_the_virtual_operator_through_the_daemon(broker: MosquittoBroker, tmp_path: Path) -> None:
+    kinds = ("counter", "incubator")
+    with lab_stack(tmp_path, broker.port, time_scale=60.0, kinds=kinds) as stack:
+        cfg = stack.lab.config_path
+        added = assay(cfg, "sim", "add_plate", "plate_id=P9", "layout=competition")
+        assert added.returncode == 0, added.stderr
+        placed = assay(cfg, "sim", "place_plate", "plate_id=P9", "location=incubator:incubator")
+        assert placed.returncode == 0, placed.stderr
+        world = json.loads(assay(cfg, "sim", "world").stdout)
+        assert world["world"]["plates"]["P9"]["location"] == "incubator:incubator"
+        door = json.loads(assay(cfg, "sim", "open_incubator_door").stdout)
+        assert door["door_open"] is True
+        bad = assay(cfg, "sim", "place_plate", "plate_id=nope", "location=bench")
+        assert bad.returncode == 1 and "bad_request" in bad.stderr and "nope" in bad.stderr

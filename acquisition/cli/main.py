@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
         action = run_sub.add_parser(name, help=text)
         action.add_argument("run")
 
+    sim = sub.add_parser(
+        "sim",
+        help="the virtual operator's hands on a simulated bench (via the daemon)",
+        description="Send one operation to the simulated bench's control channel through the "
+        "daemon, e.g. `assay sim place_plate plate_id=P1 location=incubator:incubator`, "
+        "`assay sim open_incubator_door`, `assay sim world`. Values are JSON where they parse "
+        "(numbers, true, lists), else text. Operations: docs/protocols/simulation.md.",
+    )
+    sim.add_argument("op", help="operation, e.g. world, add_plate, place_plate, place_mat, fault")
+    sim.add_argument("args", nargs="*", metavar="KEY=VALUE")
+
     results = sub.add_parser("results", help="a run's per-well results")
     results.add_argument("run")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -120,6 +131,9 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
                             sys.stdout.write(text)
                 case "run":
                     return await _run_action(client, console, args, watch_run)
+                case "sim":
+                    reply = await client.request("sim", {"op": args.op, "args": _kv(args.args)})
+                    console.print_json(data=reply)
     except NoReplyError as exc:
         err.print(f"assay: {exc.message}")
         return EXIT_UNREACHABLE
@@ -130,6 +144,22 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
         err.print(f"assay: {exc}")
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _kv(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` words into a dict; values are JSON where they parse, else text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"assay: sim arguments are KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def _write_text(path: str, text: str) -> None:
