@@ -4,15 +4,25 @@ A driver is an async context manager with ``open``/``close``, a ``connected`` fl
 ``identify()`` and a ``readings()`` snapshot. The daemon's instrument supervisor uses only
 this; runs use the driver's own, instrument-specific API (``count_plate``,
 ``set_temperature``, ``wash``, ``open_valve`` ...).
+
+:class:`SerialInstrument` is the shared lifecycle of the drivers on one
+:class:`~drivers.serial_link.SerialLink`, and their one policy for garbled replies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
 
-__all__ = ["Instrument", "ReadingValue", "Readings"]
+from drivers.errors import InstrumentReplyError, ProtocolError
+
+if TYPE_CHECKING:
+    from drivers.serial_link import SerialLink
+
+__all__ = ["Instrument", "ReadingValue", "Readings", "SerialInstrument"]
+
+T = TypeVar("T")
 
 ReadingValue = float | int | str | bool | None
 
@@ -54,3 +64,86 @@ class Instrument(Protocol):
     async def readings(self) -> Readings:
         """The current state and key readings (one short exchange with the instrument)."""
         ...
+
+
+class SerialInstrument:
+    """Base of a driver speaking lines over one :class:`~drivers.serial_link.SerialLink`:
+    ``open``/``close``, the async context manager, ``connected``, ``reconnects``, and
+    :meth:`_request`, the one garbled-reply policy of the serial drivers.
+
+    The policy: a reply that is not a well-formed answer to the command (``decode`` raises
+    :class:`ProtocolError`: line noise, a bad checksum, the wrong kind of reply) makes the
+    link drain its input until quiet and the command is sent once more, if it is
+    ``repeatable`` (a query, or a command whose repeat does nothing more: each driver
+    documents which). A second garbled reply raises :class:`InstrumentReplyError` with
+    ``code=None``. An instrument error in :attr:`resend_codes` (the instrument saying *our*
+    command arrived garbled) is resent once too, then raised as it is.
+    """
+
+    resend_codes: ClassVar[frozenset[int]] = frozenset()
+
+    def __init__(self, link: SerialLink, instrument_id: str) -> None:
+        self._link = link
+        self.instrument_id = instrument_id
+        self.retries = 0
+        """Commands sent a second time after a garbled exchange."""
+
+    async def _probe(self) -> None:
+        """One exchange that proves the right instrument answers (run by :meth:`open`)."""
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        """Open the port and check the instrument answers; raises
+        :class:`~drivers.errors.LinkError` (and closes the port again) if it does not."""
+        await self._link.open()
+        try:
+            await self._probe()
+        except BaseException:
+            await self._link.close()
+            raise
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self._link.reconnects
+
+    async def _request(
+        self,
+        wire: bytes,
+        decode: Callable[[bytes], T],
+        *,
+        accept: Callable[[bytes], bool] | None = None,
+        repeatable: bool = True,
+    ) -> T:
+        """Send ``wire``, return ``decode(reply line)``, applying the policy above.
+        ``accept`` is passed to the link (noise lines before the reply are skipped)."""
+        for attempt in (1, 2):
+            last = attempt == 2 or not repeatable
+            line = await self._link.request(wire, accept=accept)
+            try:
+                return decode(line)
+            except ProtocolError as exc:
+                self._link.mark_resync()  # the reply may be a late one: drain before next
+                if last:
+                    raise InstrumentReplyError(
+                        f"garbled reply to {wire[:40].decode('ascii', 'replace')!r}: {exc}",
+                        instrument=self.instrument_id,
+                    ) from exc
+            except InstrumentReplyError as exc:
+                if last or exc.code not in self.resend_codes:
+                    raise
+            self.retries += 1
+        raise AssertionError("unreachable")

@@ -10,6 +10,12 @@ recovery:
 
 * Bytes that arrive while no request waits are stale (a late reply, line noise): they are
   dropped before every write.
+* Noise *between* a request and its reply: a request may pass ``accept``, the driver's
+  cheap check that a line is a frame of its protocol at all. A line that fails it while
+  more input follows within a short quiet window is skipped (:attr:`SerialLink.skipped_lines`)
+  and the link reads on, within the same ``timeout_s``; a failing line with nothing after
+  it is returned, since it is most likely the reply itself, garbled, and the driver decides
+  (it retries once, see :class:`drivers.base.SerialInstrument`).
 * A reply timeout, a line over ``max_line`` or a cancelled request marks the link for
   *resync*: before its next write the link discards input until the line has been quiet
   for a short window (bounded by ``timeout_s``), so a reply that arrives late is never taken
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import serial
@@ -145,6 +152,8 @@ class SerialLink:
         self._lost = False  # "link lost" logged, "reconnected" pending
         self.reconnects = 0
         """Successful re-opens after the first open (fault recovery or reconnect)."""
+        self.skipped_lines = 0
+        """Lines skipped as noise because ``accept`` refused them and more input followed."""
 
     @property
     def connected(self) -> bool:
@@ -176,9 +185,13 @@ class SerialLink:
         write."""
         self._resync = True
 
-    async def request(self, line: bytes, *, reply: bool = True) -> bytes:
+    async def request(
+        self, line: bytes, *, reply: bool = True, accept: Callable[[bytes], bool] | None = None
+    ) -> bytes:
         """Write ``line`` + eol and return the next complete reply line (eol stripped), or
         ``b""`` at once when ``reply`` is False. Reopens a link closed by an earlier fault.
+        With ``accept``, a line it refuses is skipped as noise if more input follows (see
+        the module docstring); ``accept`` must not raise.
 
         Raises :class:`InstrumentTimeoutError` when no full line comes within ``timeout_s``,
         :class:`FrameTooLongError` for a reply longer than ``max_line``, :class:`LinkError`
@@ -192,7 +205,7 @@ class SerialLink:
                 await self._drop_locked()
                 await self._open_locked()
             try:
-                return await self._exchange(line, reply)
+                return await self._exchange(line, reply, accept)
             except asyncio.CancelledError:
                 self._resync = True  # the reply may still come: never take it for the next
                 raise
@@ -224,7 +237,9 @@ class SerialLink:
     def _where(self) -> str | None:
         return self.instrument_id or None
 
-    async def _exchange(self, line: bytes, reply: bool) -> bytes:
+    async def _exchange(
+        self, line: bytes, reply: bool, accept: Callable[[bytes], bool] | None
+    ) -> bytes:
         rx = self._rx
         assert rx is not None and self._transport is not None  # ensured by the caller
         if self._resync:
@@ -237,7 +252,11 @@ class SerialLink:
             return b""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._read_line(rx)
+                got = await self._read_line(rx)
+                while accept is not None and not accept(got) and await self._more_soon(rx):
+                    self.skipped_lines += 1
+                    got = await self._read_line(rx)
+                return got
         except TimeoutError as exc:
             self._resync = True
             rx.buf.clear()
@@ -258,6 +277,18 @@ class SerialLink:
                 return got
             self._check_alive(rx)
             await rx.wait()
+
+    async def _more_soon(self, rx: _Receiver) -> bool:
+        """Whether input follows within the quiet window (or the port is gone: the next read
+        then reports it)."""
+        if rx.buf or rx.lost:
+            return True
+        try:
+            async with asyncio.timeout(min(_QUIET_S, self.timeout_s / 4)):
+                await rx.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _drain_until_quiet(self, rx: _Receiver) -> None:
         """Discard input until none has arrived for a short window (at most ``timeout_s``)."""

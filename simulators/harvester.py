@@ -19,8 +19,9 @@ Faults (:meth:`HarvesterSimulator.inject_fault`):
 * ``clear``: the operator fixes everything above (refills, empties, reseats, seals);
   a latched fault still needs ``AB`` from the host.
 * ``bad_checksum``: the next reply carries a wrong checksum (inject twice for two).
-* ``garbage``, ``byte_by_byte``, ``stall``, ``close``: transport faults of the
-  :class:`~simulators.pty_port.PtyPort` on the next reply.
+* ``garbage``, ``noise_then_reply``, ``byte_by_byte``, ``stall``, ``close``: transport
+  faults of the :class:`~simulators.pty_port.PtyPort` on the next reply (inject twice for
+  two).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ __all__ = [
 
 FaultKind = Literal[
     "low_vacuum", "mat_not_seated", "clogged_wells", "buffer_empty", "waste_full", "clear",
-    "bad_checksum", "garbage", "byte_by_byte", "stall", "close",
+    "bad_checksum", "garbage", "noise_then_reply", "byte_by_byte", "stall", "close",
 ]
 FAULT_KINDS: Final = get_args(FaultKind)
 DEFAULT_CLOGGED: Final = ("C4", "F9")

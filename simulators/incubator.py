@@ -7,8 +7,9 @@ Register map and scaling: ``docs/protocols/incubator.md`` and
 Built on pymodbus' ``ModbusTcpServer`` with a ``SimDevice``: the SimData blocks fix which
 addresses exist (anything else answers exception 02, as the real controller does) and which
 are read-only; the device's ``action`` hook runs on every access, advances the physics to
-the injected clock's "now", fills the requested registers from the model (reads) or applies
-and validates the written values (writes; out-of-range values answer exception 03). The
+the injected clock's "now", fills the requested registers from the model (reads) or
+validates every written value and then applies them all (writes; one out-of-range value
+answers exception 03 and changes nothing). The
 model integrates over clock time when it is read, so no background task is needed and a
 90-minute incubation on a :class:`~drivers.clock.VirtualClock` costs one integration.
 
@@ -32,7 +33,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Final, Literal, get_args
 
 import structlog
 from pymodbus.constants import ExcCodes
@@ -307,6 +308,12 @@ class IncubatorSimulator:
         ))
 
     def _write(self, address: int, words: list[int]) -> ExcCodes | None:
+        """A multi-register write is all or nothing, as on the real controller: every value
+        is decoded and validated (in order, so a write of both output limits is checked
+        against the other new limit) before the first one is applied."""
+        setters: list[tuple[int, Callable[[], object]]] = []
+        staged = {Reg.OUTPUT_LOW: self.model.output_low_pct,
+                  Reg.OUTPUT_HIGH: self.model.output_high_pct}
         i = 0
         while i < len(words):
             a = address + i
@@ -324,24 +331,33 @@ class IncubatorSimulator:
                 scaled = REGISTERS[param].scaling is Scaling.SCALED
                 word = words[i - 1]
                 value = decode_scaled(word, self.spec.decimals) if scaled else word
-            if value is None or self._apply(param, value) is not None:
+            if value is None or (setter := self._setter(param, value, staged)) is None:
                 return ExcCodes.ILLEGAL_VALUE
+            if param in staged:
+                staged[param] = value
+            setters.append((param, setter))
+        for param, apply in setters:
+            apply()
             self.writes[param] += 1
         return None
 
-    def _apply(self, param: int, value: float) -> str | None:
-        """Validate and apply one parameter write; a reason string if refused."""
+    def _setter(
+        self, param: int, value: float, limits: dict[int, float]
+    ) -> Callable[[], object] | None:
+        """Validate one parameter write; the function that applies it, or None if refused.
+        ``limits`` are the output limits as the write so far would leave them."""
         m, s, spec = self.model, self.shaker, self.spec
         in_sp_range = spec.setpoint_low_c <= value <= spec.setpoint_high_c
-        appliers: dict[int, tuple[bool, Callable[[], Any]]] = {
+        low, high = limits[Reg.OUTPUT_LOW], limits[Reg.OUTPUT_HIGH]
+        setters: dict[int, tuple[bool, Callable[[], object]]] = {
             Reg.TARGET_SP: (in_sp_range, lambda: m.set_target(value)),
             Reg.SP1: (in_sp_range, lambda: m.set_target(value)),
             Reg.SP2: (in_sp_range, lambda: setattr(m, "sp2_c", value)),
             Reg.REMOTE_SP: (in_sp_range, lambda: setattr(m, "remote_sp_c", value)),
             Reg.MANUAL_OP: (0 <= value <= 100, lambda: setattr(m, "manual_output_pct", value)),
-            Reg.OUTPUT_HIGH: (m.output_low_pct <= value <= 100,
+            Reg.OUTPUT_HIGH: (low <= value <= 100,
                               lambda: m.set_output_limits(m.output_low_pct, value)),
-            Reg.OUTPUT_LOW: (0 <= value <= m.output_high_pct,
+            Reg.OUTPUT_LOW: (0 <= value <= high,
                              lambda: m.set_output_limits(value, m.output_high_pct)),
             Reg.SP_RATE: (0 <= value <= 999, lambda: setattr(m, "sp_rate_c_per_min", value)),
             Reg.LOOP_BREAK_TIME: (0 <= value <= 9999 and value == int(value),
@@ -350,13 +366,8 @@ class IncubatorSimulator:
             Reg.SHAKER_RPM_SP: (s.min_rpm <= value <= s.max_rpm and value == int(value),
                                 lambda: setattr(s, "rpm_setpoint", int(value))),
         }
-        if param not in appliers:
-            return "read-only"
-        valid, apply = appliers[param]
-        if not valid:
-            return f"{value} out of range"
-        apply()
-        return None
+        valid, apply = setters.get(param, (False, lambda: None))  # absent: read-only
+        return apply if valid else None
 
     @staticmethod
     def _reset_clients(server: ModbusTcpServer) -> None:

@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 FaultKind = Literal[
-    "spill", "unplug", "plug", "short", "repair", "garbage", "byte_by_byte", "stall", "close"
+    "spill", "unplug", "plug", "short", "repair",
+    "garbage", "noise_then_reply", "byte_by_byte", "stall", "close",
 ]
 FAULT_KINDS: Final = get_args(FaultKind)
 _VALVE_FAULTS: Final = frozenset({"unplug", "plug", "short", "repair"})
@@ -305,7 +306,8 @@ class PerfusionSimulator:
 
     def inject_fault(self, kind: FaultKind, valve: int | None = None) -> None:
         """``spill``; ``unplug``/``plug``/``short``/``repair`` (need ``valve``); or a
-        transport fault of the pty (``garbage``, ``byte_by_byte``, ``stall``, ``close``)."""
+        transport fault of the pty for the next reply (``garbage``, ``noise_then_reply``,
+        ``byte_by_byte``, ``stall``, ``close``; inject twice for two replies)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
         _log.info("fault injected", instrument=self.spec.instrument_id, kind=kind, valve=valve)

@@ -9,10 +9,13 @@ life: with no slave fd open, reading the master fails with EIO.
 A pty models neither baud rate nor modem lines (stack.md): bytes arrive as fast as the
 kernel moves them, which is the hardest case for a host's framing anyway.
 
-Transport faults (:meth:`PtyPort.inject`), each applied to the *next* reply:
+Transport faults (:meth:`PtyPort.inject`), each applied to one reply: the next reply that
+no earlier injected fault is waiting for (inject ``garbage`` twice to garble two replies):
 
 * ``garbage``: random bytes (never the terminator) are sent instead of the reply, then the
   terminator. The host sees one line that fails its checksum or syntax.
+* ``noise_then_reply``: a line of random bytes, then the real reply. The host must not take
+  the noise for its answer, nor the answer for the reply to its next command.
 * ``byte_by_byte``: the reply goes out one byte at a time with small real gaps.
 * ``stall``: the reply is never sent. The host times out.
 * ``close``: half of the reply is written, then both ends of the pty are closed and a new
@@ -31,6 +34,7 @@ import os
 import pty
 import random
 import tty
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final, Literal, get_args
@@ -42,7 +46,7 @@ from drivers.serial_link import skip_line, split_line
 
 __all__ = ["TRANSPORT_FAULTS", "PtyPort", "TransportFault"]
 
-TransportFault = Literal["garbage", "byte_by_byte", "stall", "close"]
+TransportFault = Literal["garbage", "noise_then_reply", "byte_by_byte", "stall", "close"]
 TRANSPORT_FAULTS: Final = get_args(TransportFault)
 _READ_CHUNK = 4096
 _BYTE_GAP_S = 0.002  # real seconds between bytes of a byte_by_byte reply
@@ -61,7 +65,7 @@ class PtyPort:
         self.max_line = max_line
         self.link_path = link_path
         self._rng = random.Random(0x5E71A1)
-        self._fault: TransportFault | None = None
+        self._faults: deque[TransportFault] = deque()
         self._buf = bytearray()
         self._discarding = False
         self._lines: asyncio.Queue[bytes | None] | None = None
@@ -78,10 +82,11 @@ class PtyPort:
         return str(self.link_path) if self.link_path is not None else self.slave_path
 
     def inject(self, kind: TransportFault) -> None:
-        """Apply a transport fault to the next reply (see the module docstring)."""
+        """Apply a transport fault to the next reply not already given one (see the module
+        docstring)."""
         if kind not in TRANSPORT_FAULTS:
             raise ValueError(f"unknown transport fault {kind!r}; known: {TRANSPORT_FAULTS}")
-        self._fault = kind
+        self._faults.append(kind)
 
     async def serve(self, on_line: Callable[[bytes], Awaitable[bytes | None]]) -> None:
         """Answer each line with ``await on_line(line)`` (+ eol; None: no reply) until
@@ -172,14 +177,13 @@ class PtyPort:
             self._lines.put_nowait(line)
 
     async def _send(self, data: bytes) -> None:
-        fault, self._fault = self._fault, None
+        fault = self._faults.popleft() if self._faults else None
         if fault == "stall":
             return
         if fault == "garbage":
-            noise = bytes(self._rng.choice((self._rng.randrange(0x80, 0x100),
-                                             self._rng.randrange(0x21, 0x7F)))
-                          for _ in range(self._rng.randrange(4, 40)))
-            await self._write(noise.replace(self.eol[:1], b"?") + self.eol)
+            await self._write(self._noise() + self.eol)
+        elif fault == "noise_then_reply":
+            await self._write(self._noise() + self.eol + data)  # one write: no gap between
         elif fault == "byte_by_byte":
             for i in range(len(data)):
                 await self._write(data[i : i + 1])
@@ -189,6 +193,13 @@ class PtyPort:
             self._reopen()
         else:
             await self._write(data)
+
+    def _noise(self) -> bytes:
+        """4-39 random bytes, printable or high, never the terminator."""
+        noise = bytes(self._rng.choice((self._rng.randrange(0x80, 0x100),
+                                         self._rng.randrange(0x21, 0x7F)))
+                      for _ in range(self._rng.randrange(4, 40)))
+        return noise.replace(self.eol[:1], b"?")
 
     async def _write(self, data: bytes) -> None:
         """Write everything, waiting (not spinning) while the pty buffer is full."""

@@ -1,17 +1,19 @@
 """The harvester codec: byte examples from docs/protocols/harvester.md, round trips for
-every command and reply, and fuzzing of the decoder and every parser (they may only
-return or raise ProtocolError)."""
+every command and reply, and fuzzing of what production runs on each line the link cuts
+(:func:`read_reply` and the data parsers on the host, :func:`open_frame` and
+:func:`parse_command` in the simulator): they may only return or raise ProtocolError."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import FrameTooLongError, ProtocolError
+from drivers.errors import ProtocolError
 from drivers.harvester.codec import (
     MAX_LINE,
     WELLS,
@@ -34,7 +36,6 @@ from drivers.harvester.codec import (
     Status,
     Wash,
     checksum,
-    decode,
     encode_command,
     error_reply,
     format_anomalies,
@@ -47,9 +48,11 @@ from drivers.harvester.codec import (
     parse_identity,
     parse_reply,
     parse_status,
+    read_reply,
     seal,
 )
-from drivers.serial_link import skip_line
+from drivers.harvester.driver import _is_reply
+from drivers.serial_link import split_line
 
 ALL_COMMANDS: list[Command] = [
     Identify(), QueryStatus(), QueryAnomalies(), Prewet(10), Prewet(300), Aspirate(),
@@ -72,9 +75,9 @@ def test_byte_examples_from_the_protocol_document() -> None:
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=repr)
 def test_every_command_round_trips(command: Command) -> None:
     wire = encode_command(command)
-    frame, used = decode(wire + b"\r")
-    assert frame is not None and used == len(wire) + 1
-    assert parse_command(frame.body) == command
+    line, used = split_line(wire + b"\r", eol=b"\r", max_line=MAX_LINE)  # the pty's framing
+    assert line is not None and used == len(wire) + 1
+    assert parse_command(open_frame(line).body) == command
 
 
 @pytest.mark.parametrize("reply", [
@@ -82,7 +85,7 @@ def test_every_command_round_trips(command: Command) -> None:
     error_reply(ErrorCode.LOW_VACUUM), error_reply(ErrorCode.BAD_ARGUMENT, "x" * 200),
 ], ids=repr)
 def test_every_reply_round_trips(reply: OkReply | ErrorReply) -> None:
-    assert parse_reply(open_frame(format_reply(reply)).body) == reply
+    assert read_reply(format_reply(reply)) == reply
 
 
 def test_data_round_trips() -> None:
@@ -101,9 +104,11 @@ def test_checksum_and_framing_errors() -> None:
             open_frame(bad)
     assert open_frame(b"ID?*32") == Frame("ID?")
     assert open_frame(b"RL*1e") == Frame("RL")  # lower-case hex is accepted
-    assert decode(b"ID?*3") == (None, 0)
-    with pytest.raises(FrameTooLongError):
-        decode(b"A" * (MAX_LINE + 1))
+    with pytest.raises(ProtocolError):
+        open_frame(b"OK*04" * 200)  # longer than MAX_LINE
+    for mat in ("", "01", "2"):  # the mat and plate fields are exactly 0 or 1
+        with pytest.raises(ProtocolError):
+            parse_status(f"IDLE,NONE,0,0,0.00,100.0,0.0,{mat},1,00")
 
 
 @pytest.mark.parametrize(("body", "code"), [
@@ -132,61 +137,53 @@ PARSERS: list[Callable[[str], object]] = [
 printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
 
 
-@given(st.binary(max_size=600))
-def test_decode_whole_buffer(data: bytes) -> None:
+def _host_decode(line: bytes, parser: Callable[[str], Any]) -> object:
+    """What the driver does with one reply line: accept check, frame, reply, data parser."""
+    accepted = _is_reply(line)
     try:
-        frame, used = decode(data)
+        reply = read_reply(line)
     except ProtocolError:
-        return
-    assert (frame is None) == (used == 0)
-    assert used <= min(len(data), MAX_LINE + 1)
+        assert not accepted
+        raise
+    assert accepted
+    assert read_reply(format_reply(reply)) == reply  # what parses re-encodes to the same
+    return reply if isinstance(reply, ErrorReply) else parser(reply.data)
 
 
-@given(st.lists(st.one_of(st.binary(max_size=30),
-                          st.sampled_from([encode_command(c) + b"\r" for c in ALL_COMMANDS])),
-                max_size=30))
-def test_decode_fed_byte_by_byte(chunks: list[bytes]) -> None:
-    """Frames mixed with garbage, one byte at a time: every valid frame that follows a CR
-    comes out, nothing raises but ProtocolError, and the buffer stays bounded."""
-    data = b"".join(chunks)
-    buf = bytearray()
-    got: list[str] = []
-    discarding = False
-    for i in range(len(data)):
-        buf += data[i : i + 1]
-        while buf:
-            if discarding:
-                drop = skip_line(buf)
-                discarding = not buf[:drop].endswith(b"\r")
-                del buf[:drop]
-                continue
-            try:
-                frame, used = decode(buf)
-            except ProtocolError:
-                discarding = True
-                continue
-            if frame is None:
-                break
-            got.append(frame.body)
-            del buf[:used]
-        assert len(buf) <= MAX_LINE + 1
-    expected = [f.body for f in _frames_after_cr(data)]
-    assert got == expected
+reply_parsers: list[Callable[[str], Any]] = [parse_status, parse_identity, parse_anomalies, str]
+sealed_garbage = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E).filter(
+    lambda c: c != "*"), max_size=80).map(lambda body: seal(body[: MAX_LINE - 3]))
+reply_frames = st.one_of(
+    st.builds(lambda data: seal(f"OK {data}"[: MAX_LINE - 3].replace("*", "#")), printable),
+    st.builds(lambda code, text: seal(f"ER {code:02d} {text}".replace("*", "#")),
+              st.integers(0, 99), printable),
+)
+lines = st.one_of(st.binary(max_size=MAX_LINE + 20), sealed_garbage, reply_frames,
+                  st.sampled_from([format_reply(OkReply(format_status(STATUS)))]))
 
 
-def _frames_after_cr(data: bytes) -> list[Frame]:
-    frames = []
-    for line in data.split(b"\r")[:-1]:
+@settings(max_examples=400)
+@given(lines)
+def test_the_host_decode_path_only_raises_protocol_errors(line: bytes) -> None:
+    for parser in reply_parsers:
         with contextlib.suppress(ProtocolError):
-            frames.append(open_frame(line))
-    return frames
+            _host_decode(line, parser)
 
 
-@given(printable)
+@settings(max_examples=400)
+@given(st.one_of(lines, st.sampled_from(ALL_COMMANDS).map(encode_command)))
+def test_the_simulator_decode_path_only_raises_protocol_errors(line: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        command = parse_command(open_frame(line).body)
+        assert parse_command(open_frame(encode_command(command)).body) == command
+
+
+@given(st.one_of(printable, st.text(max_size=80)))
 def test_parsers_raise_only_protocol_errors(text: str) -> None:
     for parser in PARSERS:
         with contextlib.suppress(ProtocolError):
             parser(text)
+            assert parser is parse_reply or text.isascii()  # no Unicode digits slip through
 
 
 @given(st.lists(st.sampled_from(WELLS), max_size=96))

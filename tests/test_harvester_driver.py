@@ -230,6 +230,39 @@ async def test_garbled_replies_are_retried_once(
     assert (await driver.status()).state == "idle"
 
 
+async def test_noise_before_the_reply_is_skipped_within_the_same_timeout(
+    driver: HarvesterDriver, sim: HarvesterSimulator
+) -> None:
+    """Garbage between frames: a noise line, then the real reply. The driver skips the noise
+    (not a checked OK/ER frame) and reads on; nothing stale is left for the next command."""
+    sim.inject_fault("noise_then_reply")
+    assert (await driver.status()).state == "idle"
+    assert (await driver.identity()).model == "HARV96-SIM"  # not a late status reply
+    when(sim, lambda line, _: line.startswith(b"PW"), "noise_then_reply")
+    await driver.prewet(5)  # the step's acknowledgement came after noise too
+    sim.inject_fault("noise_then_reply")
+    sim.inject_fault("noise_then_reply")
+    assert await driver.anomalies() == []
+    assert (await driver.status()).step == "prewet"
+    assert driver.retries == 0 and driver._link.skipped_lines == 4
+
+
+async def test_noise_then_a_garbled_reply_is_retried_then_recovers(
+    driver: HarvesterDriver, sim: HarvesterSimulator
+) -> None:
+    sim.inject_fault("noise_then_reply")
+    sim.inject_fault("bad_checksum")  # the reply after the noise fails its checksum
+    assert (await driver.status()).state == "idle"
+    assert driver.retries == 1
+    sim.inject_fault("garbage")
+    sim.inject_fault("garbage")
+    with pytest.raises(InstrumentReplyError) as info:
+        await driver.identity()
+    assert info.value.code is None
+    assert (await driver.identity()).serial == "H96-0001"
+    assert (await driver.status()).state == "idle"
+
+
 async def test_a_garbled_step_ack_does_not_run_the_step_twice(
     driver: HarvesterDriver, sim: HarvesterSimulator
 ) -> None:
@@ -265,7 +298,7 @@ async def test_port_closing_mid_command_then_recovers(
     assert driver.reconnects == 1
 
 
-@pytest.mark.parametrize("fault", ["stall", "close", "garbage"])
+@pytest.mark.parametrize("fault", ["stall", "close", "garbage", "noise_then_reply"])
 async def test_a_harvest_rides_out_link_faults_while_polling(
     driver: HarvesterDriver, sim: HarvesterSimulator, fault: FaultKind
 ) -> None:

@@ -121,6 +121,24 @@ async def test_refused_writes(bench: Bench) -> None:
     assert await bench.value(Reg.TARGET_SP) == 21.0
 
 
+async def test_a_multi_register_write_is_all_or_nothing(bench: Bench) -> None:
+    async def write(address: int, words: list[int]) -> int | None:
+        reply = await bench.client.write_registers(address, words, device_id=1)
+        return int(reply.exception_code) if reply.isError() else None
+
+    sp = [encode_scaled(37.0, 1), encode_scaled(30.0, 1)]
+    assert await write(Reg.SP1, [*sp, encode_scaled(99.0, 1)]) == 3  # the last is refused
+    assert await bench.read(Reg.SP1, 3) == [210, 0, 0]  # ... so none was applied
+    assert await write(Reg.OUTPUT_HIGH, [encode_scaled(40.0, 1), encode_scaled(50.0, 1)]) == 3
+    assert await bench.read(Reg.OUTPUT_HIGH, 2) == [1000, 0]  # low 50 > the new high 40
+    assert bench.sim.writes.total() == 0
+    assert await write(Reg.SP1, [*sp, encode_scaled(25.0, 1)]) is None
+    assert await bench.read(Reg.SP1, 3) == [370, 300, 250]
+    assert await write(Reg.OUTPUT_HIGH, [encode_scaled(60.0, 1), encode_scaled(50.0, 1)]) is None
+    assert await bench.read(Reg.OUTPUT_HIGH, 2) == [600, 500]
+    assert bench.sim.writes.total() == 5
+
+
 async def test_setpoint_writes_are_counted_and_mirrored_in_sp1(bench: Bench) -> None:
     for _ in range(2):
         assert await bench.write(Reg.TARGET_SP, 370) is None

@@ -1,6 +1,7 @@
 """The ValveLink8 codec: round trips for every command and reply, the manual's spellings,
-and fuzzing of the framing, the command parser and the reply parser (they may only return
-or raise ProtocolError)."""
+and fuzzing of what production runs on each line the link cuts: the driver's reply parser
+and noise check, and the simulator's command parser (they may only return or raise
+ProtocolError). The framing itself is the link's :func:`split_line` (tests/test_serial_link.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import FrameTooLongError, ProtocolError
+from drivers.errors import ProtocolError
 from drivers.perfusion.codec import (
     EOL,
     MAX_LINE,
@@ -23,7 +24,6 @@ from drivers.perfusion.codec import (
     ErrorReply,
     Identify,
     IdentityReply,
-    Line,
     ModeSpec,
     OkReply,
     OpenAll,
@@ -33,13 +33,13 @@ from drivers.perfusion.codec import (
     SetModes,
     StatusReply,
     command_from_bytes,
-    decode_line,
     encode_command,
     format_reply,
     parse_command,
     parse_reply,
-    skip_to_next_line,
 )
+from drivers.perfusion.driver import PerfusionDriver
+from drivers.serial_link import split_line
 
 ALL_COMMANDS: list[Command] = [
     OpenAll(0), CloseAll(9), OpenValve(6, 3), CloseValve(5, 1), OpenValve(0, 8),
@@ -53,9 +53,9 @@ ALL_COMMANDS: list[Command] = [
 def test_every_command_round_trips(command: Command) -> None:
     wire = encode_command(command)
     assert EOL not in wire  # the link adds the terminator
-    line, used = decode_line(wire + EOL)
+    line, used = split_line(wire + EOL, eol=EOL, max_line=MAX_LINE - len(EOL))  # the pty's
     assert line is not None and used == len(wire) + 1
-    assert parse_command(line) == command
+    assert parse_command(line.decode()) == command
     assert command_from_bytes(wire) == command
 
 
@@ -163,93 +163,44 @@ def test_every_reply_round_trips(reply: Reply) -> None:
 # ----------------------------------------------------------------------------- fuzzing
 
 
-def test_decode_needs_more_then_yields_a_line() -> None:
-    assert decode_line(b"R0 OK") == (None, 0)
-    assert decode_line(bytearray(b"R0 OK\rR0")) == (Line("R0 OK"), 6)
-    assert decode_line(b"\nR0 OK\r") == (Line("R0 OK"), 7)
-
-
-def test_frame_too_long_and_garbage_raise_protocol_errors() -> None:
-    with pytest.raises(FrameTooLongError):
-        decode_line(b"x" * MAX_LINE)
-    with pytest.raises(ProtocolError):
-        decode_line(b"\xff\x00abc\rR0 OK\r")
-    assert skip_to_next_line(b"\xff\x00abc\rR0 OK\r") == 6
-    assert decode_line(b"x" * (MAX_LINE - 1) + b"\r")[1] == MAX_LINE
-
-
-@settings(max_examples=300)
-@given(st.binary(max_size=3 * MAX_LINE))
-def test_decode_line_never_raises_anything_else(data: bytes) -> None:
-    try:
-        line, used = decode_line(data)
-    except ProtocolError:
-        return
-    assert 0 <= used <= min(len(data), MAX_LINE)
-    assert (line is None) == (used == 0)
-
-
-def _assemble(chunks: list[bytes]) -> tuple[list[object], int]:
-    """The decoder contract driven as a reader would: feed, decode, and after an error drop
-    bytes through the next CR (still discarding if that CR has not arrived yet)."""
-    buf, biggest, discarding = bytearray(), 0, False
-    out: list[object] = []
-    for chunk in chunks:
-        buf += chunk
-        while buf:
-            if discarding:
-                drop = skip_to_next_line(buf)
-                discarding = not buf[:drop].endswith(EOL)
-                del buf[:drop]
-                continue
-            try:
-                line, used = decode_line(buf)
-            except ProtocolError as exc:
-                out.append(type(exc))
-                discarding = True
-                continue
-            if line is None:
-                break
-            out.append(line)
-            del buf[:used]
-        biggest = max(biggest, len(buf))
-    return out, biggest
-
-
-cr_heavy = st.lists(
-    st.one_of(st.binary(max_size=30), st.just(b"\r"), st.just(b"R0 OK\r"),
-              st.just(b"AT0V+1\r\n"), st.binary(min_size=MAX_LINE, max_size=MAX_LINE + 20)),
-    max_size=12,
-).map(b"".join)
-
-
-@settings(max_examples=200, deadline=None)
-@given(cr_heavy)
-def test_whole_and_byte_by_byte_agree_and_stay_bounded(data: bytes) -> None:
-    whole, _ = _assemble([data])
-    trickled, biggest = _assemble([data[i : i + 1] for i in range(len(data))])
-    assert biggest < MAX_LINE
-    assert whole == trickled  # same lines and same errors, in the same order
-    assert len(whole) <= data.count(EOL) + len(data) // MAX_LINE  # every item costs bytes
-
-
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
 reply_like = st.builds(lambda a, b: f"R{a % 10} {b}", st.integers(0, 9), printable)
 
 
-@settings(max_examples=300)
-@given(st.one_of(printable, reply_like, st.binary(max_size=80)))
+any_line = st.one_of(
+    printable, reply_like, st.binary(max_size=MAX_LINE), st.text(max_size=80),
+    replies.map(format_reply),
+    replies.map(lambda r: format_reply(r) + b"\xff"),  # a good reply with a bad byte
+)
+
+
+@settings(max_examples=400)
+@given(any_line)
 def test_parse_reply_only_raises_protocol_error(text: str | bytes) -> None:
     with contextlib.suppress(ProtocolError):
         reply = parse_reply(text)
         assert parse_reply(format_reply(reply)) == reply
 
 
+@settings(max_examples=300)
+@given(st.one_of(st.binary(max_size=MAX_LINE), reply_like.map(str.encode),
+                 replies.map(format_reply)), st.integers(0, 9))
+def test_the_drivers_noise_check_agrees_with_the_parser(raw: bytes, address: int) -> None:
+    """What the driver runs on every line (its ``accept`` for the link): never raises, and
+    passes exactly the replies from its own device address."""
+    driver = PerfusionDriver("unused", device_address=address)
+    try:
+        ours = parse_reply(raw).address == address
+    except ProtocolError:
+        ours = False
+    assert driver._is_ours(raw) is ours
+
+
 command_like = st.builds(lambda a, b: f"AT{a}{b}", st.integers(0, 9), printable)
 
 
 @settings(max_examples=400)
-@given(st.one_of(printable, command_like, st.binary(max_size=80)))
+@given(st.one_of(printable, command_like, st.binary(max_size=80), st.text(max_size=40)))
 def test_command_parser_always_answers_sendably(data: str | bytes) -> None:
     raw = data if isinstance(data, bytes) else data.encode()
     result = command_from_bytes(raw)

@@ -24,6 +24,7 @@ from drivers.errors import (
 )
 from drivers.perfusion import PerfusionDriver
 from simulators.perfusion import (
+    FaultKind,
     PerfusionSimHandle,
     PerfusionSimSpec,
     PerfusionSimulator,
@@ -183,18 +184,22 @@ async def test_refusals_carry_the_error_code(driver: PerfusionDriver) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "error"),
-    [("garbage", InstrumentReplyError), ("stall", InstrumentTimeoutError),
-     ("close", LinkError), ("byte_by_byte", None)],
+    ("faults", "error"),
+    [(("garbage", "garbage"), InstrumentReplyError), (("stall",), InstrumentTimeoutError),
+     (("close",), LinkError), (("byte_by_byte",), None), (("garbage",), None),
+     (("noise_then_reply",), None)],
+    ids=lambda v: "+".join(v) if isinstance(v, tuple) else getattr(v, "__name__", "ok"),
 )
 async def test_transport_faults_give_typed_errors_then_recover(
-    driver: PerfusionDriver, sim: PerfusionSimulator, fault: str,
+    driver: PerfusionDriver, sim: PerfusionSimulator, faults: tuple[FaultKind, ...],
     error: type[Exception] | None,
 ) -> None:
     await driver.open_valve(1)
-    sim.inject_fault(fault)  # type: ignore[arg-type]
+    for fault in faults:
+        sim.inject_fault(fault)
     if error is None:
-        await driver.open_valve(2)
+        await driver.open_valve(2)  # one garbled reply is retried (opening is repeatable)
+        assert driver.retries == (1 if faults == ("garbage",) else 0)
     else:
         with pytest.raises(error) as info:
             await driver.open_valve(2)  # the controller acts; only its reply is lost
@@ -204,17 +209,40 @@ async def test_transport_faults_give_typed_errors_then_recover(
     assert await _pattern(driver) == "11000000"
     assert (await driver.identify())["model"] == "ValveLink8.2-SIM"
     assert driver.connected
-    assert driver.reconnects == (1 if fault == "close" else 0)
+    assert driver.reconnects == (1 if faults == ("close",) else 0)
+
+
+async def test_noise_before_the_reply_is_skipped_and_leaves_nothing_stale(
+    driver: PerfusionDriver, sim: PerfusionSimulator
+) -> None:
+    """Garbage between frames: a noise line, then the real reply. The driver skips the line
+    that is not ``R0 ...`` and reads on within the same timeout."""
+    sim.inject_fault("noise_then_reply")
+    assert (await driver.identify())["serial"] == "VL8-SIM-0001"
+    assert (await driver.valve_states()).pattern == "00000000"  # not a late identity
+    sim.inject_fault("noise_then_reply")
+    await driver.open_valve(3)
+    sim.inject_fault("noise_then_reply")
+    sim.inject_fault("noise_then_reply")
+    status = await driver.select_solution(5)  # status, open, close, status: 4 exchanges
+    assert status.pattern == "00001000"
+    assert (await driver.identify())["model"] == "ValveLink8.2-SIM"
+    assert driver.retries == 0 and driver._link.skipped_lines == 4
 
 
 async def test_faults_in_a_row_never_leave_a_stale_reply(
     driver: PerfusionDriver, sim: PerfusionSimulator
 ) -> None:
     await driver.open_valve(6)
-    for fault in ("stall", "garbage", "close", "stall", "garbage", "close"):
+    for fault in ("stall", "garbage", "close", "noise_then_reply", "stall", "garbage", "close"):
         sim.inject_fault(fault)
-        with pytest.raises((InstrumentReplyError, LinkError)):
-            await driver.valve_states()
+        if fault == "garbage":
+            sim.inject_fault(fault)  # garbled twice: the one retry is garbled too
+        if fault == "noise_then_reply":
+            assert (await driver.valve_states()).pattern == "00000100"
+        else:
+            with pytest.raises((InstrumentReplyError, LinkError)):
+                await driver.valve_states()
         assert (await driver.identify())["serial"] == "VL8-SIM-0001"  # not a status reply
         assert (await driver.valve_states()).pattern == "00000100"
 

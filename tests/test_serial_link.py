@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.backoff import Backoff
 from drivers.clock import VirtualClock
 from drivers.errors import FrameTooLongError, InstrumentTimeoutError, LinkError, ProtocolError
-from drivers.serial_link import SerialLink, skip_line, split_line
+from drivers.serial_link import SerialLink, _Receiver, skip_line, split_line
 from simulators.pty_port import PtyPort
 
 TIMEOUT_S = 0.3
@@ -72,6 +72,101 @@ def test_split_line_fed_byte_by_byte_stays_bounded(chunks: list[bytes], eol: byt
     short_only = all(len(c) <= max_line for c in data.split(eol))
     if short_only:
         assert lines == expected
+
+
+def _receive(chunks: list[bytes], eol: bytes, max_line: int) -> tuple[list[object], int]:
+    """Feed ``chunks`` to the link's real receive buffer (:class:`_Receiver`) and read with
+    the link's real :meth:`SerialLink._read_line` after each, as a waiting request would.
+    Returns the lines (or error types) read and the largest buffer seen."""
+    link = SerialLink("unused", eol=eol, max_line=max_line)
+
+    async def run() -> tuple[list[object], int]:
+        rx = _Receiver(cap=4 * (max_line + len(eol)))
+        out: list[object] = []
+        biggest = 0
+        for chunk in chunks:
+            rx.data_received(chunk)
+            biggest = max(biggest, len(rx.buf))
+            assert len(rx.buf) <= rx.cap
+            while True:  # every line that is complete now; stop when one would wait
+                try:
+                    got = await asyncio.wait_for(link._read_line(rx), 1.0) if _ready(
+                        rx.buf, eol, max_line) else None
+                except FrameTooLongError:
+                    out.append(FrameTooLongError)
+                    continue
+                if got is None:
+                    break
+                out.append(got)
+        return out, biggest
+
+    return asyncio.run(run())
+
+
+def _ready(buf: bytearray, eol: bytes, max_line: int) -> bool:
+    """Whether _read_line would return or raise at once (a line or an overlong one)."""
+    return eol in buf[: max_line + len(eol)] or len(buf) >= max_line + len(eol)
+
+
+def _expected(data: bytes, eol: bytes, max_line: int) -> list[object]:
+    """What split_line says the stream holds, when the link clears its buffer after an
+    overlong line (as it does: the request fails and the link resyncs)."""
+    out: list[object] = []
+    buf = bytearray(data)
+    while True:
+        try:
+            line, used = split_line(buf, eol=eol, max_line=max_line)
+        except FrameTooLongError:
+            out.append(FrameTooLongError)
+            buf.clear()
+            continue
+        if line is None:
+            return out
+        out.append(line)
+        del buf[:used]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=20), st.just(b"\r"), st.just(b"OK*04\r"),
+                          st.binary(min_size=40, max_size=120)), max_size=12),
+       st.sampled_from([b"\r", b"\r\n"]))
+def test_the_links_receive_buffer_is_bounded_and_frames_like_split_line(
+    chunks: list[bytes], eol: bytes
+) -> None:
+    max_line = 16
+    got, biggest = _receive(chunks, eol, max_line)
+    assert biggest <= 4 * (max_line + len(eol))
+    if all(len(c) <= 3 * (max_line + len(eol)) for c in chunks):  # never trimmed
+        # read after every chunk: a whole-stream split gives the same lines, except that
+        # the link drops what follows an overlong line in the same buffer (it resyncs)
+        expected: list[object] = []
+        pending = b""
+        for chunk in chunks:
+            pending += chunk
+            items = _expected(pending, eol, max_line)
+            expected += items
+            pending = b"" if FrameTooLongError in items else _rest(pending, eol, max_line)
+        assert got == expected
+
+
+def _rest(buf: bytes, eol: bytes, max_line: int) -> bytes:
+    """The unterminated tail split_line leaves in ``buf``."""
+    while True:
+        line, used = split_line(buf, eol=eol, max_line=max_line)
+        if line is None:
+            return buf
+        buf = buf[used:]
+
+
+def test_an_unread_receive_buffer_keeps_only_its_tail() -> None:
+    async def run() -> None:
+        rx = _Receiver(cap=32)
+        for n in range(100):
+            rx.data_received(b"%03d\r" % n)
+            assert len(rx.buf) <= 32
+        assert bytes(rx.buf).endswith(b"099\r")
+
+    asyncio.run(run())
 
 
 def test_split_line_examples() -> None:
@@ -146,6 +241,26 @@ async def test_garbage_reply_is_returned_as_is_then_the_link_recovers(
     assert await link.request(b"Y") == b"R:Y"
 
 
+async def test_noise_before_the_reply_is_skipped_when_the_caller_says_so(
+    port: PtyPort, link: SerialLink
+) -> None:
+    def accept(line: bytes) -> bool:
+        return line.startswith(b"R:")
+
+    port.inject("noise_then_reply")
+    assert not (await link.request(b"A")).startswith(b"R:")  # no accept: the first line
+    assert await link.request(b"B") == b"R:B"  # ... and the reply behind it was dropped
+    port.inject("noise_then_reply")
+    port.inject("noise_then_reply")
+    assert await link.request(b"C", accept=accept) == b"R:C"
+    assert await link.request(b"D", accept=accept) == b"R:D"
+    assert link.skipped_lines == 2
+    port.inject("garbage")  # a refused line with nothing after it is returned at once
+    assert not (await link.request(b"E", accept=accept)).startswith(b"R:")
+    assert await link.request(b"F", accept=accept) == b"R:F"
+    assert link.skipped_lines == 2
+
+
 async def test_garbage_between_frames_is_discarded(tmp_path: Path) -> None:
     async def noisy(line: bytes) -> bytes:
         return b"R:" + line + b"\r\x00\xffnoise"  # unterminated junk after every reply
@@ -203,16 +318,17 @@ async def test_port_closing_mid_reply_gives_link_error_then_reopens(
 
 
 async def test_cancelled_request_does_not_leave_its_reply_for_the_next() -> None:
-    release = asyncio.Event()
+    release, arrived = asyncio.Event(), asyncio.Event()
 
     async def late(line: bytes) -> bytes:
         if line == b"SLOW":
+            arrived.set()
             await release.wait()
         return b"R:" + line
 
     async with served(late) as port, SerialLink(port.address, timeout_s=2.0) as lnk:
         task = asyncio.create_task(lnk.request(b"SLOW"))
-        await asyncio.sleep(0.02)
+        await asyncio.wait_for(arrived.wait(), 2.0)  # the request is out: its reply is due
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -15,8 +15,8 @@ DRY_S: Final = (1, 600)
 WASH_CYCLES: Final = (1, 10)
 WASH_VOLUME_ML: Final = (0.1, 5.0)
 
-_INT = re.compile(r"\d{1,4}")
-_VOLUME = re.compile(r"\d{1,2}(?:\.\d)?")
+_INT = re.compile(r"\d{1,4}", re.ASCII)
+_VOLUME = re.compile(r"\d{1,2}(?:\.\d)?", re.ASCII)
 
 
 class CommandError(ProtocolError):

@@ -1,7 +1,9 @@
 """Framing and checksum of the harvester protocol (see :mod:`.codec`).
 
 A frame is one line of printable ASCII ``<body>*<CK>`` ended by CR, where ``CK`` is the XOR
-of every byte of ``<body>`` as two hex digits. The body never contains ``*``.
+of every byte of ``<body>`` as two hex digits. The body never contains ``*``. Cutting the
+byte stream into lines is the link's job (:func:`drivers.serial_link.split_line`, on both
+sides); :func:`open_frame` checks one such line.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from drivers.errors import ProtocolError
-from drivers.serial_link import split_line
 
 EOL: Final = b"\r"
 MAX_LINE: Final = 512
@@ -69,13 +70,3 @@ def open_frame(line: bytes) -> Frame:
         raise ChecksumError(expected, check.decode("ascii"))
     return Frame(body.decode("ascii"))
 
-
-def decode(buf: bytes | bytearray) -> tuple[Frame | None, int]:
-    """The decoder contract: the first frame of ``buf`` and the bytes it used, or
-    ``(None, 0)`` when more bytes are needed. Raises only :class:`ProtocolError`
-    (:class:`~drivers.errors.FrameTooLongError` when no CR comes within :data:`MAX_LINE`);
-    the caller then drops :func:`~drivers.serial_link.skip_line` bytes and carries on."""
-    line, used = split_line(buf, eol=EOL, max_line=MAX_LINE)
-    if line is None:
-        return None, 0
-    return open_frame(line), used

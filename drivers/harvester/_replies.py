@@ -10,7 +10,7 @@ from enum import IntEnum
 from typing import Final, Literal, get_args
 
 from drivers.errors import ProtocolError
-from drivers.harvester._frames import seal
+from drivers.harvester._frames import open_frame, seal
 
 State = Literal["IDLE", "BUSY", "FAULT"]
 Step = Literal["NONE", "PW", "AS", "WS", "DR", "RL"]
@@ -18,10 +18,11 @@ STATES: Final = get_args(State)
 STEPS: Final = get_args(Step)
 WELLS: Final = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
 
-_ERROR = re.compile(r"ER (\d{2}) ([ -~]{0,80})")
+_ERROR = re.compile(r"ER (\d{2}) ([ -~]{0,80})", re.ASCII)
 _FIELD = re.compile(r"[A-Za-z0-9 ._\-/]{1,32}")
-_FLOAT = re.compile(r"-?\d{1,4}\.\d{1,3}")
-_UINT = re.compile(r"\d{1,3}")
+_FLOAT = re.compile(r"-?\d{1,4}\.\d{1,3}", re.ASCII)
+_UINT = re.compile(r"\d{1,3}", re.ASCII)
+_BITS: Final = ("0", "1")
 
 
 class ErrorCode(IntEnum):
@@ -90,6 +91,12 @@ def format_reply(reply: Reply) -> bytes:
 def error_reply(code: ErrorCode, detail: str = "") -> ErrorReply:
     text = ERROR_TEXT[code]
     return ErrorReply(code, f"{text}: {detail}"[:80] if detail else text)
+
+
+def read_reply(line: bytes) -> Reply:
+    """Host side: one reply line as the link delivers it (terminator stripped): checked
+    frame, then :func:`parse_reply`. Raises only :class:`ProtocolError`."""
+    return parse_reply(open_frame(line).body)
 
 
 def parse_reply(body: str) -> Reply:
@@ -169,7 +176,7 @@ def parse_status(data: str) -> Status:
     if len(fields) != 10:
         raise ProtocolError(f"status wants 10 fields, got {len(fields)}: {data[:60]!r}")
     state, step, cycle, progress, vacuum, buffer, waste, mat, plate, fault = fields
-    if state not in STATES or step not in STEPS or mat not in "01" or plate not in "01":
+    if state not in STATES or step not in STEPS or mat not in _BITS or plate not in _BITS:
         raise ProtocolError(f"bad status: {data[:60]!r}")
     try:
         return Status(

@@ -3,11 +3,13 @@
 Pure bytes <-> frozen dataclasses, no I/O. Every frame is one CR-terminated line of
 printable ASCII, ``<body>*<CK>``, ``CK`` the XOR of the body's bytes in two hex digits.
 
-Host side: :func:`encode_command`, :func:`decode` / :func:`open_frame`, :func:`parse_reply`
-and the ``parse_*`` data parsers. Instrument side (the simulator): :func:`parse_command` and
-the ``format_*`` formatters. Decoding raises only :class:`~drivers.errors.ProtocolError` (its
-subclasses :class:`ChecksumError`, :class:`CommandError`,
-:class:`~drivers.errors.FrameTooLongError`); building a command with an out-of-range
+Lines are cut from the byte stream by the link on both sides
+(:func:`drivers.serial_link.split_line`, at most :data:`MAX_LINE` bytes before the CR); this
+codec starts from one line. Host side: :func:`encode_command`, :func:`read_reply` (=
+:func:`open_frame` + :func:`parse_reply`) and the ``parse_*`` data parsers. Instrument side
+(the simulator): :func:`open_frame`, :func:`parse_command` and the ``format_*`` formatters.
+Decoding raises only :class:`~drivers.errors.ProtocolError` (its subclasses
+:class:`ChecksumError`, :class:`CommandError`); building a command with an out-of-range
 argument raises :class:`ValueError` (a caller bug, not a wire fault).
 """
 
@@ -40,7 +42,6 @@ from drivers.harvester._frames import (
     ChecksumError,
     Frame,
     checksum,
-    decode,
     open_frame,
     seal,
 )
@@ -67,6 +68,7 @@ from drivers.harvester._replies import (
     parse_identity,
     parse_reply,
     parse_status,
+    read_reply,
 )
 
 __all__ = [
@@ -105,7 +107,6 @@ __all__ = [
     "Wash",
     "checksum",
     "command_text",
-    "decode",
     "encode_command",
     "error_reply",
     "format_anomalies",
@@ -118,5 +119,6 @@ __all__ = [
     "parse_identity",
     "parse_reply",
     "parse_status",
+    "read_reply",
     "seal",
 ]

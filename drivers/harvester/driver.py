@@ -12,10 +12,13 @@ Errors (``docs/protocols/harvester.md``):
   plate) and a step that ends in ``FAULT`` raise :class:`InstrumentFaultError` whose
   ``fault`` is the condition's name (``low_vacuum`` ...).
 * ``ER 20/31/32`` raise :class:`InstrumentReplyError` with the ``code``.
-* A reply that fails its checksum or makes no sense, or ``ER 30`` (our command arrived
-  garbled), is retried once; a second failure raises :class:`InstrumentReplyError` with
-  ``code=None``. Retrying a step command is safe: the instrument acknowledges a repeat of
-  the step it is running without restarting it.
+* Garbled replies follow the policy of :class:`~drivers.base.SerialInstrument`: a line
+  that is not a checked ``OK``/``ER`` frame, followed at once by more input, is skipped as
+  noise; a reply that fails its checksum or makes no sense, or ``ER 30`` (our command
+  arrived garbled), is retried once; a second failure raises
+  :class:`InstrumentReplyError` (``code=None``, or 30). Every command is safe to repeat:
+  queries and ``AB`` change nothing, and the instrument acknowledges a repeat of the step
+  it is running without restarting it.
 * While a step runs, link faults on the status polls are ridden out by reconnecting for up
   to ``reconnect_timeout_s``; the step itself goes on in the instrument.
 """
@@ -26,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
-from drivers.base import Readings
+from drivers.base import Readings, SerialInstrument
 from drivers.clock import Clock, MonotonicClock
 from drivers.errors import (
     InstrumentFaultError,
@@ -52,11 +55,10 @@ from drivers.harvester.codec import (
     Release,
     Wash,
     encode_command,
-    open_frame,
     parse_anomalies,
     parse_identity,
-    parse_reply,
     parse_status,
+    read_reply,
 )
 from drivers.serial_link import SerialLink
 
@@ -123,10 +125,12 @@ class HarvestReport:
         return self.finished_s - self.started_s
 
 
-class HarvesterDriver:
+class HarvesterDriver(SerialInstrument):
     """One harvester at a serial ``address`` (``/dev/ttyUSB0``, a pty or its symlink, or
     ``socket://host:port``). All waiting uses the injected ``clock``; ``timeout_s`` bounds
     each reply; ``poll_s`` is the status polling period while a step runs."""
+
+    resend_codes = frozenset({ErrorCode.BAD_CHECKSUM})
 
     def __init__(
         self,
@@ -142,45 +146,19 @@ class HarvesterDriver:
         if poll_s <= 0:
             raise ValueError("poll_s must be positive")
         self.address = address
-        self.instrument_id = instrument_id
         self._clock: Clock = clock or MonotonicClock()
         self._poll_s = poll_s
         self._reconnect_timeout_s = reconnect_timeout_s
-        self._link = SerialLink(
-            address, baudrate=baudrate, eol=EOL, max_line=MAX_LINE, timeout_s=timeout_s,
-            instrument_id=instrument_id, clock=self._clock,
+        super().__init__(
+            SerialLink(
+                address, baudrate=baudrate, eol=EOL, max_line=MAX_LINE, timeout_s=timeout_s,
+                instrument_id=instrument_id, clock=self._clock,
+            ),
+            instrument_id,
         )
-        self.retries = 0
-        """Commands sent a second time after a garbled exchange."""
 
-    # ------------------------------------------------------------------ lifecycle
-
-    async def open(self) -> None:
-        """Open the port and check a harvester answers; raises :class:`LinkError`."""
-        await self._link.open()
-        try:
-            await self.identity()
-        except BaseException:
-            await self._link.close()
-            raise
-
-    async def close(self) -> None:
-        await self._link.close()
-
-    async def __aenter__(self) -> HarvesterDriver:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
+    async def _probe(self) -> None:
+        await self.identity()
 
     # ------------------------------------------------------------------ queries
 
@@ -352,27 +330,15 @@ class HarvesterDriver:
         return since
 
     async def _ask(self, command: Command, parser: Callable[[str], T]) -> T:
-        """One exchange; a garbled reply (or ``ER 30``) is retried once."""
-        wire = encode_command(command)
-        for attempt in (1, 2):
-            try:
-                line = await self._link.request(wire)
-                reply = parse_reply(open_frame(line).body)
-                if isinstance(reply, ErrorReply):
-                    if reply.code == ErrorCode.BAD_CHECKSUM and attempt == 1:
-                        self.retries += 1
-                        continue
-                    raise self._reply_error(reply)
-                return parser(reply.data)
-            except ProtocolError as exc:
-                self._link.mark_resync()  # the reply may be a late one: drain before next
-                if attempt == 1:
-                    self.retries += 1
-                    continue
-                raise InstrumentReplyError(
-                    f"garbled reply to {wire.decode()!r}: {exc}", instrument=self.instrument_id
-                ) from exc
-        raise AssertionError("unreachable")
+        """One exchange, under the garbled-reply policy (every command may be repeated)."""
+
+        def decode(line: bytes) -> T:
+            reply = read_reply(line)
+            if isinstance(reply, ErrorReply):
+                raise self._reply_error(reply)
+            return parser(reply.data)
+
+        return await self._request(encode_command(command), decode, accept=_is_reply)
 
     def _reply_error(self, reply: ErrorReply) -> InstrumentFaultError | InstrumentReplyError:
         text = f"error {reply.code:02d}: {reply.text}"
@@ -381,6 +347,15 @@ class HarvesterDriver:
                 text, instrument=self.instrument_id, fault=FAULT_NAMES[reply.code]
             )
         return InstrumentReplyError(text, instrument=self.instrument_id, code=reply.code)
+
+
+def _is_reply(line: bytes) -> bool:
+    """A checked ``OK``/``ER`` frame: anything else before the reply is line noise."""
+    try:
+        read_reply(line)
+    except ProtocolError:
+        return False
+    return True
 
 
 def _ok(data: str) -> None:

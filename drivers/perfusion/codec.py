@@ -5,10 +5,10 @@ fuzzed. The wire format is documented byte by byte in ``docs/protocols/perfusion
 
 Host side: :func:`encode_command` and :func:`parse_reply`. Instrument side (the simulator):
 :func:`command_from_bytes` / :func:`parse_command` and :func:`format_reply`. Encoders return
-one line *without* its terminator: the link (or the simulator's pty) frames it with
-:data:`EOL`. :func:`decode_line` is the framing itself, for buffers that hold terminators.
-Decoding raises only :class:`~drivers.errors.ProtocolError` (or its subclass
-:class:`~drivers.errors.FrameTooLongError`); building a command or reply with an out-of-range
+one line *without* its terminator, and decoders take one line: cutting the byte stream into
+lines (:data:`EOL`, at most :data:`MAX_LINE` bytes with it) is the link's job on both sides
+(:func:`drivers.serial_link.split_line`). Decoding raises only
+:class:`~drivers.errors.ProtocolError`; building a command or reply with an out-of-range
 field raises :class:`ValueError` (a caller bug, not a wire fault).
 """
 
@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Literal
 
-from drivers.errors import FrameTooLongError, ProtocolError
+from drivers.errors import ProtocolError
 
 __all__ = [
     "EOL", "MAX_LINE", "MODE_MASTER", "MODE_ONE_ON", "MODE_PRESELECT", "MODE_TTL", "VALVES",
     "AcknowledgeSpill", "CloseAll", "CloseValve", "Command", "ErrorCode", "ErrorReply",
-    "Identify", "IdentityReply", "Line", "ModeSpec", "OkReply", "OpenAll", "OpenValve",
+    "Identify", "IdentityReply", "ModeSpec", "OkReply", "OpenAll", "OpenValve",
     "QueryStatus", "Reply", "SetModes", "StatusReply", "ValveState", "command_from_bytes",
-    "decode_line", "encode_command", "format_reply", "parse_command", "parse_reply",
-    "skip_to_next_line",
+    "encode_command", "format_reply", "parse_command", "parse_reply",
 ]
 
 EOL: Final = b"\r"
@@ -60,13 +59,6 @@ class ErrorCode(IntEnum):
     SPILL_LATCHED = 4
     VALVE_UNPLUGGED = 5
     VALVE_SHORTED = 6
-
-
-@dataclass(frozen=True)
-class Line:
-    """One decoded line: printable ASCII, terminator (and stray LFs) stripped."""
-
-    text: str
 
 
 # --------------------------------------------------------------------------- commands
@@ -215,10 +207,9 @@ def command_from_bytes(raw: bytes) -> Command | ErrorReply | None:
     return parse_command(text)
 
 
-def parse_command(line: Line | str) -> Command | ErrorReply | None:
+def parse_command(text: str) -> Command | ErrorReply | None:
     """Instrument side: one line to a command, the error reply to send back, or None for a
     line that does not start with ``AT<digit>`` (nobody on the chain answers it)."""
-    text = line.text if isinstance(line, Line) else line
     match = _AT.fullmatch(text.strip())
     if match is None:
         return None
@@ -343,7 +334,7 @@ _IDENTITY = re.compile(
 )
 
 
-def parse_reply(line: Line | str | bytes) -> Reply:
+def parse_reply(line: str | bytes) -> Reply:
     """Host side: one reply line (terminator stripped) to a reply; :class:`ProtocolError`
     for anything else."""
     text = _text(line)
@@ -366,9 +357,8 @@ def parse_reply(line: Line | str | bytes) -> Reply:
     raise ProtocolError(f"malformed {kind} reply: {text[:40]!r}")
 
 
-def _text(line: Line | str | bytes) -> str:
-    if isinstance(line, Line):
-        return line.text
+def _text(line: str | bytes) -> str:
+    """A line's text; LF bytes are dropped (a terminal sending CR LF works)."""
     if isinstance(line, str):
         return line
     raw = line.replace(b"\n", b"")
@@ -388,30 +378,3 @@ def _parse_mode_list(text: str) -> tuple[ModeSpec, ...]:
         specs.append(ModeSpec(int(match[1]), None if match[2] is None else int(match[2])))
     return tuple(specs)
 
-
-# --------------------------------------------------------------------------- framing
-
-
-def decode_line(buf: bytes | bytearray) -> tuple[Line | None, int]:
-    """Decode the first CR-terminated line of ``buf``.
-
-    Returns ``(line, consumed)``, or ``(None, 0)`` when more bytes are needed. LF bytes are
-    ignored (a terminal sending CR LF works). Raises :class:`FrameTooLongError` when no CR
-    appears within :data:`MAX_LINE` bytes, and :class:`ProtocolError` for a line holding bytes
-    outside printable ASCII; in both cases the caller drops :func:`skip_to_next_line` bytes.
-    """
-    end = buf.find(EOL, 0, MAX_LINE)
-    if end < 0:
-        if len(buf) >= MAX_LINE:
-            raise FrameTooLongError(len(buf), MAX_LINE)
-        return None, 0
-    raw = bytes(buf[:end]).replace(b"\n", b"")
-    if any(b < 0x20 or b > 0x7E for b in raw):
-        raise ProtocolError(f"line holds non-printable bytes: {raw[:32]!r}")
-    return Line(raw.decode("ascii")), end + 1
-
-
-def skip_to_next_line(buf: bytes | bytearray) -> int:
-    """How many bytes to drop from ``buf`` to resynchronise after a decode error."""
-    end = buf.find(EOL)
-    return len(buf) if end < 0 else end + 1

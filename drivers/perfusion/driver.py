@@ -9,6 +9,13 @@ host's back ("last input wins"), so every method acts on the controller's own an
 Opening an open valve is therefore sent again, and is harmless: the controller leaves it
 open and replies ``OK``. Compound methods (:meth:`PerfusionDriver.select_solution`,
 :meth:`PerfusionDriver.set_mode`) read the status first and send only what differs.
+
+Garbled replies follow the policy of :class:`~drivers.base.SerialInstrument`: a line that is
+not an ``R<our address> ...`` reply, followed at once by more input, is skipped as noise; a
+reply that does not parse, comes from another address or is of the wrong kind is retried
+once. Every command the driver sends is safe to repeat: ``S?``/``I?`` are queries;
+``V+n``/``V-n``/``C``/``A`` leave the controller as they found it when repeated; ``M+``/``M-``
+set or clear the same modes again.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from drivers.base import Readings
+from drivers.base import Readings, SerialInstrument
 from drivers.clock import Clock, MonotonicClock
 from drivers.errors import InstrumentFaultError, InstrumentReplyError, ProtocolError
 from drivers.perfusion.codec import (
@@ -100,14 +107,15 @@ class ValveStatus:
         return "+".join([self.mode, *extra])
 
 
-class PerfusionDriver:
+class PerfusionDriver(SerialInstrument):
     """One ValveLink8.2 at a serial URL (``/dev/ttyUSB0``, a pty path, ``socket://h:p``),
     device address 0-9 (the rear switch). Valves are numbered 1-8 as on the front panel.
 
     Every method is one short exchange (or a few); methods may be called from several tasks:
     the driver serialises them. Instrument refusals raise :class:`InstrumentFaultError`
     (``fault``: ``spill latched``, ``valve unplugged``, ``valve shorted``) or
-    :class:`InstrumentReplyError` with the error ``code``; transport faults raise
+    :class:`InstrumentReplyError` with the error ``code``; a reply garbled twice raises
+    :class:`InstrumentReplyError` with ``code=None``; transport faults raise
     :class:`~drivers.errors.LinkError` and the next call reconnects.
     """
 
@@ -124,43 +132,20 @@ class PerfusionDriver:
         if not 0 <= device_address <= 9:
             raise ValueError(f"device address must be 0-9, got {device_address}")
         self.address = address
-        self.instrument_id = instrument_id
         self.device_address = device_address
         self._clock: Clock = clock or MonotonicClock()
         self._lock = asyncio.Lock()
-        self._link = SerialLink(
-            address, baudrate=baudrate, eol=EOL, max_line=MAX_LINE - len(EOL),
-            timeout_s=timeout_s, instrument_id=instrument_id, clock=self._clock,
+        super().__init__(
+            SerialLink(
+                address, baudrate=baudrate, eol=EOL, max_line=MAX_LINE - len(EOL),
+                timeout_s=timeout_s, instrument_id=instrument_id, clock=self._clock,
+            ),
+            instrument_id,
         )
 
-    # ------------------------------------------------------------------ lifecycle
-
-    async def open(self) -> None:
-        """Open the port and check the controller answers at its address."""
-        await self._link.open()
-        try:
-            await self.valve_states()
-        except BaseException:
-            await self._link.close()
-            raise
-
-    async def close(self) -> None:
-        await self._link.close()
-
-    async def __aenter__(self) -> PerfusionDriver:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
+    async def _probe(self) -> None:
+        """The controller answers at its address."""
+        await self.valve_states()
 
     # ------------------------------------------------------------------ Instrument
 
@@ -278,28 +263,25 @@ class PerfusionDriver:
     async def _exchange(
         self, command: Command, kind: type[R], valve: int | None = None
     ) -> R:
-        raw = await self._link.request(encode_command(command))
-        try:
+        def decode(raw: bytes) -> R:
             reply = parse_reply(raw)
-        except ProtocolError as exc:
-            self._link.mark_resync()  # garbled, or a late reply: drain before the next
-            raise InstrumentReplyError(
-                f"unexpected reply {raw[:40]!r}: {exc}", instrument=self.instrument_id
-            ) from exc
-        if reply.address != self.device_address:
-            self._link.mark_resync()
-            raise InstrumentReplyError(
-                f"reply from device {reply.address}, expected {self.device_address}",
-                instrument=self.instrument_id,
-            )
-        if isinstance(reply, ErrorReply):
-            raise self._error(reply.code, command, valve)
-        if not isinstance(reply, kind):
-            self._link.mark_resync()
-            raise InstrumentReplyError(
-                f"expected a {kind.__name__}, got {raw[:40]!r}", instrument=self.instrument_id
-            )
-        return reply
+            if reply.address != self.device_address:
+                raise ProtocolError(
+                    f"reply from device {reply.address}, expected {self.device_address}")
+            if isinstance(reply, ErrorReply):
+                raise self._error(reply.code, command, valve)
+            if not isinstance(reply, kind):
+                raise ProtocolError(f"expected a {kind.__name__}, got {raw[:40]!r}")
+            return reply
+
+        return await self._request(encode_command(command), decode, accept=self._is_ours)
+
+    def _is_ours(self, raw: bytes) -> bool:
+        """An ``R<our address> ...`` reply: anything else before it is line noise."""
+        try:
+            return parse_reply(raw).address == self.device_address
+        except ProtocolError:
+            return False
 
     def _error(
         self, code: int, command: Command, valve: int | None
