@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drivers.errors import AssayError
 
-__all__ = ["BrokerError", "CommandError", "ConfigError", "JournalError"]
+__all__ = ["AnalysisError", "BrokerError", "CommandError", "ConfigError", "JournalError"]
 
 
 class ConfigError(AssayError):
@@ -37,3 +37,11 @@ class BrokerError(AssayError):
     """The MQTT broker refused the connection or dropped it."""
 
     retryable = True
+
+
+class AnalysisError(AssayError):
+    """The data or the request cannot be analysed: bad input, degenerate data, no convergence.
+
+    ``str(err)`` names the input and what is wrong with it, e.g.
+    ``y: 3 values are NaN or infinite (rows 4, 7, 9)``.
+    """

@@ -18,7 +18,8 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     ├── ConfigError              a config file or override is invalid      (acquisition)
     ├── CommandError             an MQTT command was malformed or refused  (acquisition)
     ├── JournalError             the local journal could not be written    (acquisition)
-    └── BrokerError              the MQTT broker refused or dropped us     (acquisition)
+    ├── BrokerError              the MQTT broker refused or dropped us     (acquisition)
+    └── AnalysisError            data that cannot be fitted or analysed    (acquisition)
 
 The acquisition-layer classes live in :mod:`acquisition.errors`; they are listed here so
 the whole tree is drawn in one place.

@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("op", help="operation, e.g. world, add_plate, place_plate, place_mat, fault")
     sim.add_argument("args", nargs="*", metavar="KEY=VALUE")
 
+    from acquisition.cli.analyze import add_parser as add_analyze
+
+    add_analyze(sub)
+
     results = sub.add_parser("results", help="a run's per-well results")
     results.add_argument("run")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -70,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "analyze":  # offline: no config, no broker
+        from acquisition.cli.analyze import run_analyze
+
+        return run_analyze(args)
     from acquisition.config import load_config
     from acquisition.errors import ConfigError
 

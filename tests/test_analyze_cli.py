@@ -1,0 +1,78 @@
+"""`assay analyze` reproduces published and certified answers from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference-data"  # shared/ beside the repo
+ASSAY = str(Path(sys.executable).parent / "assay")
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ASSAY, "analyze", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in [*report["parameters"], *report["derived"]]}
+
+
+def test_puromycin_to_every_printed_digit(tmp_path: Path) -> None:
+    rows = (REF / "puromycin_treated.csv").read_text().splitlines()[1:]
+    csv_path = tmp_path / "puromycin.csv"
+    csv_path.write_text("x,y\n" + "\n".join(rows) + "\n")
+    out = analyze(str(csv_path), "--model", "saturation-specific", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    p = by_name(report)
+    # R's nls, "An Introduction to R": Vm 212.6837 (SE 6.947), K 0.06412 (SE 0.008281),
+    # residual standard error 10.93 on 10 degrees of freedom.
+    assert round(p["Bmax"]["estimate"], 4) == 212.6837
+    assert round(p["Bmax"]["se"], 3) == 6.947
+    assert round(p["Kd"]["estimate"], 5) == 0.06412
+    assert round(p["Kd"]["se"], 6) == 0.008281
+    assert round(report["sy_x"], 2) == 10.93 and report["dof"] == 10
+
+
+def test_prism_golden_one_site_fit_ki_with_a_plot(tmp_path: Path) -> None:
+    case = json.loads((REF / "synthetic_prism_equation_golden.json").read_text())["one_site_fit_Ki"]
+    csv_path = tmp_path / "ki.csv"
+    csv_path.write_text(
+        "x,y\n" + "".join(f"{x},{y}\n" for x, y in zip(case["X"], case["Y"], strict=True))
+    )
+    png = tmp_path / "ki.png"
+    consts = [f"--constant={k}={v}" for k, v in case["constants"].items()]
+    out = analyze(str(csv_path), "--model", "one-site-fit-ki", *consts, "--format", "json",
+                  "--plot", str(png))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    p = by_name(json.loads(out.stdout))
+    assert p["logKi"]["estimate"] == pytest.approx(case["true"]["logKi"], abs=1e-9)
+    assert p["Ki"]["estimate"] == pytest.approx(10 ** case["true"]["logKi"], rel=1e-8)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "words"),
+    [
+        ("a,b\n1,2\n", [], "no 'x' column"),
+        ("x,y\n1,two\n", [], "line 2: y: a number (got 'two')"),
+        ("x,y\n-9,100\n-8,50\n-7,10\n-6,5\n", ["--model", "one-site-fit-ki"], "HotNM"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, text: str, args: list[str], words: str
+) -> None:
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text(text)
+    out = analyze(str(csv_path), *(args or ["--model", "one-site-fit-logic50"]))
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
