@@ -76,3 +76,41 @@ def test_bad_input_is_one_clear_line(
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+GOLDEN = REF / "synthetic_prism_equation_golden.json"
+
+
+def _golden_csv(tmp_path: Path, case: str) -> tuple[Path, list[str], dict[str, float]]:
+    """The golden case as the CSV a user would write, its --constant flags and its truth."""
+    c = json.loads(GOLDEN.read_text())[case]
+    path = tmp_path / f"{case}.csv"
+    if case == "one_site_total_and_nonspecific":
+        rows = [f"{x},{y},total" for x, y in zip(c["X_nM"], c["total"], strict=True)]
+        rows += [f"{x},{y},nsb" for x, y in zip(c["X_nM"], c["nonspecific"], strict=True)]
+        path.write_text("x,y,dataset\n" + "\n".join(rows) + "\n")
+        return path, [], c["true"]
+    ys = c.get("Y", c.get("Y_cpm"))
+    path.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in zip(c["X"], ys, strict=True)))
+    names = {"Hot_cpm": "Hot", "SpAct_cpm_per_fmol": "SpAct", "Vol_mL": "Vol"}
+    flags = [f"--constant={names.get(k, k)}={v}" for k, v in c.get("constants", {}).items()]
+    return path, flags, c["true"]
+
+
+@pytest.mark.parametrize(
+    ("case", "model"),
+    [
+        ("two_sites_fit_Ki", "two-sites-fit-ki"),
+        ("one_site_total_and_nonspecific", "saturation-total-nonspecific"),
+        ("one_site_heterologous_with_depletion", "heterologous-depletion"),
+    ],
+)
+def test_every_golden_prism_case_from_the_command_line(
+    tmp_path: Path, case: str, model: str
+) -> None:
+    path, flags, truth = _golden_csv(tmp_path, case)
+    out = analyze(str(path), "--model", model, *flags, "--format", "json", "--no-profile")
+    assert out.returncode == 0, out.stderr
+    fitted = by_name(json.loads(out.stdout))
+    for name, value in truth.items():
+        assert fitted[name]["estimate"] == pytest.approx(value, rel=1e-6, abs=1e-9), name
