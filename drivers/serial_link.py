@@ -43,6 +43,7 @@ import structlog
 from drivers.backoff import Backoff
 from drivers.clock import Clock, MonotonicClock
 from drivers.errors import FrameTooLongError, InstrumentTimeoutError, LinkError
+from drivers.reconnect import reopen_with_backoff
 
 __all__ = ["SerialLink", "skip_line", "split_line"]
 
@@ -213,23 +214,21 @@ class SerialLink:
     async def reconnect(self, timeout_s: float) -> None:
         """Close, then reopen with jittered exponential backoff for up to ``timeout_s``
         seconds of the link's clock; raises :class:`LinkError` when time runs out."""
-        deadline = self._clock.monotonic() + timeout_s
         async with self._lock:
             await self._drop_locked()
-        for delay in self._backoff.delays():
-            try:
-                async with self._lock:
-                    self._check_wanted()
-                    await self._open_locked()
-                return
-            except LinkError as exc:
-                if not self._wanted:
-                    raise
-                if self._clock.monotonic() + delay > deadline:
-                    raise LinkError(
-                        f"no link after {timeout_s:g} s: {exc}", instrument=self._where
-                    ) from exc
-            await self._clock.sleep(delay)
+        await reopen_with_backoff(
+            self._reopen,
+            backoff=self._backoff,
+            clock=self._clock,
+            timeout_s=timeout_s,
+            wanted=lambda: self._wanted,
+            instrument=self._where,
+        )
+
+    async def _reopen(self) -> None:
+        async with self._lock:
+            self._check_wanted()
+            await self._open_locked()
 
     # ------------------------------------------------------------------ internals
 
