@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from acquisition.analysis.run_analysis import RunResult
 from acquisition.commands import CommandReply, CommandRequest
 from acquisition.payloads import DaemonStatus, InstrumentState, RunDocument, RunState
 
@@ -28,6 +29,7 @@ _MODELS: dict[str, Any] = {
     "assay.event-1.json": RunDocument,
     "assay.command-1.json": CommandRequest,
     "assay.reply-1.json": CommandReply,
+    "assay.result-1.json": RunResult,
 }
 
 

@@ -302,3 +302,19 @@ def test_degenerate_data_never_raise_anything_but_analysis_error(case: str) -> N
     verdicts = [*evaluate(r, fitted), fit_verdict]
     assert not all_passed(verdicts)
     assert any(v.code in BLOCKING_CODES and not v.passed for v in verdicts)
+
+
+def test_an_undetermined_hill_slope_is_not_called_consistent() -> None:
+    """A plate of pure noise gives a 4PL whose Hill-slope CI is enormous: that fails."""
+    import numpy as np
+
+    from acquisition.analysis.fit import fit
+    from acquisition.analysis.models import MODELS
+    from acquisition.analysis.qc import check_hill_slope
+
+    rng = np.random.default_rng(7)
+    x = np.repeat(np.linspace(-11, -5, 10), 3)
+    y = rng.poisson(1000, x.size).astype(float)
+    verdict = check_hill_slope(fit(MODELS["four-param-logistic"], x, y))
+    assert not verdict.passed
+    assert "undetermined" in verdict.message

@@ -197,6 +197,10 @@ def _ci(result: FitResult, name: str) -> tuple[float | None, float | None]:
     return p.ci_low, p.ci_high
 
 
+HILL_CI_MAX_WIDTH = 4.0
+"""A Hill-slope CI wider than this is taken as undetermined, not as consistent with -1."""
+
+
 def check_hill_slope(hill_fit: FitResult) -> Verdict:
     """The variable-slope (4PL) fit's HillSlope CI (profile if available) must contain -1."""
     if "HillSlope" not in hill_fit.params:
@@ -207,6 +211,11 @@ def check_hill_slope(hill_fit: FitResult) -> Verdict:
     if lo is None or hi is None:
         return Verdict("hill-slope", False, est, -1.0,
                        f"Hill slope {_fmt(est)} has no confidence interval: cannot test it")
+    if hi - lo > HILL_CI_MAX_WIDTH:
+        # A CI this wide (e.g. a plate of pure noise) contains -1 without telling anything.
+        return Verdict("hill-slope", False, est, -1.0,
+                       f"Hill slope {_fmt(est)} is undetermined (95% CI {_fmt(lo)} to "
+                       f"{_fmt(hi)}): the data do not define a curve")
     if lo <= -1.0 <= hi:
         return Verdict("hill-slope", True, est, -1.0,
                        f"Hill slope {_fmt(est)} (95% CI {_fmt(lo)} to {_fmt(hi)}) is "

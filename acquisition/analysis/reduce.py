@@ -406,6 +406,8 @@ def reduce_plate(
     spec_fmol = fmol_of(window)
     fraction: float | None = None
     if added_cpm is not None:
+        if not added_cpm > 0:
+            raise AnalysisError(f"added_cpm: a positive count rate (got {added_cpm!r})")
         fraction = total.mean / added_cpm
     elif added_dpm is not None and efficiency is not None:
         fraction = total.mean / efficiency / added_dpm
