@@ -189,6 +189,9 @@ class CommandHandlers:
                 {"exit_status": stop["exit_status"], "reason": stop["reason"]} if stop else None
             ),
             "last_seq": record.last_seq,
+            "analysis": json.loads(analysis)
+            if (analysis := await self._d.journal.get_result(run))
+            else None,
         }
 
     async def sim(self, args: SimArgs) -> dict[str, Any]:

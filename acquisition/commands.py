@@ -28,6 +28,7 @@ from acquisition.errors import CommandError
 __all__ = [
     "MAX_COMMAND_BYTES",
     "VERBS",
+    "AnalysisSpec",
     "CommandReply",
     "CommandRequest",
     "ReplayArgs",
@@ -50,6 +51,22 @@ class NoArgs(_Args):
     pass
 
 
+class AnalysisSpec(_Args):
+    """Analyse the count once it completes (acquisition/analysis/run_analysis.py)."""
+
+    model: Literal[
+        "one-site-fit-ki", "one-site-fit-logic50", "four-param-logistic", "two-sites-fit-ki"
+    ] = "one-site-fit-ki"
+    competitor: str = Field(min_length=1, max_length=100)
+    constants: dict[str, float] = Field(default_factory=dict, description="HotNM, HotKdNM, ...")
+    layout: dict[str, Any] = Field(
+        description="competition_layout() arguments, e.g. "
+        '{"competitors": {"progesterone": "ABC"}, "blank_rows": "GH"}'
+    )
+    rate: Literal["ccpm", "cpm"] = "ccpm"
+    subtract_blanks: bool = Field(True, description="background = mean of the blank wells")
+
+
 class RunStartArgs(_Args):
     protocol: Literal["count-plate"] = "count-plate"
     instrument: str = "counter"
@@ -62,6 +79,7 @@ class RunStartArgs(_Args):
         None, min_length=1, max_length=96, description="default: all 96"
     )
     label: str | None = Field(None, max_length=200)
+    analysis: AnalysisSpec | None = None
 
     @field_validator("wells")
     @classmethod

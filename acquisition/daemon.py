@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,13 +19,15 @@ import aiomqtt
 import structlog
 
 from acquisition import __version__
+from acquisition.analysis.layout import PlateLayout
+from acquisition.analysis_step import analysis_layout, analyze_run_with_spec
 from acquisition.command_handlers import CommandHandlers, ReplyCache
-from acquisition.commands import RunStartArgs
+from acquisition.commands import AnalysisSpec, RunStartArgs
 from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
 from acquisition.errors import CommandError
 from acquisition.instruments import InstrumentManager
-from acquisition.journal import Journal
+from acquisition.journal import Journal, OutboxMessage
 from acquisition.mqtt_link import MqttLink
 from acquisition.payloads import DaemonStatus
 from acquisition.run_recorder import RunRecorder, utcnow
@@ -165,6 +168,7 @@ class Daemon:
         """Lease the counter, create the run, start it; CommandError if that cannot be."""
         if self._tg is None:
             raise CommandError("unavailable", "the daemon is shutting down")
+        layout = analysis_layout(args.analysis) if args.analysis else None
         stack = contextlib.AsyncExitStack()
         recorder: RunRecorder | None = None
         try:
@@ -198,6 +202,8 @@ class Daemon:
                         log.info(
                             "run finished", exit_status=outcome.exit_status, wells=outcome.wells
                         )
+                        if outcome.exit_status == "success" and args.analysis and layout:
+                            await self._analyze(recorder.run, args.analysis, layout)
                     except Exception as exc:  # a bug or a journal failure: keep the daemon up
                         log.exception("run crashed")
                         if not recorder.stopped:
@@ -211,6 +217,22 @@ class Daemon:
         task = self._tg.create_task(_body(), name=f"run:{recorder.run}")
         self.active[recorder.run] = ActiveRun(recorder, task, abort)
         return recorder
+
+    async def _analyze(self, run: str, spec: AnalysisSpec, layout: PlateLayout) -> None:
+        """Analyse a finished count; store the result and publish it retained, atomically."""
+        docs = [json.loads(p) for p in await self.journal.documents(run)]
+        try:
+            result = await asyncio.to_thread(analyze_run_with_spec, docs, spec, layout)
+        except Exception:  # a bug in the analysis must not take the daemon down
+            log.exception("analysis failed")
+            return
+        payload = result.model_dump_json(by_alias=True).encode()
+        topic = self.config.topic("runs", run, "result")
+        await self.journal.put_result(
+            run, payload, outbox=[OutboxMessage(topic, payload, retain=True)]
+        )
+        self.link.notify()
+        log.info("analysis stored", passed=result.passed, model=result.model)
 
     def abort_run(self, run: str) -> bool:
         """Ask an active run to abort; repeating it does nothing more. False if not active."""

@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS documents (
     payload BLOB NOT NULL,
     PRIMARY KEY (run, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+    run     TEXT PRIMARY KEY REFERENCES runs (run),
+    payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     topic   TEXT NOT NULL,
@@ -372,6 +376,33 @@ class Journal:
             self._worker.after_commit(partial(self._tail.remove, list(ids)))
 
         await self._call(work)
+
+    # -- analysis results ----------------------------------------------------------------
+
+    async def put_result(
+        self, run: str, payload: bytes, *, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
+        """Store (replace) a run's analysis result and queue its messages, atomically."""
+        messages = tuple(outbox)
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO results (run, payload) VALUES (?, ?)"
+                    " ON CONFLICT (run) DO UPDATE SET payload = excluded.payload",
+                    (run, payload),
+                )
+                rows = _insert_outbox(conn, messages)
+            self._worker.after_commit(partial(self._tail.add, rows))
+
+        await self._call(work)
+
+    async def get_result(self, run: str) -> bytes | None:
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT payload FROM results WHERE run = ?", (run,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._call(work)
 
     async def outbox_size(self) -> int:
         def work(conn: sqlite3.Connection) -> int:

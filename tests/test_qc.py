@@ -214,7 +214,7 @@ def test_all_wells_equal() -> None:
     verdicts = evaluate(r)
     assert {"all-equal", "negative-specific"} <= codes(failures(verdicts))
     fitted, v = try_fit(MODELS["one-site-fit-ki"], r.x, r.y, constants=HOT)
-    assert fitted is None and not v.passed and v.code == "fit-failed"
+    assert fitted is None and not v.passed and v.code == "fit"
     assert "equal" in v.message
 
 
@@ -254,7 +254,7 @@ def test_nan_values() -> None:
     assert wells[10].well in next(v for v in bad if v.code == "nan-values").message
     # the fitter refuses NaN with an AnalysisError; try_fit makes that a verdict
     fitted, v = try_fit(MODELS["one-site-fit-ki"], r.x, r.y, constants=HOT)
-    assert fitted is None and v.code == "fit-failed" and "NaN" in v.message
+    assert fitted is None and v.code == "fit" and "NaN" in v.message
 
 
 def test_nan_concentration() -> None:
@@ -284,7 +284,7 @@ def test_too_few_points() -> None:
 
 def test_blocking_codes_cover_the_degenerate_verdicts() -> None:
     assert {"no-data", "nan-values", "missing-controls", "all-equal", "single-concentration",
-            "negative-specific", "fit-failed"} == BLOCKING_CODES
+            "negative-specific", "fit"} == BLOCKING_CODES
 
 
 @pytest.mark.parametrize("case", ["equal", "single", "negative", "nan", "empty", "controls"])

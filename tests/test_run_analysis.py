@@ -258,7 +258,7 @@ def test_count_run_gives_ki_within_its_ci_and_passing_qc(good: RunResult) -> Non
     failed = [v for v in good.qc if not v.passed]
     assert good.passed, failed
     codes = {v.code for v in good.qc}
-    assert {"fit-failed", "spans-50", "z-prime", "nsb-fraction", "top-vs-total",
+    assert {"fit", "spans-50", "z-prime", "nsb-fraction", "top-vs-total",
             "bottom-vs-nsb", "hill-slope", "counting-error", "luminescence"} <= codes
     assert good.n == 30 and good.dof == 27
     assert good.r2 is not None and good.r2 > 0.99
@@ -420,8 +420,8 @@ def test_a_failing_fit(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(qc, "fit", boom)
     result = analyze(count_run_documents())
-    assert_failed_without_parameters(result, "fit-failed")
-    assert "finite" in next(v for v in result.qc if v.code == "fit-failed").message
+    assert_failed_without_parameters(result, "fit")
+    assert "finite" in next(v for v in result.qc if v.code == "fit").message
 
 
 def test_no_specific_binding() -> None:

@@ -24,7 +24,7 @@ code                      fails when                                            
 Degenerate data give failing verdicts instead of exceptions: ``no-data``, ``nan-values``,
 ``missing-controls``, ``all-equal``, ``single-concentration``, ``negative-specific`` (see
 :func:`check_data`); :func:`try_fit` turns an :class:`AnalysisError` from the fitter into a
-``fit-failed`` verdict. ``+-20%`` for Top/Bottom is taken relative to the assay window rather
+``fit`` verdict. ``+-20%`` for Top/Bottom is taken relative to the assay window rather
 than to each control's own mean, so that a small NSB does not make the Bottom check stricter
 than the Top check.
 """
@@ -75,7 +75,7 @@ BLOCKING_CODES: Final = frozenset({
     "all-equal",
     "single-concentration",
     "negative-specific",
-    "fit-failed",
+    "fit",
 })
 """Verdict codes after which no fitted number should be reported."""
 
@@ -176,15 +176,15 @@ def try_fit(
     constants: Mapping[str, float] | None = None,
     profile: bool = True,
 ) -> tuple[FitResult | None, Verdict]:
-    """Fit, turning an :class:`AnalysisError` into a failing ``fit-failed`` verdict."""
+    """Fit, turning an :class:`AnalysisError` into a failing ``fit`` verdict."""
     try:
         result = fit(model, x, y, constants=constants, profile=profile)
     except AnalysisError as exc:
-        return None, Verdict("fit-failed", False, None, None, f"{model.name}: {exc}")
+        return None, Verdict("fit", False, None, None, f"{model.name}: {exc}")
     if not result.converged:
-        return result, Verdict("fit-failed", False, None, None,
+        return result, Verdict("fit", False, None, None,
                                f"{model.name}: did not converge ({result.message})")
-    return result, Verdict("fit-failed", True, None, None, f"{model.name}: converged")
+    return result, Verdict("fit", True, None, None, f"{model.name}: converged")
 
 
 # ----------------------------------------------------------------------------- the checks

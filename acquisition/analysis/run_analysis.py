@@ -17,7 +17,7 @@ start / step / data / stop; each data document carries ``reading`` = a
    (:func:`~acquisition.analysis.qc.check_data`); for the one-site models also the
    variable-slope (4PL) curve, for the Hill-slope verdict;
 4. evaluates the QC verdicts (:func:`~acquisition.analysis.qc.evaluate`, plus the fit's own
-   ``fit-failed`` verdict) and returns a :class:`RunResult` (schema ``assay.result/1``,
+   ``fit`` verdict) and returns a :class:`RunResult` (schema ``assay.result/1``,
    docs/schemas/assay.result-1.json).
 
 Degenerate data (no data documents, all wells equal, a single concentration, NaN, a fit that
@@ -318,11 +318,11 @@ def _try_fit(model: Model, x: Any, y: Any, constants: Mapping[str, float],
     try:
         result, verdict = qc.try_fit(model, x, y, constants=constants, profile=profile)
     except (ValueError, ArithmeticError) as exc:
-        return None, qc.Verdict("fit-failed", False, None, None, f"{model.name}: {exc}")
+        return None, qc.Verdict("fit", False, None, None, f"{model.name}: {exc}")
     if result is not None and not all(
         math.isfinite(p.estimate) for p in result.params.values()
     ):
-        return None, qc.Verdict("fit-failed", False, None, None,
+        return None, qc.Verdict("fit", False, None, None,
                                 f"{model.name}: estimates are not finite")
     return (result if verdict.passed else None), verdict
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--wells", help="comma-separated wells (default: all 96)")
     start.add_argument("--label", help="free text stored with the run")
     start.add_argument("--watch", action="store_true", help="follow the run once started")
+    start.add_argument(
+        "--analysis", metavar="JSON",
+        help='analyse the count when it completes, e.g. \'{"competitor": "progesterone", '
+        '"constants": {"HotNM": 5, "HotKdNM": 5.13}, "layout": {"competitors": '
+        '{"progesterone": "ABC"}}}\'',
+    )  # fmt: skip
     for name, text in (("watch", "live progress of a run"), ("abort", "abort a run")):
         action = run_sub.add_parser(name, help=text)
         action.add_argument("run")
@@ -69,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("run")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
     results.add_argument("--output", "-o", help="write to this file instead of the terminal")
+    results.add_argument("--plot", metavar="FILE.png", help="draw the run's fitted curve")
     return p
 
 
@@ -128,6 +136,15 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
                     render.print_runs(console, await client.request("runs", {"limit": args.limit}))
                 case "results":
                     res = await client.request("results", {"run": args.run})
+                    if args.plot:
+                        if not res.get("analysis"):
+                            err.print(f"assay: run {args.run} has no analysis to plot")
+                            return EXIT_FAIL
+                        from acquisition.analysis.run_analysis import RunResult, run_result_plot
+
+                        result = RunResult.model_validate(res["analysis"])
+                        await asyncio.to_thread(run_result_plot, result, Path(args.plot))
+                        err.print(f"plot: {args.plot}")
                     if args.format == "table" and not args.output:
                         render.print_results(console, res)
                     else:
@@ -201,6 +218,13 @@ async def _run_action(client: Any, console: Any, args: argparse.Namespace, watch
             start_args["wells"] = [w.strip().upper() for w in args.wells.split(",") if w.strip()]
         if args.label:
             start_args["label"] = args.label
+        if args.analysis:
+            import json
+
+            try:
+                start_args["analysis"] = json.loads(args.analysis)
+            except ValueError as exc:
+                raise SystemExit(f"assay: --analysis: JSON ({exc})") from None
         started = await client.request("run.start", start_args)
         console.print(f"started run [bold]{started['run']}[/bold]")
         if args.watch:

@@ -105,9 +105,15 @@ def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:
 
 
 def results_text(results: dict[str, Any], fmt: str) -> str:
-    """Results as CSV or JSON text (``table`` is printed by :func:`print_results`)."""
+    """Results as CSV or JSON text (``table`` is printed by :func:`print_results`).
+
+    With an analysis, the CSV is its per-well table (derived values included)."""
     if fmt == "json":
         return json.dumps(results, indent=2)
+    if results.get("analysis"):
+        from acquisition.analysis.run_analysis import RunResult, run_result_csv
+
+        return run_result_csv(RunResult.model_validate(results["analysis"]))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["run", "plate_id", *WELL_COLUMNS])
@@ -117,6 +123,33 @@ def results_text(results: dict[str, Any], fmt: str) -> str:
         row[WELL_COLUMNS.index("flags")] = ";".join(well.get("flags") or [])
         writer.writerow([results["run"], plate_id, *row])
     return buf.getvalue()
+
+
+def print_analysis(console: Console, analysis: dict[str, Any]) -> None:
+    """The fit (parameters with 95% CIs) and the QC verdicts of an analysed run."""
+    title = f"{analysis['model']}: {analysis.get('competitor')}  (n={analysis.get('n')})"
+    table = Table(title=title)
+    for col in ("parameter", "estimate", "95% CI (profile)", "95% CI (asymptotic)"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for p in [*(analysis.get("parameters") or []), *(analysis.get("derived") or [])]:
+        table.add_row(
+            p["name"],
+            _g(p.get("estimate")),
+            _ci(p.get("profile_low"), p.get("profile_high")),
+            _ci(p.get("ci_low"), p.get("ci_high")),
+        )
+    console.print(table)
+    for v in analysis.get("qc") or []:
+        mark = "[green]pass[/green]" if v["passed"] else "[red]FAIL[/red]"
+        console.print(f"  {mark}  {v['code']}: {v['message']}")
+
+
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _ci(low: Any, high: Any) -> str:
+    return "-" if low is None and high is None else f"{_g(low)} to {_g(high)}"
 
 
 def print_results(console: Console, results: dict[str, Any]) -> None:
@@ -146,6 +179,8 @@ def print_results(console: Console, results: dict[str, Any]) -> None:
             _fmt(w.get("flags")),
         )
     console.print(table)
+    if results.get("analysis"):
+        print_analysis(console, results["analysis"])
     stop = results.get("stop")
     if stop:
         console.print(
