@@ -10,11 +10,13 @@ Set ``DEMO_BROKER_PORT`` to pin the broker's port (e.g. to run ``mosquitto_sub``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from devtools.mosquitto import MosquittoBroker
@@ -22,6 +24,17 @@ from devtools.stack import VENV_BIN, DaemonProcess, SimBenchProcess, write_lab_c
 
 TIME_SCALE = 30.0  # a 96-well plate at 60 s/well on 12 detectors takes ~17 s of wall time
 COUNT_TIME_S = 60
+# The simulated counter's demo plate: a progesterone-like competitor (Ki 100 nM) in rows A-C,
+# a haloperidol-like one in D-F, radioligand at its Kd, ascending doses from column 3.
+ANALYSIS = {
+    "competitor": "progesterone-like",
+    "constants": {"HotNM": 5.0, "HotKdNM": 5.0},
+    "layout": {
+        "competitors": {"progesterone-like": "ABC", "haloperidol-like": "DEF"},
+        "descending": False,
+        "blank_rows": "GH",
+    },
+}
 
 
 def _say(text: str) -> None:
@@ -74,6 +87,8 @@ def main() -> int:
             str(COUNT_TIME_S),
             "--label",
             "make demo",
+            "--analysis",
+            json.dumps(ANALYSIS),
             capture=True,
         )
         match = re.search(r"started run (\S+)", started.stdout)
@@ -82,8 +97,9 @@ def main() -> int:
         run = match.group(1)
         _assay(lab.config_path, "run", "watch", run)
 
-        _say("per-well results")
-        _assay(lab.config_path, "results", run)
+        _say("per-well results and the analysis (Ki with its 95% CI, QC)")
+        _wait_for_analysis(lab.config_path, run)
+        _assay(lab.config_path, "results", run, "--plot", str(workdir / "fit.png"))
         _assay(
             lab.config_path,
             "results",
@@ -100,6 +116,19 @@ def main() -> int:
         print(f"assay-sim stopped (exit {sim.stop()})")
     print("demo: done", flush=True)
     return 0
+
+
+def _wait_for_analysis(config: Path, run: str, attempts: int = 50) -> None:
+    """The analysis follows the count's stop document by a fraction of a second."""
+    for _ in range(attempts):
+        out = subprocess.run(
+            [str(VENV_BIN / "assay"), "--config", str(config), "results", run, "--format", "json"],
+            text=True, capture_output=True, check=False,
+        )  # fmt: skip
+        if out.returncode == 0 and json.loads(out.stdout).get("analysis"):
+            return
+        time.sleep(0.2)
+    raise SystemExit("demo: the analysis of the run did not appear")
 
 
 if __name__ == "__main__":
