@@ -114,3 +114,24 @@ def test_every_golden_prism_case_from_the_command_line(
     fitted = by_name(json.loads(out.stdout))
     for name, value in truth.items():
         assert fitted[name]["estimate"] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+def test_nist_rat42_certified_values_from_the_command_line() -> None:
+    """NIST StRD Rat42, y = b1/(1+exp(b2-b3 x)), is Prism's 4PL with Bottom constrained to 0:
+    Top = b1, HillSlope = b3/ln 10, LogIC50 = b2/b3. Certified to 11 digits by NIST."""
+    import math
+
+    cert = json.loads((REF / "nist_rat42.json").read_text())
+    b1, b2, b3 = cert["certified_values"]
+    sd1 = cert["certified_sd"][0]
+    out = analyze(str(REF / "nist_rat42.csv"), "--model", "four-param-logistic",
+                  "--fix", "Bottom=0", "--format", "json", "--no-profile")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    p = by_name(report)
+    assert p["Top"]["estimate"] == pytest.approx(b1, rel=1e-6)
+    assert p["Top"]["se"] == pytest.approx(sd1, rel=1e-6)
+    assert p["HillSlope"]["estimate"] == pytest.approx(b3 / math.log(10), rel=1e-6)
+    assert p["LogIC50"]["estimate"] == pytest.approx(b2 / b3, rel=1e-6)
+    assert report["ss"] == pytest.approx(cert["residual_sum_of_squares"], rel=1e-6)
+    assert report["dof"] == cert["dof"]

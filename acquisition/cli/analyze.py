@@ -35,18 +35,22 @@ def add_parser(sub: Any) -> None:
         "--constant", action="append", default=[], metavar="NAME=VALUE",
         help="a model constant with Prism's name, e.g. HotNM=5 HotKdNM=5.13",
     )  # fmt: skip
+    p.add_argument(
+        "--fix", action="append", default=[], metavar="NAME=VALUE",
+        help="constrain a parameter to a constant (Prism's 'constant equal to'), e.g. Bottom=0",
+    )  # fmt: skip
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--no-profile", action="store_true", help="skip profile-likelihood CIs")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the fit as a PNG")
 
 
-def _constants(pairs: list[str]) -> dict[str, float]:
+def _constants(pairs: list[str], what: str = "--constant") -> dict[str, float]:
     out: dict[str, float] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         number = _float(value) if sep and name.strip() else None
         if number is None:
-            raise SystemExit(f"assay: --constant: NAME=VALUE with a number (got {pair!r})")
+            raise SystemExit(f"assay: {what}: NAME=VALUE with a number (got {pair!r})")
         out[name.strip()] = number
     return out
 
@@ -73,6 +77,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             data.x,
             data.y,
             constants=_constants(args.constant),
+            fixed=_constants(args.fix, what="--fix") or None,
             dataset=data.dataset,
             profile=not args.no_profile,
         )
