@@ -40,6 +40,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/well_latency.py
 	$(BIN)/python bench/instrument_latency.py
+	$(BIN)/python bench/analysis_fit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

@@ -16,71 +16,27 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from acquisition.analysis import Array, FitResult, IntArray, Model, fit
+from acquisition.analysis import Array, FitResult, Model, fit
+from acquisition.analysis.models import MODELS
 
 LOG_CONC = np.repeat(np.arange(-11.0, -4.9, 0.5), 8)  # 12 concentrations x 8 replicates = 96
-TRUE = {"Top": 12000.0, "Bottom": 800.0, "logIC50": -7.5, "HillSlope": -1.0}
+TRUE = {"Top": 12000.0, "Bottom": 800.0, "LogIC50": -7.5, "HillSlope": -1.0}
 
 
-def _guess(x: Array, y: Array) -> tuple[float, float, float]:
-    """Top, Bottom, logIC50 from the replicate means: the plateaus and the half-way crossing."""
-    levels = np.unique(x)
-    means = np.array([y[x == level].mean() for level in levels])
-    top, bottom = float(means.max()), float(means.min())
-    half = (top + bottom) / 2
-    return top, bottom, float(levels[np.argmin(np.abs(means - half))])
-
-
-def _one_site_f(x: Array, p: Array, constants: Mapping[str, float], dataset: IntArray) -> Array:
-    top, bottom, log_ic50 = p[0], p[1], p[2]
-    return bottom + (top - bottom) / (1 + 10 ** (x - log_ic50))
-
-
-def _one_site_initial(
-    x: Array, y: Array, constants: Mapping[str, float], dataset: IntArray
-) -> Array:
-    return np.array(_guess(x, y))
-
-
-def _four_pl_f(x: Array, p: Array, constants: Mapping[str, float], dataset: IntArray) -> Array:
-    top, bottom, log_ic50, hill = p[0], p[1], p[2], p[3]
-    return bottom + (top - bottom) / (1 + 10 ** ((log_ic50 - x) * hill))
-
-
-def _four_pl_initial(
-    x: Array, y: Array, constants: Mapping[str, float], dataset: IntArray
-) -> Array:
-    return np.array([*_guess(x, y), -1.0])
-
-
-ONE_SITE = Model(
-    name="one-site-fit-logic50",
-    params=("Top", "Bottom", "logIC50"),
-    constants=(),
-    f=_one_site_f,
-    initial=_one_site_initial,
-    log10_params=("logIC50",),
-)
-FOUR_PL = Model(
-    name="four-param-logistic",
-    params=("Top", "Bottom", "logIC50", "HillSlope"),
-    constants=(),
-    f=_four_pl_f,
-    initial=_four_pl_initial,
-    log10_params=("logIC50",),
-)
+ONE_SITE = MODELS["one-site-fit-logic50"]
+FOUR_PL = MODELS["four-param-logistic"]
 
 
 def _plate(rng: np.random.Generator) -> Array:
-    p = np.array([TRUE["Top"], TRUE["Bottom"], TRUE["logIC50"], TRUE["HillSlope"]])
-    expected = _four_pl_f(LOG_CONC, p, {}, np.zeros(LOG_CONC.size, dtype=np.int_))
+    """96 points drawn from the product's own 4PL with the true parameters, Poisson noise."""
+    p = np.array([TRUE[name] for name in FOUR_PL.params])
+    expected = FOUR_PL.f(LOG_CONC, p, {}, np.zeros(LOG_CONC.size, dtype=np.int_))
     return rng.poisson(expected).astype(np.float64)
 
 
@@ -99,9 +55,9 @@ def _run(model: Model, plates: list[Array]) -> None:
     covered = sum(
         1
         for r in results
-        if (lo := r.params["logIC50"].profile_low) is not None
-        and (hi := r.params["logIC50"].profile_high) is not None
-        and lo <= TRUE["logIC50"] <= hi
+        if (lo := r.params["LogIC50"].profile_low) is not None
+        and (hi := r.params["LogIC50"].profile_high) is not None
+        and lo <= TRUE["LogIC50"] <= hi
     )
     complete = sum(
         1
