@@ -47,4 +47,8 @@ def analyze_run_with_spec(
         competitor=spec.competitor,
         rate=spec.rate,
         background_cpm=None if spec.subtract_blanks else 0.0,
+        efficiency=spec.efficiency,
+        specific_activity_ci_per_mmol=spec.specific_activity_ci_per_mmol,
+        protein_mg=spec.protein_mg,
+        added_cpm=spec.added_cpm,
     )

@@ -55,7 +55,11 @@ class AnalysisSpec(_Args):
     """Analyse the count once it completes (acquisition/analysis/run_analysis.py)."""
 
     model: Literal[
-        "one-site-fit-ki", "one-site-fit-logic50", "four-param-logistic", "two-sites-fit-ki"
+        "one-site-fit-ki",
+        "one-site-fit-logic50",
+        "four-param-logistic",
+        "two-sites-fit-ki",
+        "heterologous-depletion",
     ] = "one-site-fit-ki"
     competitor: str = Field(min_length=1, max_length=100)
     constants: dict[str, float] = Field(default_factory=dict, description="HotNM, HotKdNM, ...")
@@ -65,6 +69,12 @@ class AnalysisSpec(_Args):
     )
     rate: Literal["ccpm", "cpm"] = "ccpm"
     subtract_blanks: bool = Field(True, description="background = mean of the blank wells")
+    efficiency: float | None = Field(None, gt=0, le=1, description="counting efficiency -> DPM")
+    specific_activity_ci_per_mmol: float | None = Field(None, gt=0, description="-> fmol")
+    protein_mg: float | None = Field(None, gt=0, description="per well (Bradford) -> fmol/mg")
+    added_cpm: float | None = Field(
+        None, gt=0, description="counted aliquot of the added radioligand -> fraction bound"
+    )
 
 
 class RunStartArgs(_Args):

@@ -133,5 +133,41 @@ def test_nist_rat42_certified_values_from_the_command_line() -> None:
     assert p["Top"]["se"] == pytest.approx(sd1, rel=1e-6)
     assert p["HillSlope"]["estimate"] == pytest.approx(b3 / math.log(10), rel=1e-6)
     assert p["LogIC50"]["estimate"] == pytest.approx(b2 / b3, rel=1e-6)
+    # Certified SD of b3 by the delta method: b3 = ln10 * HillSlope.
+    assert p["HillSlope"]["se"] * math.log(10) == pytest.approx(cert["certified_sd"][2], rel=1e-6)
     assert report["ss"] == pytest.approx(cert["residual_sum_of_squares"], rel=1e-6)
     assert report["dof"] == cert["dof"]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        ["-7,100", "-7,120", "-7,90", "-7,110", "-7,105", "-7,95"],  # one concentration
+        ["-8,1000", "-8,1010", "-8,990", "-6,100", "-6,110", "-6,90"],  # two: no curve shape
+        [f"{x},{y}" for x in (-10, -9, -8, -7, -6, -5) for y in (1000, 1003, 997)],  # flat
+    ],
+)
+def test_data_that_determine_no_curve_get_no_numbers(tmp_path: Path, rows: list[str]) -> None:
+    path = tmp_path / "degenerate.csv"
+    path.write_text("x,y\n" + "\n".join(rows) + "\n")
+    out = analyze(str(path), "--model", "one-site-fit-logic50", "--format", "json")
+    assert out.returncode != 0
+    assert out.stdout == ""  # no estimates printed
+    assert "determine" in out.stderr or "ambiguous" in out.stderr, out.stderr
+
+
+def test_one_site_vs_two_sites_by_the_f_test(tmp_path: Path) -> None:
+    path, flags, _ = _golden_csv(tmp_path, "two_sites_fit_Ki")
+    noisy = tmp_path / "noisy.csv"
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, row in enumerate(lines[1:]):  # +-1% deterministic scatter: SS is not zero
+        x, y = row.split(",")
+        rows.append(f"{x},{float(y) * (1 + 0.01 * ((i % 3) - 1))}")
+    noisy.write_text("\n".join([lines[0], *rows]) + "\n")
+    out = analyze(str(noisy), "--model", "one-site-fit-ki", "--compare", "two-sites-fit-ki",
+                  "--constant=HotNM=1", "--constant=HotKdNM=1", *flags, "--format", "json",
+                  "--no-profile")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    comparison = json.loads(out.stdout)["comparison"]
+    assert comparison["preferred"] == "two-sites-fit-ki" and comparison["p"] < 0.001

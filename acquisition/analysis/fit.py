@@ -251,8 +251,11 @@ def fit(
     dof = n - k
     p_best = problem.params(q)
     cov = covariance(problem.jacobian(q))
-    if cov is None:
-        notes.append("J^T J is singular: parameters are not identifiable from these data; no SEs")
+    if cov is None:  # nothing honest to report: no SEs, no CIs, estimates arbitrary
+        raise AnalysisError(
+            f"{model.name}: the data do not determine the parameters (J^T J is singular: "
+            "e.g. a single concentration, or a flat curve)"
+        )
     t_crit = float(stats.t.ppf((1.0 + level) / 2.0, dof))
     var = ss / dof
 
@@ -322,6 +325,9 @@ def _check_constants(model: Model, constants: Mapping[str, float] | None) -> dic
             raise AnalysisError(f"constants: {name} is not a number ({value!r})") from exc
         if not math.isfinite(v):
             raise AnalysisError(f"constants: {name} is not finite ({v})")
+        if name in model.constants and v <= 0:
+            # Every model constant is a concentration, Kd, activity or volume.
+            raise AnalysisError(f"constants: {name} must be positive (got {v:g})")
         out[name] = v
     return out
 

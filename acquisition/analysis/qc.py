@@ -168,6 +168,32 @@ def check_data(reduction: Reduction, *, min_points: int = 4) -> list[Verdict]:
     return out
 
 
+MAX_LOG_SE = 2.0
+"""A log10 parameter (logKi, LogIC50) with an SE above two decades is not determined."""
+MAX_LOG_PROFILE_WIDTH = 8.0
+"""... nor one whose 95% profile interval spans more than eight decades."""
+
+
+def undetermined(result: FitResult) -> str | None:
+    """Why the fit's key (log10) parameters are not determined by the data, or None.
+
+    Prism calls such fits "ambiguous"; we report no numbers for them rather than invent one.
+    """
+    for name, p in result.params.items():
+        if not name.lower().startswith("log") or (p.se is None and p.ci_low is None):
+            continue  # not a log parameter, or fixed
+        if p.se is None or not math.isfinite(p.se) or p.se > MAX_LOG_SE:
+            return f"{name} is not determined by the data (SE {p.se} log units)"
+        if p.profile_low is None and p.profile_high is None:
+            continue  # profile not computed
+        if p.profile_low is None or p.profile_high is None:
+            return f"{name} is not determined by the data (its 95% profile interval is open)"
+        if p.profile_high - p.profile_low > MAX_LOG_PROFILE_WIDTH:
+            return (f"{name} is not determined by the data (its 95% profile interval spans "
+                    f"{p.profile_high - p.profile_low:.3g} decades)")
+    return None
+
+
 def try_fit(
     model: Model,
     x: Sequence[float] | np.ndarray,
@@ -181,6 +207,9 @@ def try_fit(
         result = fit(model, x, y, constants=constants, profile=profile)
     except AnalysisError as exc:
         return None, Verdict("fit", False, None, None, f"{model.name}: {exc}")
+    why = undetermined(result)
+    if why is not None:
+        return None, Verdict("fit", False, None, None, f"{model.name}: ambiguous: {why}")
     if not result.converged:
         return result, Verdict("fit", False, None, None,
                                f"{model.name}: did not converge ({result.message})")

@@ -253,8 +253,9 @@ class _Run:
             raise AnalysisError(f"{where}: a data document without a well reading")
         value = reading.get(rate)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise AnalysisError(f"{where}: reading of well {reading['well']} has no numeric "
-                                f"{rate!r} (got {value!r})")
+            # A reading without a usable rate is data the QC must report (nan-values),
+            # not a reason to publish no result at all.
+            value = math.nan
         well = normalize_well(reading["well"])
         if well is None:
             self.unreadable.append(str(reading["well"]))

@@ -41,6 +41,10 @@ def add_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--no-profile", action="store_true", help="skip profile-likelihood CIs")
+    p.add_argument(
+        "--compare", choices=MODEL_NAMES, metavar="MODEL",
+        help="also fit MODEL and compare the two by the extra-sum-of-squares F test",
+    )  # fmt: skip
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the fit as a PNG")
 
 
@@ -66,6 +70,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from acquisition.analysis.csv_input import read_xy_csv
     from acquisition.analysis.fit import fit
     from acquisition.analysis.models import MODELS
+    from acquisition.analysis.qc import undetermined
     from acquisition.analysis.report import fit_to_dict
     from acquisition.errors import AnalysisError
 
@@ -84,7 +89,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     except AnalysisError as exc:
         print(f"assay: {exc}", file=sys.stderr)
         return 2
+    why = undetermined(result)
+    if why is not None:  # Prism's "ambiguous": no numbers rather than made-up ones
+        print(f"assay: {args.model}: ambiguous fit: {why}", file=sys.stderr)
+        return 1
     report = fit_to_dict(result)
+    if args.compare:
+        report["comparison"] = _compare(args, data, result)
     if args.plot is not None:
         from acquisition.analysis.plot import fit_plot_png
 
@@ -103,13 +114,33 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0 if result.converged else 1
 
 
+def _compare(args: argparse.Namespace, data: Any, first: Any) -> dict[str, Any]:
+    """Extra-sum-of-squares F test between ``--model`` and ``--compare`` (simpler first)."""
+    from acquisition.analysis.fit import extra_sum_of_squares, fit
+    from acquisition.analysis.models import MODELS
+    from acquisition.errors import AnalysisError
+
+    other = MODELS[args.compare]
+    try:
+        second = fit(other, data.x, data.y, constants=_constants(args.constant),
+                     dataset=data.dataset, profile=False)  # fmt: skip
+        simple, complex_ = sorted((first, second), key=lambda r: -r.dof)
+        test = extra_sum_of_squares(simple, complex_)
+    except AnalysisError as exc:
+        return {"with": args.compare, "error": str(exc)}
+    return {
+        "simple": simple.model, "complex": complex_.model, "f": test.f, "dfn": test.dfn,
+        "dfd": test.dfd, "p": test.p, "preferred": test.preferred,
+    }  # fmt: skip
+
+
 def _log_ic50(result: Any) -> float | None:
     """log10 IC50: fitted directly, or from Ki by Cheng-Prusoff for the Fit Ki model."""
     import math
 
     params = result.params
-    if "logIC50" in params:
-        return float(params["logIC50"].estimate)
+    if "LogIC50" in params:
+        return float(params["LogIC50"].estimate)
     if "logKi" in params and {"HotNM", "HotKdNM"} <= set(result.constants):
         c = result.constants
         return float(params["logKi"].estimate) + math.log10(1 + c["HotNM"] / c["HotKdNM"])
@@ -133,6 +164,14 @@ def _print_table(report: dict[str, Any]) -> None:
         )
     console = Console()
     console.print(table)
+    if cmp := report.get("comparison"):
+        if "error" in cmp:
+            console.print(f"comparison with {cmp['with']}: {cmp['error']}")
+        else:
+            console.print(
+                f"F test {cmp['simple']} vs {cmp['complex']}: F({cmp['dfn']},{cmp['dfd']}) = "
+                f"{cmp['f']:.4g}, P = {cmp['p']:.3g}: prefer {cmp['preferred']}"
+            )
     console.print(
         f"SS {_g(report['ss'])}   R² {_g(report['r2'])}   Sy.x {_g(report['sy_x'])}"
         + ("" if report["converged"] else f"   [red]not converged: {report['message']}[/red]")
