@@ -72,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
 
     add_analyze(sub)
 
+    protocol = sub.add_parser("protocol", help="check a protocol file (no instrument touched)")
+    protocol_sub = protocol.add_subparsers(dest="protocol_command", required=True, metavar="ACTION")
+    check = protocol_sub.add_parser("check", help="validate FILE and print its plan and duration")
+    check.add_argument("file", type=Path)
+
+    plate_map = sub.add_parser("plate-map", help="generate the usual plate layouts")
+    plate_sub = plate_map.add_subparsers(dest="plate_map_command", required=True, metavar="LAYOUT")
+    comp = plate_sub.add_parser("competition", help="total, NSB and a competitor dilution series")
+    comp.add_argument("--competitor", required=True)
+    comp.add_argument("--top", type=float, default=1e-5, help="top concentration, M")
+    comp.add_argument("--dilution", type=float, default=10**0.5, help="dilution factor")
+    comp.add_argument("--points", type=int, default=10)
+    comp.add_argument("--replicates", type=int, default=3)
+    comp.add_argument("--total-wells", type=int, default=8)
+    comp.add_argument("--nsb-wells", type=int, default=8)
+    comp.add_argument("--output", "-o", type=Path, help="write here instead of printing")
+
     results = sub.add_parser("results", help="a run's per-well results")
     results.add_argument("run")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -86,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         from acquisition.cli.analyze import run_analyze
 
         return run_analyze(args)
+    if args.command == "protocol":
+        from acquisition.protocols import check_protocol_command
+
+        return check_protocol_command(args.file)
+    if args.command == "plate-map":
+        from acquisition.plate_maps import plate_map_competition_command
+
+        return plate_map_competition_command(
+            top_m=args.top,
+            dilution=args.dilution,
+            points=args.points,
+            replicates=args.replicates,
+            competitor=args.competitor,
+            total_wells=args.total_wells,
+            nsb_wells=args.nsb_wells,
+            output=args.output,
+        )
     from acquisition.config import load_config
     from acquisition.errors import ConfigError
 
