@@ -17,6 +17,7 @@ import structlog
 from acquisition import __version__
 from acquisition.commands import (
     CommandReply,
+    ProtocolRunArgs,
     ReplayArgs,
     ReplyError,
     RunRef,
@@ -113,12 +114,19 @@ class CommandHandlers:
                 assert isinstance(args, RunRef)
                 return json.loads(await self._state_payload(args.run))
             case "run.start":
-                assert isinstance(args, RunStartArgs)
-                recorder = await self._d.start_count_run(args)
+                if isinstance(args, ProtocolRunArgs):
+                    recorder = await self._d.start_protocol_run(args)
+                else:
+                    assert isinstance(args, RunStartArgs)
+                    recorder = await self._d.start_count_run(args)
                 return {"run": recorder.run, "state": recorder.state}
             case "run.abort":
                 assert isinstance(args, RunRef)
                 return await self.abort(args.run)
+            case "run.pause" | "run.resume" | "run.answer" | "run.recover":
+                from acquisition.engine.commands import engine_command
+
+                return await engine_command(self._d, verb, args)
             case "results":
                 assert isinstance(args, RunRef)
                 return await self.results(args.run)
@@ -172,6 +180,10 @@ class CommandHandlers:
             return {"run": run, "state": "aborting"}
         if record.state == "aborted":
             return {"run": run, "state": "aborted"}  # a repeated abort is not an error
+        if record.state == "interrupted" and record.protocol != "count-plate":
+            from acquisition.engine.commands import abort_interrupted
+
+            return await abort_interrupted(self._d, record)
         raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
 
     async def results(self, run: str) -> dict[str, Any]:
@@ -184,7 +196,11 @@ class CommandHandlers:
             "protocol": record.protocol,
             "state": record.state,
             "plate": start["plate"] if start else None,
-            "wells": [d["reading"] for d in docs if d["kind"] == "data"],
+            "wells": [
+                d["reading"]
+                for d in docs
+                if d["kind"] == "data" and d.get("stream", "well") == "well"
+            ],
             "stop": (
                 {"exit_status": stop["exit_status"], "reason": stop["reason"]} if stop else None
             ),

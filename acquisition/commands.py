@@ -29,8 +29,12 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "VERBS",
     "AnalysisSpec",
+    "AnswerArgs",
     "CommandReply",
     "CommandRequest",
+    "PauseArgs",
+    "ProtocolRunArgs",
+    "RecoverArgs",
     "ReplayArgs",
     "RunRef",
     "RunStartArgs",
@@ -104,6 +108,40 @@ class RunRef(_Args):
     run: str = Field(min_length=1, max_length=100)
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class ProtocolRunArgs(_Args):
+    """Run a protocol (config/protocols) on a plate (config/plates).
+
+    ``protocol`` names a file in the daemon's ``protocols_dir`` (``competition-binding`` ->
+    ``competition-binding.toml``), unless ``protocol_toml`` carries the file's text (the
+    terminal sends it when given a path). Likewise ``plate_map`` / ``plate_map_toml``.
+    """
+
+    protocol: str = Field(pattern=_NAME)
+    protocol_toml: str | None = Field(None, max_length=32_000)
+    plate_map: str | None = Field(None, pattern=_NAME)
+    plate_map_toml: str | None = Field(None, max_length=32_000)
+    plate_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+    label: str | None = Field(None, max_length=200)
+
+
+class PauseArgs(RunRef):
+    when: Literal["now", "after-step"] = Field(
+        "now", description="now: mid-step if the step allows it, else after it"
+    )
+
+
+class AnswerArgs(RunRef):
+    prompt: str | None = Field(None, max_length=100, description="the prompt id answered")
+    answer: str = Field("done", min_length=1, max_length=200)
+
+
+class RecoverArgs(RunRef):
+    action: Literal["retry", "skip", "abort"]
+
+
 class RunsArgs(_Args):
     limit: int = Field(20, ge=1, le=500)
 
@@ -132,8 +170,12 @@ VERB_ARGS: dict[str, type[_Args]] = {
     "instruments": NoArgs,
     "runs": RunsArgs,
     "run.get": RunRef,
-    "run.start": RunStartArgs,
+    "run.start": RunStartArgs,  # or ProtocolRunArgs: see parse_command
     "run.abort": RunRef,
+    "run.pause": PauseArgs,
+    "run.resume": RunRef,
+    "run.answer": AnswerArgs,
+    "run.recover": RecoverArgs,
     "results": RunRef,
     "replay": ReplayArgs,
     "sim": SimArgs,
@@ -195,6 +237,8 @@ def parse_command(payload: bytes) -> tuple[str, _Args]:
             "unknown_verb",
             f"unknown verb '{request.verb[:50]}'; expected one of {', '.join(VERBS)}",
         )
+    if request.verb == "run.start" and request.args.get("protocol", "count-plate") != "count-plate":
+        args_model = ProtocolRunArgs
     try:
         return request.verb, args_model.model_validate(request.args)
     except ValidationError as exc:

@@ -120,6 +120,9 @@ class IncubatorConfig(_InstrumentBase):
     )
     device_id: int = Field(1, ge=1, le=247, description="Modbus unit id")
     decimals: int = Field(1, ge=0, le=3, description="decimal places of scaled registers")
+    idle_setpoint_c: float = Field(
+        25.0, ge=4, le=60, description="where a run leaves the setpoint when it ends or aborts"
+    )
 
     @field_validator("address")
     @classmethod
@@ -168,6 +171,9 @@ class SimulationConfig(_Strict):
     time_scale: float = Field(1.0, gt=0, le=1_000_000)
     control_host: str = "127.0.0.1"
     control_port: int | None = Field(None, ge=1, le=65535)
+    virtual_operator: bool = Field(
+        True, description="the daemon answers prompts by doing the physical step on the bench"
+    )
     counter: dict[str, Any] = Field(default_factory=dict)
     incubator: dict[str, Any] = Field(default_factory=dict)
     harvester: dict[str, Any] = Field(default_factory=dict)
@@ -187,6 +193,8 @@ class LabConfig(BaseSettings):
     journal: JournalConfig = JournalConfig()
     logging: LoggingConfig = LoggingConfig()
     instruments: list[InstrumentConfig] = Field(default_factory=list)
+    protocols_dir: Path = Field(Path("config/protocols"), description="run.start PROTOCOL")
+    plates_dir: Path = Field(Path("config/plates"), description="run.start --plate-map NAME")
     simulation: SimulationConfig = SimulationConfig()
 
     @field_validator("node")

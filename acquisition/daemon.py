@@ -22,16 +22,18 @@ from acquisition import __version__
 from acquisition.analysis.layout import PlateLayout
 from acquisition.analysis_step import analysis_layout, analyze_run_with_spec
 from acquisition.command_handlers import CommandHandlers, ReplyCache
-from acquisition.commands import AnalysisSpec, RunStartArgs
+from acquisition.commands import AnalysisSpec, ProtocolRunArgs, RunStartArgs
 from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
+from acquisition.engine.runner import ProtocolRun
+from acquisition.engine.runs import interrupt_open_run, protocol_run_from_args, resumed_protocol_run
 from acquisition.errors import CommandError
 from acquisition.instruments import InstrumentManager
 from acquisition.journal import Journal, OutboxMessage
 from acquisition.mqtt_link import MqttLink
 from acquisition.payloads import DaemonStatus
 from acquisition.run_recorder import RunRecorder, utcnow
-from drivers.clock import Clock, MonotonicClock
+from drivers.clock import Clock, MonotonicClock, ScaledClock
 
 __all__ = ["ActiveRun", "Daemon"]
 
@@ -43,6 +45,7 @@ class ActiveRun:
     recorder: RunRecorder
     task: asyncio.Task[None]
     abort_requested: asyncio.Event
+    engine: ProtocolRun | None = None  # None: a count-plate run
 
 
 class Daemon:
@@ -50,7 +53,14 @@ class Daemon:
 
     def __init__(self, config: LabConfig, *, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock = clock or MonotonicClock()
+        # The run clock: what protocols time with and drivers wait on. Real time, or the
+        # simulated bench's time scale, or (tests) a VirtualClock. The MQTT link, the
+        # instrument status polls and the reply cache always run on real time.
+        if clock is None:
+            sim = config.simulation
+            clock = ScaledClock(sim.time_scale) if sim.enabled else MonotonicClock()
+        self.clock = clock
+        self.wall: Clock = MonotonicClock()
         self.started_at: datetime = utcnow()
         self.active: dict[str, ActiveRun] = {}
         self._journal: Journal | None = None
@@ -108,9 +118,11 @@ class Daemon:
                 status_online=lambda: self._status("online"),
                 status_offline=lambda reason: self._status("offline", reason),
                 on_connected=self._republish_retained,
-                clock=self.clock,
+                clock=self.wall,
             )
-            self._instruments = InstrumentManager(cfg, self._journal, self._link.notify, self.clock)
+            self._instruments = InstrumentManager(
+                cfg, self._journal, self._link.notify, self.clock, poll_clock=self.wall
+            )
             await self._recover_interrupted_runs()
             log.info("daemon started", node=cfg.node, version=__version__)
             async with asyncio.TaskGroup() as tg:
@@ -148,6 +160,9 @@ class Daemon:
             )
             with structlog.contextvars.bound_contextvars(run=record.run):
                 log.warning("run was open when the daemon stopped; marking it interrupted")
+                if record.protocol != "count-plate":
+                    await interrupt_open_run(self.journal, recorder, record)
+                    continue
                 await recorder.interruption(
                     "daemon restarted", {"last_seq": record.last_seq, "previous": record.state}
                 )
@@ -218,6 +233,37 @@ class Daemon:
         self.active[recorder.run] = ActiveRun(recorder, task, abort)
         return recorder
 
+    async def start_protocol_run(self, args: ProtocolRunArgs) -> RunRecorder:
+        """Create a protocol run (queued until its instruments are free) and start it."""
+        if self._tg is None:
+            raise CommandError("unavailable", "the daemon is shutting down")
+        engine = await protocol_run_from_args(self, args)
+        self._launch(engine)
+        return engine.recorder
+
+    async def resume_run(self, run: str) -> RunRecorder:
+        """Go on with a protocol run left ``interrupted`` by a daemon stop."""
+        if self._tg is None:
+            raise CommandError("unavailable", "the daemon is shutting down")
+        engine = await resumed_protocol_run(self, run)
+        self._launch(engine)
+        return engine.recorder
+
+    def _launch(self, engine: ProtocolRun) -> None:
+        assert self._tg is not None
+        recorder = engine.recorder
+
+        async def _body() -> None:
+            with structlog.contextvars.bound_contextvars(run=recorder.run):
+                try:
+                    await engine.run()
+                    log.info("run ended", state=recorder.state)
+                finally:
+                    self.active.pop(recorder.run, None)
+
+        task = self._tg.create_task(_body(), name=f"run:{recorder.run}")
+        self.active[recorder.run] = ActiveRun(recorder, task, asyncio.Event(), engine)
+
     async def _analyze(self, run: str, spec: AnalysisSpec, layout: PlateLayout) -> None:
         """Analyse a finished count; store the result and publish it retained, atomically."""
         docs = [json.loads(p) for p in await self.journal.documents(run)]
@@ -239,6 +285,9 @@ class Daemon:
         active = self.active.get(run)
         if active is None:
             return False
+        if active.engine is not None:
+            active.engine.control.abort()
+            return True
         if not active.abort_requested.is_set():  # a second cancel would cut the abort short
             active.abort_requested.set()
             active.task.cancel()
@@ -256,7 +305,7 @@ class Daemon:
             log.warning("command refused: response topic outside replies/", topic=response_topic)
             return
         key = (response_topic, bytes(correlation)) if response_topic and correlation else None
-        cached = self._replies.get(key, self.clock.monotonic()) if key else None
+        cached = self._replies.get(key, self.wall.monotonic()) if key else None
         if cached is not None:
             log.info("duplicate command delivery; answering again", verb=cached.verb)
             reply = cached
@@ -264,7 +313,7 @@ class Daemon:
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
             reply = await self._handlers.handle(bytes(payload))
             if key is not None:
-                self._replies.put(key, reply, self.clock.monotonic())
+                self._replies.put(key, reply, self.wall.monotonic())
         if not response_topic:
             log.warning("command without a response topic", verb=reply.verb, ok=reply.ok)
             return

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from drivers.errors import AssayError
 
-__all__ = ["AnalysisError", "BrokerError", "CommandError", "ConfigError", "JournalError"]
+__all__ = [
+    "AnalysisError",
+    "BrokerError",
+    "CommandError",
+    "ConfigError",
+    "InterlockError",
+    "JournalError",
+]
 
 
 class ConfigError(AssayError):
@@ -45,3 +52,12 @@ class AnalysisError(AssayError):
     ``str(err)`` names the input and what is wrong with it, e.g.
     ``y: 3 values are NaN or infinite (rows 4, 7, 9)``.
     """
+
+
+class InterlockError(AssayError):
+    """A run's interlock tripped (e.g. incubation temperature out of tolerance past the
+    grace period); ``action`` is what the protocol says to do: ``pause`` or ``abort``."""
+
+    def __init__(self, message: str, action: str) -> None:
+        super().__init__(message)
+        self.action = action

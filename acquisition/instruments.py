@@ -129,16 +129,28 @@ class InstrumentManager:
         notify: Callable[[], None],
         clock: Clock,
         *,
+        poll_clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
         self._notify = notify
-        self._clock = clock
+        self._clock = clock  # the drivers'
+        self._poll_clock = poll_clock or clock  # status polls and reconnect pacing
         self._rng = rng or random.Random()
         self.handles: dict[str, InstrumentHandle] = {
             cfg.id: InstrumentHandle(cfg, make_driver(cfg, clock)) for cfg in config.instruments
         }
+        self._change = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Wait until an instrument's state or lease changes (a queued run tries again)."""
+        event = self._change
+        await event.wait()
+
+    def _signal_change(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
 
     async def run(self) -> None:
         """Supervise every instrument until cancelled."""
@@ -164,6 +176,7 @@ class InstrumentManager:
         if not force and key == handle.last_published:
             return
         handle.last_published = key
+        self._signal_change()
         topic = self._config.topic("instruments", handle.config.id)
         payload = snap.model_dump_json(by_alias=True).encode()
         await self._journal.enqueue([OutboxMessage(topic, payload, qos=1, retain=True)])
@@ -220,7 +233,7 @@ class InstrumentManager:
                         handle.connected = False
                         handle.state = "disconnected"
                         await self.publish(handle)
-                        await self._clock.sleep(cfg.status_interval_s)
+                        await self._poll_clock.sleep(cfg.status_interval_s)
                         continue
                     if not handle.driver.connected:
                         await handle.driver.open()
@@ -228,7 +241,7 @@ class InstrumentManager:
                         log.info("instrument connected", address=cfg.address)
                         attempt = 0
                     await self._poll(handle)
-                    await self._clock.sleep(cfg.status_interval_s)
+                    await self._poll_clock.sleep(cfg.status_interval_s)
                 except InstrumentError as exc:
                     if handle.connected or handle.state == "connecting":
                         log.warning("instrument unreachable", error=str(exc))
@@ -240,7 +253,7 @@ class InstrumentManager:
                     if handle.lease is None:
                         with contextlib.suppress(InstrumentError, OSError):
                             await handle.driver.close()
-                    await self._clock.sleep(backoff.delay(attempt))
+                    await self._poll_clock.sleep(backoff.delay(attempt))
                     attempt += 1
 
     async def _poll(self, handle: InstrumentHandle) -> None:

@@ -20,11 +20,14 @@ __all__ = [
     "InstrumentState",
     "InterruptionDocument",
     "Progress",
+    "PromptDocument",
+    "PromptState",
     "RunDocument",
     "RunState",
     "StartDocument",
     "StepDocument",
     "StopDocument",
+    "TemperatureReading",
     "WellReading",
     "run_document_adapter",
 ]
@@ -89,6 +92,17 @@ class Progress(_Payload):
     eta_s: float | None = Field(None, ge=0, description="seconds until the step ends")
 
 
+class PromptState(_Payload):
+    """What the run is waiting for from a person (in ``awaiting-operator`` and
+    ``awaiting-recovery``). Answer with ``run.answer`` / ``run.recover``."""
+
+    id: str = Field(description="answer this prompt id (run.answer's prompt)")
+    kind: Literal["operator", "recovery"]
+    text: str
+    options: list[str] = Field(description="the answers accepted")
+    action: str | None = Field(None, description="the physical action asked, e.g. mat_to_counter")
+
+
 class RunState(_Payload):
     """Retained on ``{prefix}/{node}/runs/{run}/state``."""
 
@@ -102,6 +116,9 @@ class RunState(_Payload):
     last_seq: int = Field(0, ge=0, description="seq of the newest run document")
     latest: dict[str, Any] | None = Field(None, description="newest reading, e.g. a well")
     message: str | None = None
+    step_index: int | None = Field(None, ge=1, description="1-based number of the current step")
+    steps_total: int | None = Field(None, ge=1)
+    prompt: PromptState | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -123,6 +140,17 @@ class WellReading(_Payload):
     sqp: float | None = Field(None, description="quench parameter")
     flags: list[str] = Field(default_factory=list)
     counted_at: datetime
+
+
+class TemperatureReading(_Payload):
+    """One incubator sample during an incubation (stream ``temperature``)."""
+
+    step_index: int = Field(ge=1)
+    elapsed_s: float = Field(ge=0, description="incubation timer, run-clock seconds")
+    temperature_c: float
+    setpoint_c: float
+    in_tolerance: bool
+    sampled_at: datetime
 
 
 class _DocumentBase(_Payload):
@@ -148,20 +176,33 @@ class StartDocument(_DocumentBase):
 class StepDocument(_DocumentBase):
     kind: Literal["step"] = "step"
     step: str
-    phase: Literal["started", "finished", "resumed"]
+    phase: Literal["started", "finished", "resumed", "paused", "skipped"]
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
 class DataDocument(_DocumentBase):
     kind: Literal["data"] = "data"
-    stream: Literal["well"] = "well"
-    reading: WellReading
+    stream: Literal["well", "temperature"] = "well"
+    reading: WellReading | TemperatureReading
 
 
 class InterruptionDocument(_DocumentBase):
     kind: Literal["interruption"] = "interruption"
     reason: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptDocument(_DocumentBase):
+    """The run asked a person something, or got the answer."""
+
+    kind: Literal["prompt"] = "prompt"
+    prompt_id: str
+    phase: Literal["asked", "answered", "timed-out"]
+    prompt_kind: Literal["operator", "recovery"] = "operator"
+    text: str
+    options: list[str] = Field(default_factory=list)
+    answer: str | None = None
+    by: str | None = Field(None, description="who answered: 'terminal', 'virtual-operator'")
 
 
 class StopDocument(_DocumentBase):
@@ -172,7 +213,12 @@ class StopDocument(_DocumentBase):
 
 
 RunDocument = Annotated[
-    StartDocument | StepDocument | DataDocument | InterruptionDocument | StopDocument,
+    StartDocument
+    | StepDocument
+    | DataDocument
+    | InterruptionDocument
+    | PromptDocument
+    | StopDocument,
     Field(discriminator="kind"),
 ]
 run_document_adapter: TypeAdapter[RunDocument] = TypeAdapter(RunDocument)

@@ -71,6 +71,7 @@ from acquisition.errors import AnalysisError, ConfigError
 __all__ = [
     "PlateMapError",
     "competition_plate_map",
+    "layout_from_data",
     "load_plate_map",
     "parse_plate_map",
     "plate_map_competition_command",
@@ -113,6 +114,11 @@ def parse_plate_map(text: str, *, source: str = "plate map") -> PlateLayout:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(source, text, exc) from None
+    return _layout(source, data)
+
+
+def layout_from_data(data: Mapping[str, Any], *, source: str = "plate map") -> PlateLayout:
+    """:func:`parse_plate_map` of already-parsed TOML data (a run's start document)."""
     return _layout(source, data)
 
 

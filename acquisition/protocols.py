@@ -19,7 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -58,6 +58,7 @@ __all__ = [
     "IncubateStep",
     "Plan",
     "PlanStep",
+    "PromptAction",
     "PromptStep",
     "Protocol",
     "ProtocolError",
@@ -66,7 +67,9 @@ __all__ = [
     "check_protocol_command",
     "format_plan",
     "load_protocol",
+    "parse_protocol",
     "plan",
+    "protocol_from_data",
     "stabilisation_s",
 ]
 
@@ -103,6 +106,9 @@ class IncubateStep(_Strict):
     """Bring the plate to temperature, wait until stable, then time the incubation."""
 
     type: Literal["incubate"]
+    instrument: str | None = Field(
+        None, max_length=64, description="instrument id; default: the config's only one"
+    )
     temperature_c: Annotated[float, quantity(TEMPERATURE, lo=4, hi=60)] = Field(alias="temperature")
     duration_s: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=72 * _HOUR)] = Field(
         alias="duration"
@@ -126,6 +132,9 @@ class HarvestStep(_Strict):
     """Filter the plate onto a mat: prewet the filter, wash, dry."""
 
     type: Literal["harvest"]
+    instrument: str | None = Field(
+        None, max_length=64, description="instrument id; default: the config's only one"
+    )
     prewet_s: Annotated[float, quantity(DURATION, lo=0, hi=600)] = Field(alias="prewet")
     washes: StrictInt = Field(ge=1, le=10)
     wash_volume_ml: Annotated[float, quantity(VOLUME, lo=0, lo_open=True, hi=5)] = Field(
@@ -139,6 +148,9 @@ class CountStep(_Strict):
     """Count the filter mat: each well for count_time, or less once precision is reached."""
 
     type: Literal["count"]
+    instrument: str | None = Field(
+        None, max_length=64, description="instrument id; default: the config's only one"
+    )
     isotope: Literal["H3", "C14", "P32", "I125"]
     count_time_s: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=24 * _HOUR)] = Field(
         alias="count_time", description="per well"
@@ -148,11 +160,19 @@ class CountStep(_Strict):
     )
 
 
+PromptAction = Literal["plate_to_incubator", "plate_to_harvester", "mat_to_counter"]
+
+
 class PromptStep(_Strict):
-    """Ask the operator to do something (load the plate, move the mat) and wait for them."""
+    """Ask the operator to do something (load the plate, move the mat) and wait for them.
+
+    ``action`` names the physical step, so that on a simulated bench the virtual operator
+    can do it (acquisition/engine/operator.py); a prompt without one is only answered.
+    """
 
     type: Literal["prompt"]
     text: str = Field(min_length=1, max_length=500)
+    action: PromptAction | None = None
     timeout_s: Annotated[float | None, quantity(DURATION, lo=0, lo_open=True)] = Field(
         None, alias="timeout", description="no answer by then: the run pauses"
     )
@@ -204,14 +224,25 @@ def load_protocol(path: Path | str) -> Protocol:
     if not p.is_file():
         raise ProtocolError(source, "(file)", "an existing TOML file (not found)")
     try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(source, "(syntax)", f"valid TOML ({exc})") from exc
+        text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(source, "(syntax)", "a UTF-8 text file") from exc
     except OSError as exc:
         raise ProtocolError(source, "(file)", f"a readable file ({exc.strerror})") from exc
+    return parse_protocol(text, source=source)[0]
+
+
+def parse_protocol(text: str, *, source: str = "protocol") -> tuple[Protocol, dict[str, Any]]:
+    """Validate a protocol file's text; the protocol and the file's data as parsed (what a
+    run's start document records, so that a resume runs exactly the same protocol)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(source, "(syntax)", f"valid TOML ({exc})") from exc
+    return protocol_from_data(data, source=source), data
+
+
+def protocol_from_data(data: dict[str, Any], *, source: str = "protocol") -> Protocol:
     try:
         protocol = Protocol.model_validate(data)
     except ValidationError as exc:

@@ -37,11 +37,14 @@ from acquisition.payloads import (
     ExitStatus,
     InterruptionDocument,
     Progress,
+    PromptDocument,
+    PromptState,
     RunState,
     RunStateName,
     StartDocument,
     StepDocument,
     StopDocument,
+    TemperatureReading,
     WellReading,
 )
 from drivers.clock import Clock, MonotonicClock
@@ -92,6 +95,9 @@ class RunRecorder:
         self.progress: Progress | None = None
         self.latest: dict[str, Any] | None = None
         self.message: str | None = None
+        self.step_index: int | None = None
+        self.steps_total: int | None = None
+        self.prompt: PromptState | None = None
         self.counts: dict[str, int] = {}
         self._events_topic = config.topic("runs", self.run, "events")
         self._state_topic = config.topic("runs", self.run, "state")
@@ -153,6 +159,9 @@ class RunRecorder:
                 last_seq=self._next_seq - 1 if last_seq is None else last_seq,
                 latest=self.latest,
                 message=self.message,
+                step_index=self.step_index,
+                steps_total=self.steps_total,
+                prompt=self.prompt,
                 created_at=self.created_at,
                 updated_at=utcnow(),
             )
@@ -193,7 +202,12 @@ class RunRecorder:
 
     async def _append(
         self,
-        doc: StartDocument | StepDocument | DataDocument | InterruptionDocument | StopDocument,
+        doc: StartDocument
+        | StepDocument
+        | DataDocument
+        | InterruptionDocument
+        | PromptDocument
+        | StopDocument,
         *,
         durable: bool = False,
         throttle_state: bool = False,
@@ -318,7 +332,7 @@ class RunRecorder:
     async def step_phase(
         self,
         step: str,
-        phase: Literal["started", "finished", "resumed"],
+        phase: Literal["started", "finished", "resumed", "paused", "skipped"],
         detail: dict[str, Any] | None = None,
     ) -> None:
         self.step = step
@@ -330,6 +344,31 @@ class RunRecorder:
         self.progress = progress
         self.latest = {"well": reading.well, "cpm": reading.cpm, "ccpm": reading.ccpm}
         await self._append(DataDocument(**self._base(), reading=reading), throttle_state=True)
+
+    async def sample(self, reading: TemperatureReading, progress: Progress | None) -> None:
+        """One incubator temperature sample (stream ``temperature``)."""
+        self.progress = progress
+        await self._append(
+            DataDocument(**self._base(), stream="temperature", reading=reading),
+            throttle_state=True,
+        )
+
+    async def prompt_event(
+        self,
+        prompt: PromptState,
+        phase: Literal["asked", "answered", "timed-out"],
+        *,
+        answer: str | None = None,
+        by: str | None = None,
+    ) -> None:
+        """A prompt asked (the state then carries it) or answered / timed out (cleared)."""
+        self.prompt = prompt if phase == "asked" else None
+        await self._append(
+            PromptDocument(
+                **self._base(), prompt_id=prompt.id, phase=phase, prompt_kind=prompt.kind,
+                text=prompt.text, options=list(prompt.options), answer=answer, by=by,
+            )
+        )  # fmt: skip
 
     async def interruption(self, reason: str, detail: dict[str, Any] | None = None) -> None:
         self.message = reason

@@ -58,6 +58,8 @@ def write_lab_config(
     mqtt_extra: str = "",
     kinds: tuple[str, ...] = ("counter",),
     simulation_extra: str = "",
+    counter_poll_s: float = 0.05,
+    top_extra: str = "",
 ) -> LabFiles:
     """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
 
@@ -70,6 +72,7 @@ def write_lab_config(
     journal = workdir / "journal.sqlite3"
     text = f"""\
 node = "{node}"
+{top_extra}
 
 [mqtt]
 host = "127.0.0.1"
@@ -84,7 +87,7 @@ path = "{journal}"
 level = "info"
 format = "json"
 
-{_instrument_tables(workdir, kinds, counter_port)}
+{_instrument_tables(workdir, kinds, counter_port, counter_poll_s)}
 [simulation]
 enabled = true
 time_scale = {time_scale}
@@ -102,13 +105,15 @@ seed = {seed}
     return LabFiles(path, workdir, broker_port, counter_port, control_port, journal, node)
 
 
-def _instrument_tables(workdir: Path, kinds: tuple[str, ...], counter_port: int) -> str:
+def _instrument_tables(
+    workdir: Path, kinds: tuple[str, ...], counter_port: int, counter_poll_s: float
+) -> str:
     tables = {
         "counter": f"""[[instruments]]
 id = "counter"
 kind = "counter"
 address = "TCPIP::127.0.0.1::{counter_port}::SOCKET"
-poll_interval_s = 0.05
+poll_interval_s = {counter_poll_s}
 status_interval_s = 0.5
 """,
         "incubator": f"""[[instruments]]

@@ -19,7 +19,8 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     ├── CommandError             an MQTT command was malformed or refused  (acquisition)
     ├── JournalError             the local journal could not be written    (acquisition)
     ├── BrokerError              the MQTT broker refused or dropped us     (acquisition)
-    └── AnalysisError            data that cannot be fitted or analysed    (acquisition)
+    ├── AnalysisError            data that cannot be fitted or analysed    (acquisition)
+    └── InterlockError           a run interlock tripped (pause or abort)  (acquisition)
 
 The acquisition-layer classes live in :mod:`acquisition.errors`; they are listed here so
 the whole tree is drawn in one place.

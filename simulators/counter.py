@@ -6,6 +6,8 @@ physics: :mod:`simulators.counting`. Faults can be injected from Python
 (:mod:`simulators.control`):
 
 * ``disconnect``: reset every client connection now (TCP RST); the count goes on.
+* ``unplug`` / ``plug``: the cable pulled: every connection reset and every new one reset
+  at once until ``plug``; the instrument itself goes on (a running count continues).
 * ``stall``: withhold the next reply; it is sent late, just before the reply to the next
   command on the same connection (the classic stale-reply trap for a host that timed out).
 * ``garbage``: replace the next reply by random non-ASCII bytes (ending in ``\\n``).
@@ -43,7 +45,9 @@ from simulators.world_api import FilterMat, WorldHooks
 
 __all__ = ["FAULT_KINDS", "CounterSimulator", "FaultKind"]
 
-FaultKind = Literal["disconnect", "stall", "garbage", "door_open", "door_close", "hv_fault"]
+FaultKind = Literal[
+    "disconnect", "unplug", "plug", "stall", "garbage", "door_open", "door_close", "hv_fault"
+]
 FAULT_KINDS: Final = get_args(FaultKind)
 _READ_CHUNK = 4096
 
@@ -81,6 +85,7 @@ class CounterSimulator:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._stall_next = False
+        self._unplugged = False
         self._garbage_next = False
         self.host = "127.0.0.1"
         self.port = 0
@@ -147,9 +152,12 @@ class CounterSimulator:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
         _log.info("fault injected", kind=kind)
-        if kind == "disconnect":
+        if kind in ("disconnect", "unplug"):
+            self._unplugged = kind == "unplug"
             for writer in list(self._connections.values()):
                 _reset(writer)
+        elif kind == "plug":
+            self._unplugged = False
         elif kind == "stall":
             self._stall_next = True
         elif kind == "garbage":
@@ -187,6 +195,9 @@ class CounterSimulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None  # always inside the server's handler task
+        if self._unplugged:
+            _reset(writer)
+            return
         self._connections[task] = writer
         assembler = LineAssembler()
         held = b""  # a stalled reply, sent late before the next one

@@ -45,18 +45,21 @@ constants = { HotNM = 5, HotKdNM = 5.13 }
 def test_seed_loads_with_its_settings() -> None:
     p = load_protocol(SEED)
     assert [s.type for s in p.steps] == [
-        "incubate", "prompt", "harvest", "prompt", "count", "analyze",
+        "prompt", "incubate", "prompt", "harvest", "prompt", "count", "analyze",
     ]  # fmt: skip
-    inc, load, harvest, move, count, analyze = p.steps
+    put, inc, load, harvest, move, count, analyze = p.steps
+    assert isinstance(put, PromptStep) and put.action == "plate_to_incubator"
     assert isinstance(inc, IncubateStep)
     assert (inc.temperature_c, inc.duration_s, inc.tolerance_c, inc.hold_s) == (37, 5400, 0.5, 300)
     assert (inc.on_excursion, inc.grace_s, inc.shaking_rpm) == ("pause", 120, 300)
-    assert isinstance(load, PromptStep) and load.text == "load the plate"
+    assert isinstance(load, PromptStep) and load.text == "move the plate to the harvester"
+    assert load.action == "plate_to_harvester"
     assert isinstance(harvest, HarvestStep)
     assert (harvest.prewet_s, harvest.washes, harvest.wash_volume_ml, harvest.dry_s) == (
         10, 3, 1.0, 30,
     )  # fmt: skip
     assert isinstance(move, PromptStep) and move.text == "move the filter mat to the counter"
+    assert move.action == "mat_to_counter"
     assert isinstance(count, CountStep)
     assert (count.isotope, count.count_time_s, count.precision_pct) == ("H3", 60, 2)
     assert isinstance(analyze, AnalyzeStep)
@@ -72,20 +75,20 @@ def test_seed_plan_duration_by_hand() -> None:
     harvest = 10 + 3 * 20 + 30 + 20
     # count: 96 wells / 12 detectors = 8 positions x (60 s + 2 s)
     count = 8 * (60 + 2)
-    assert [s.duration_s for s in pl.steps] == [incubate, 0, harvest, 0, count, 0]
+    assert [s.duration_s for s in pl.steps] == [0, incubate, 0, harvest, 0, count, 0]
     assert pl.total_s == incubate + harvest + count == 6766
-    assert pl.prompts == 2
+    assert pl.prompts == 3
 
 
 def test_check_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_protocol_command(SEED) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert "1. incubate" in out and "6. analyze" in out
+    assert "1. prompt" in out and "2. incubate" in out and "7. analyze" in out
     assert "stabilisation ~12 min 30 s" in out
     assert "8 positions x (1 min + 2 s), 12-detector counter" in out
     assert "expected duration: ~1 h 52 min 46 s" in out
-    assert "operator time at 2 prompts (not counted)" in out
+    assert "operator time at 3 prompts (not counted)" in out
 
 
 def test_quantities_are_strict() -> None:

@@ -238,7 +238,7 @@ class _Run:
                 plate = doc.get("plate")
                 if isinstance(plate, Mapping) and plate.get("plate_id") is not None:
                     self.plate_id = str(plate["plate_id"])
-            elif kind == "data":
+            elif kind == "data" and doc.get("stream", "well") == "well":
                 self._data(doc, i, rate, latest_seq)
         if len(runs) > 1:
             raise AnalysisError(f"documents: they belong to {len(runs)} runs "

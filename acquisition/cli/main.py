@@ -36,26 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="recent runs")
     runs.add_argument("--limit", type=int, default=20)
 
-    run = sub.add_parser("run", help="start, watch or abort a run")
-    run_sub = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
-    start = run_sub.add_parser("start", help="start a run (count-plate)")
-    start.add_argument("protocol", nargs="?", default="count-plate", choices=["count-plate"])
-    start.add_argument("--instrument", default="counter")
-    start.add_argument("--count-time", type=float, default=60.0, help="seconds per well")
-    start.add_argument("--precision", type=float, help="stop a well early at this %%2-sigma")
-    start.add_argument("--isotope", default="H3", choices=["H3", "C14", "P32", "I125"])
-    start.add_argument("--wells", help="comma-separated wells (default: all 96)")
-    start.add_argument("--label", help="free text stored with the run")
-    start.add_argument("--watch", action="store_true", help="follow the run once started")
-    start.add_argument(
-        "--analysis", metavar="JSON",
-        help='analyse the count when it completes, e.g. \'{"competitor": "progesterone", '
-        '"constants": {"HotNM": 5, "HotKdNM": 5.13}, "layout": {"competitors": '
-        '{"progesterone": "ABC"}}}\'',
-    )  # fmt: skip
-    for name, text in (("watch", "live progress of a run"), ("abort", "abort a run")):
-        action = run_sub.add_parser(name, help=text)
-        action.add_argument("run")
+    from acquisition.cli.runs import add_run_parser
+
+    add_run_parser(sub)
 
     sim = sub.add_parser(
         "sim",
@@ -120,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             nsb_wells=args.nsb_wells,
             output=args.output,
         )
+    if args.command == "run" and args.run_command == "start":
+        from acquisition.cli.runs import prepare_start
+
+        bad = prepare_start(args)  # a protocol or plate map file is checked before any broker
+        if bad is not None:
+            return bad
     from acquisition.config import load_config
     from acquisition.errors import ConfigError
 
@@ -143,7 +132,7 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
 
     from acquisition.cli import render
     from acquisition.cli.client import DaemonClient, NoReplyError
-    from acquisition.cli.watch import watch_run
+    from acquisition.cli.runs import run_action
     from acquisition.errors import BrokerError, CommandError
 
     console = Console()
@@ -189,7 +178,7 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
                         else:
                             sys.stdout.write(text)
                 case "run":
-                    return await _run_action(client, console, args, watch_run)
+                    return await run_action(client, console, args)
                 case "sim":
                     reply = await client.request("sim", {"op": args.op, "args": _kv(args.args)})
                     console.print_json(data=reply)
@@ -236,39 +225,6 @@ async def _instruments(client: Any, wait_s: float) -> list[dict[str, Any]]:
         if all(i["connected"] for i in instruments) or time.monotonic() >= deadline:
             return instruments
         await asyncio.sleep(0.2)
-
-
-async def _run_action(client: Any, console: Any, args: argparse.Namespace, watch_run: Any) -> int:
-    if args.run_command == "start":
-        start_args: dict[str, Any] = {
-            "protocol": args.protocol,
-            "instrument": args.instrument,
-            "count_time_s": args.count_time,
-            "isotope": args.isotope,
-        }
-        if args.precision is not None:
-            start_args["precision_pct"] = args.precision
-        if args.wells:
-            start_args["wells"] = [w.strip().upper() for w in args.wells.split(",") if w.strip()]
-        if args.label:
-            start_args["label"] = args.label
-        if args.analysis:
-            import json
-
-            try:
-                start_args["analysis"] = json.loads(args.analysis)
-            except ValueError as exc:
-                raise SystemExit(f"assay: --analysis: JSON ({exc})") from None
-        started = await client.request("run.start", start_args)
-        console.print(f"started run [bold]{started['run']}[/bold]")
-        if args.watch:
-            return int(await watch_run(client, console, started["run"]))
-        return EXIT_OK
-    if args.run_command == "watch":
-        return int(await watch_run(client, console, args.run))
-    result = await client.request("run.abort", {"run": args.run})
-    console.print(f"run {result['run']}: {result['state']}")
-    return EXIT_OK
 
 
 if __name__ == "__main__":

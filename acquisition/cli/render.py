@@ -11,7 +11,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["WELL_COLUMNS", "print_instruments", "print_runs", "print_status", "results_text"]
+__all__ = [
+    "WELL_COLUMNS",
+    "hms",
+    "print_instruments",
+    "print_runs",
+    "print_status",
+    "prompt_lines",
+    "results_text",
+    "run_state_fields",
+    "state_style",
+]
 
 WELL_COLUMNS = (
     "index",
@@ -91,6 +101,25 @@ def _worth_showing(key: str, value: Any) -> bool:
     return not (value is False and _QUIET_WHEN_FALSE.search(key))
 
 
+_STATE_STYLES = {
+    "queued": "cyan",
+    "running": "cyan",
+    "paused": "yellow",
+    "awaiting-operator": "bold yellow",
+    "awaiting-recovery": "bold red",
+    "completed": "green",
+    "aborted": "red",
+    "failed": "red",
+    "interrupted": "magenta",
+}
+
+
+def state_style(state: str) -> str:
+    """A run state in its colour (any state not known here is shown plain)."""
+    style = _STATE_STYLES.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
+
+
 def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:
     table = Table(title="runs (newest first)")
     table.add_column("run", no_wrap=True)
@@ -100,8 +129,85 @@ def print_runs(console: Console, runs: list[dict[str, Any]]) -> None:
     table.add_column("docs", justify="right")
     for run in runs:
         created = run["created_at"][:16].replace("T", " ")
-        table.add_row(run["run"], run["protocol"], run["state"], created, str(run["last_seq"]))
+        state = state_style(str(run["state"]))
+        table.add_row(run["run"], run["protocol"], state, created, str(run["last_seq"]))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- a run, live
+
+
+def hms(seconds: float | None) -> str:
+    """``3725`` -> ``1:02:05``; ``None`` -> ``-:--:--``."""
+    if seconds is None:
+        return "-:--:--"
+    h, rest = divmod(max(0, round(seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def run_state_fields(state: dict[str, Any]) -> dict[str, str]:
+    """A run state as the watch shows it: ``description`` (run, step i/N name, state),
+    ``amount`` (``12/96 wells`` or ``0:12:00/1:00:00``), ``eta`` and ``latest`` (the newest
+    well, or the incubator temperature ``36.8 C -> 37.0 C, stabilising``)."""
+    parts = [str(state.get("run", ""))]
+    step, index, total = state.get("step"), state.get("step_index"), state.get("steps_total")
+    if index is not None and total is not None:
+        parts.append(f"step {index}/{total}")
+    if step:
+        parts.append(str(step))
+    parts.append(str(state.get("state", "")))
+    prog = state.get("progress") or {}
+    amount = ""
+    if prog:
+        done, whole, unit = prog.get("done", 0), prog.get("total", 0), prog.get("unit", "wells")
+        amount = f"{hms(done)}/{hms(whole)}" if unit == "s" else f"{done}/{whole} {unit}"
+    eta = prog.get("eta_s") if prog else None
+    return {
+        "description": " ".join(p for p in parts if p),
+        "amount": amount,
+        "eta": f"ETA {hms(eta)}" if eta is not None else "",
+        "latest": latest_text(state.get("latest")),
+    }
+
+
+def latest_text(latest: dict[str, Any] | None) -> str:
+    if not latest:
+        return ""
+    if "temperature_c" in latest:
+        text = f"{latest['temperature_c']:.1f} C"
+        if latest.get("setpoint_c") is not None:
+            text += f" -> {latest['setpoint_c']:.1f} C"
+        if latest.get("phase"):
+            text += f", {latest['phase']}"
+        return text
+    if "well" in latest:
+        return f"latest {latest['well']} {latest.get('cpm') or 0:,.0f} CPM"
+    return ""
+
+
+def prompt_lines(run: str, prompt: dict[str, Any], *, interactive: bool) -> list[str]:
+    """What the watch prints (plain text) when a run asks a person something.
+
+    Not interactive (stdin is no terminal): also the command that answers it from another one.
+    """
+    recovery = prompt.get("kind") == "recovery"
+    head = "needs recovery" if recovery else "operator"
+    lines = [f"{head} (prompt {prompt['id']}): {prompt['text']}"]
+    options = [str(o) for o in prompt.get("options") or []]
+    if options:
+        lines.append(f"  options: {', '.join(options)}")
+    if not interactive:
+        if recovery:
+            choices = "|".join(o for o in options if o in ("retry", "skip", "abort"))
+            lines.append(f"  answer with `assay run recover {run} {choices or 'retry|skip|abort'}`")
+        else:
+            word = "" if set(options) <= {"done", "abort"} else " ANSWER"
+            lines.append(
+                f"  answer with `assay run answer {run}{word} --prompt {prompt['id']}`"
+                f" (or `assay run abort {run}`)"
+            )
+    return lines
 
 
 def results_text(results: dict[str, Any], fmt: str) -> str:

@@ -1,30 +1,38 @@
-"""``assay run watch RUN``: live progress of a run, healed of any gap by replay."""
+"""``assay run watch RUN``: live progress of a run, healed of any gap by replay.
+
+The retained run state drives the display (step i/N, the progress in wells or seconds, the
+ETA, the newest well or the incubator temperature); run documents add a line each for
+interruptions, prompts and steps. A run waiting on a person is asked inline when stdin is a
+terminal, else the watch prints the command that answers it from another terminal.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from typing import Any
 
 import aiomqtt
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from acquisition.cli.client import DaemonClient
+from acquisition.cli.render import prompt_lines, run_state_fields
+from acquisition.cli.runs import steer_line
 from acquisition.config import LabConfig
-from acquisition.errors import BrokerError
+from acquisition.errors import BrokerError, CommandError
 from acquisition.follow import RunFollower
 from acquisition.payloads import TERMINAL_STATES
 
-__all__ = ["watch_run"]
+__all__ = ["read_line", "watch_run"]
 
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA --:--"
-    m, s = divmod(round(seconds), 60)
-    return f"ETA {m:d}:{s:02d}"
+AWAITING = frozenset({"awaiting-operator", "awaiting-recovery"})
+OPERATOR_QUESTION = "press Enter when done (or type abort): "
+RECOVERY_QUESTION = "retry / skip / abort? "
 
 
 class _Display:
@@ -32,60 +40,80 @@ class _Display:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[amount]}"),
             TextColumn("{task.fields[eta]}"),
             TextColumn("{task.fields[latest]}"),
             console=console,
             transient=False,
         )
         self.task: TaskID = self.progress.add_task(
-            f"{run} counting", total=None, eta="ETA --:--", latest=""
+            escape(run), total=None, amount="", eta="", latest=""
         )
 
     def state(self, state: dict[str, Any]) -> None:
         prog = state.get("progress") or {}
-        latest = state.get("latest") or {}
-        fields: dict[str, Any] = {"eta": _eta(prog.get("eta_s"))}
-        if latest:
-            fields["latest"] = f"latest {latest.get('well')} {latest.get('cpm', 0):,.0f} CPM"
+        fields: dict[str, Any] = {k: escape(v) for k, v in run_state_fields(state).items()}
         self.progress.update(
             self.task,
-            total=prog.get("total"),
+            total=prog.get("total") or None,
             completed=prog.get("done", 0),
-            description=f"{state['run']} {state['state']}",
             **fields,
         )
 
 
 async def watch_run(
-    client: DaemonClient, console: Console, run: str, *, reconnect_s: float = 2.0
+    client: DaemonClient,
+    console: Console,
+    run: str,
+    *,
+    reconnect_s: float = 2.0,
+    stdin_fd: int | None = None,
 ) -> int:
     """Follow ``run`` until it stops; return a shell exit code (0 = completed).
 
     If the broker goes away, keep the follower (what was seen) and reconnect; once back,
-    the retained run state shows what was missed and a replay fills it in.
+    the retained run state shows what was missed and a replay fills it in. With ``stdin_fd``
+    (a terminal) a prompt is answered inline; without, the watch prints how to answer it.
     """
-    session = _WatchSession(console, run)
-    with session.display.progress:
-        while True:
+    session = _WatchSession(console, run, client, stdin_fd)
+    try:
+        with session.display.progress:
             try:
-                if await session.follow(client):
-                    break
-            except BrokerError as exc:
-                console.print(f"[yellow]{exc}; reconnecting[/yellow]")
-            while True:
-                await asyncio.sleep(reconnect_s)
-                try:
-                    client = await _connect(client.config, client.timeout_s)
-                    break
-                except BrokerError:
-                    continue
-            session.owned.append(client)
-    await session.close()
+                await _follow_until_stopped(session, client, reconnect_s)
+            finally:
+                await session.stop_asking()
+    finally:
+        await session.close()
     final = session.state["state"]
     style = "green" if final == "completed" else "red"
-    console.print(f"run {run}: [{style}]{final}[/{style}] {session.state.get('message') or ''}")
+    message = escape(session.state.get("message") or "")
+    console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {message}")
+    if final == "interrupted" and session.state.get("protocol") != "count-plate":
+        console.print(
+            f"resume it with `assay run resume {run}` (or `assay run abort {run}`)",
+            markup=False,
+            highlight=False,
+        )
     return 0 if final == "completed" else 1
+
+
+async def _follow_until_stopped(
+    session: _WatchSession, client: DaemonClient, reconnect_s: float
+) -> None:
+    while True:
+        try:
+            if await session.follow(client):
+                return
+        except BrokerError as exc:
+            session.console.print(f"[yellow]{escape(str(exc))}; reconnecting[/yellow]")
+        while True:
+            await asyncio.sleep(reconnect_s)
+            try:
+                client = await _connect(client.config, client.timeout_s)
+                break
+            except BrokerError:
+                continue
+        session.owned.append(client)
 
 
 async def _connect(config: LabConfig, timeout_s: float) -> DaemonClient:
@@ -94,16 +122,63 @@ async def _connect(config: LabConfig, timeout_s: float) -> DaemonClient:
     return client
 
 
+async def read_line(fd: int) -> str | None:
+    """One line typed on the terminal ``fd`` without blocking the event loop; None at EOF.
+
+    Cancelling it leaves nothing behind: no thread, and what was half typed is discarded.
+    """
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not got.done():
+            got.set_result(data)
+
+    loop.add_reader(fd, readable)
+    try:
+        data = await got
+    except asyncio.CancelledError:
+        _discard_typed(fd)
+        raise
+    finally:
+        loop.remove_reader(fd)
+    if not data:
+        return None
+    return data.decode(errors="replace").splitlines()[0] if data.strip() else ""
+
+
+def _discard_typed(fd: int) -> None:
+    with contextlib.suppress(ImportError, OSError):
+        import termios
+
+        termios.tcflush(fd, termios.TCIFLUSH)
+
+
 class _WatchSession:
     """What a watch has seen, kept across reconnections."""
 
-    def __init__(self, console: Console, run: str) -> None:
+    def __init__(
+        self, console: Console, run: str, client: DaemonClient, stdin_fd: int | None
+    ) -> None:
         self.console = console
         self.run = run
+        self.client = client  # the current connection (answers go through it)
+        self.stdin_fd = stdin_fd
         self.display = _Display(console, run)
         self.follower: RunFollower | None = None
         self.state: dict[str, Any] = {}
         self.owned: list[DaemonClient] = []
+        self._paused_shown = False
+        self._prompts_shown: set[str] = set()
+        self._asked: set[str] = set()
+        self._asker: asyncio.Task[None] | None = None
+        self._asking: str | None = None  # the prompt id the asker is about
+        self._reading = False  # the asker waits on the keyboard
+        self._sending = False  # the asker has sent its answer; let it finish
 
     async def close(self) -> None:
         for client in self.owned:
@@ -111,17 +186,17 @@ class _WatchSession:
 
     async def follow(self, client: DaemonClient) -> bool:
         """Follow on one connection; True once the run has stopped and all is seen."""
+        self.client = client
         cfg = client.config
         events = cfg.topic("runs", self.run, "events")
         state_topic = cfg.topic("runs", self.run, "state")
         async with client.subscription(events, state_topic) as queue:
-            self.state = await client.request("run.get", {"run": self.run})
+            state = await client.request("run.get", {"run": self.run})
             if self.follower is None:  # the first connection: only what comes from now on
-                self.follower = RunFollower(next_seq=int(self.state["last_seq"]) + 1)
+                self.follower = RunFollower(next_seq=int(state["last_seq"]) + 1)
             follower = self.follower
-            now = time.monotonic()
-            follower.saw_last_seq(int(self.state["last_seq"]), now)
-            self.display.state(self.state)
+            follower.saw_last_seq(int(state["last_seq"]), time.monotonic())
+            self._on_state(state)
             while self.state["state"] not in TERMINAL_STATES or not _stop_seen(
                 follower, self.state
             ):
@@ -149,13 +224,166 @@ class _WatchSession:
         assert isinstance(msg.payload, bytes | bytearray)
         data = json.loads(msg.payload)
         if msg.topic.matches(state_topic):
-            self.state = data
-            self.display.state(data)
             self.follower.saw_last_seq(int(data["last_seq"]), now)
+            self._on_state(data)
             return
         for doc in self.follower.offer(data, now):
-            if doc["kind"] == "interruption":
-                self.console.print(f"[red]interruption:[/red] {doc['reason']}")
+            self._on_document(doc)
+
+    # ------------------------------------------------------------------ what is shown
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def _on_state(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.display.state(state)
+        name = state["state"]
+        if name == "paused":
+            if not self._paused_shown:
+                message = state.get("message") or "paused"
+                self._say(f"paused: {message} — `assay run resume {self.run}`")
+                self._paused_shown = True
+        else:
+            self._paused_shown = False
+        prompt = state.get("prompt") if name in AWAITING else None
+        self._settle_asker(prompt["id"] if prompt else None)
+        if prompt:
+            self._show_prompt(prompt)
+            if self.stdin_fd is not None and prompt["id"] not in self._asked:
+                self._start_asking(prompt)
+
+    def _on_document(self, doc: dict[str, Any]) -> None:
+        kind = doc.get("kind")
+        if kind == "interruption":
+            detail = doc.get("detail") or {}
+            extra = f" ({detail['message']})" if isinstance(detail.get("message"), str) else ""
+            self.console.print(f"[red]interruption:[/red] {escape(str(doc['reason']))}{extra}")
+        elif kind == "step":
+            self._say(f"step {doc['step']} {doc['phase']}")
+        elif kind == "prompt":
+            prompt_id = str(doc["prompt_id"])
+            phase = doc.get("phase")
+            if phase == "asked":
+                self._show_prompt(
+                    {
+                        "id": prompt_id,
+                        "kind": doc.get("prompt_kind", "operator"),
+                        "text": doc.get("text", ""),
+                        "options": doc.get("options") or [],
+                    }
+                )
+            elif phase in ("answered", "timed-out"):
+                if prompt_id == self._asking:
+                    self._settle_asker(None)
+                if phase == "timed-out":
+                    self._say(f"prompt {prompt_id} timed out")
+                else:
+                    by = f" by {doc['by']}" if doc.get("by") else ""
+                    self._say(f"prompt {prompt_id} answered{by}: {doc.get('answer') or 'done'}")
+
+    def _show_prompt(self, prompt: dict[str, Any]) -> None:
+        prompt_id = str(prompt["id"])
+        if prompt_id in self._prompts_shown:
+            return
+        self._prompts_shown.add(prompt_id)
+        for line in prompt_lines(self.run, prompt, interactive=self.stdin_fd is not None):
+            style = "bold" if line[:1] != " " else None
+            self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------ asking inline
+
+    def _settle_asker(self, pending_id: str | None) -> None:
+        """The prompt the run waits on is now ``pending_id``: stop asking about another."""
+        if self._asker is None or self._asker.done() or self._sending:
+            return
+        if self._asking == pending_id:
+            return
+        if self._reading:
+            self.console.print()
+        self._say("answered elsewhere")
+        self._asker.cancel()
+
+    def _start_asking(self, prompt: dict[str, Any]) -> None:
+        if self._asker is not None and not self._asker.done() and not self._asker.cancelling():
+            return  # still sending the last answer: asked when the state comes again
+        self._asked.add(str(prompt["id"]))
+        self._asking = str(prompt["id"])
+        self._asker = asyncio.create_task(self._ask(prompt), name=f"watch-ask-{self.run}")
+
+    async def stop_asking(self) -> None:
+        if self._asker is not None:
+            self._asker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._asker
+
+    async def _ask(self, prompt: dict[str, Any]) -> None:
+        assert self.stdin_fd is not None
+        prompt_id = str(prompt["id"])
+        recovery = prompt.get("kind") == "recovery"
+        options = [str(o) for o in prompt.get("options") or []]
+        request: tuple[str, dict[str, Any]] | None = None
+        self.display.progress.stop()  # the live bar would draw over what is typed
+        try:
+            while request is None:
+                self.console.print(
+                    RECOVERY_QUESTION if recovery else OPERATOR_QUESTION,
+                    end="",
+                    markup=False,
+                    highlight=False,
+                )
+                self._reading = True
+                try:
+                    line = await read_line(self.stdin_fd)
+                except NotImplementedError:  # this event loop cannot watch the terminal
+                    line = None
+                finally:
+                    self._reading = False
+                if line is None:  # end of input: leave it to another terminal
+                    for text in prompt_lines(self.run, prompt, interactive=False)[1:]:
+                        self._say(text)
+                    return
+                request = _answer_request(self.run, prompt_id, recovery, options, line)
+                if request is None:
+                    choices = "retry, skip or abort" if recovery else "Enter (done) or abort"
+                    self._say(f"answer {choices}")
+            self._sending = True
+        finally:
+            self.display.progress.start()
+        try:
+            reply = await self.client.request(*request)
+            self._say(steer_line(reply))
+        except CommandError as exc:  # e.g. answered elsewhere a moment before
+            self._say(f"assay: {exc.code}: {exc.message}")
+            self._asked.discard(prompt_id)  # asked again if the run still waits on it
+        except BrokerError as exc:
+            self._say(f"assay: {exc}; the answer may not have arrived")
+            self._asked.discard(prompt_id)  # asked again once the watch is back
+            self._prompts_shown.discard(prompt_id)
+        finally:
+            self._sending = False
+
+
+def _answer_request(
+    run: str, prompt_id: str, recovery: bool, options: list[str], line: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The command a typed answer means, or None if it means nothing here."""
+    word = line.strip()
+    lowered = word.lower()
+    if recovery:
+        for action in ("retry", "skip", "abort"):
+            if options and action not in options:
+                continue
+            if lowered and action.startswith(lowered):
+                return "run.recover", {"run": run, "action": action}
+        return None
+    if lowered == "abort" and "abort" not in options:
+        return "run.abort", {"run": run}
+    if not word:
+        word = "done"
+    if word == "done" or word in options:
+        return "run.answer", {"run": run, "prompt": prompt_id, "answer": word}
+    return None
 
 
 def _stop_seen(follower: RunFollower, state: dict[str, Any]) -> bool:

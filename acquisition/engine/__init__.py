@@ -1,0 +1,10 @@
+"""The run engine: protocols executed step by step as an explicit, journaled state machine.
+
+- :mod:`.states`: the run states and the transitions allowed between them.
+- :mod:`.control`: what the terminal asks of a running run (pause, resume, abort, answers).
+- :mod:`.context`: what a step gets to work with, and the signals a step raises.
+- :mod:`.bench_steps` / :mod:`.simple_steps`: one executor per step type.
+- :mod:`.runner`: :class:`~.runner.ProtocolRun`, the loop over the steps.
+- :mod:`.recovery`: where an interrupted run stands, read back from its documents.
+- :mod:`.operator`: the virtual operator's hands on a simulated bench.
+"""

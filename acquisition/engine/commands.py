@@ -1,0 +1,101 @@
+"""``run.pause``, ``run.resume``, ``run.answer``, ``run.recover`` (and ``run.abort`` of an
+interrupted run): what each does to a protocol run, and when it is refused (``conflict``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
+from acquisition.errors import CommandError
+from acquisition.journal import RunRecord
+from acquisition.run_recorder import RunRecorder
+
+if TYPE_CHECKING:
+    from acquisition.daemon import Daemon
+    from acquisition.engine.runner import ProtocolRun
+
+__all__ = ["abort_interrupted", "engine_command"]
+
+
+async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]:
+    assert isinstance(args, RunRef)
+    if verb == "run.resume" and args.run not in daemon.active:
+        recorder = await daemon.resume_run(args.run)
+        return {"run": recorder.run, "state": recorder.state, "message": "resuming"}
+    engine = await _engine(daemon, args.run)
+    state = engine.recorder.state
+    control = engine.control
+    match verb:
+        case "run.pause":
+            assert isinstance(args, PauseArgs)
+            if state == "paused":
+                return _reply(engine, "already paused")
+            if state not in ("running", "queued", "awaiting-operator"):
+                raise _refused(args.run, state, "pause")
+            when = args.when
+            note = "pausing now"
+            if when == "now" and not engine.current_step_pausable:
+                step = engine.recorder.step
+                note = f"pausing after the current step ({step} cannot stop half-way)"
+                when = "after-step"
+            elif when == "after-step":
+                note = "pausing after the current step"
+            control.pause(when)
+            return {"run": args.run, "state": "pausing", "message": note}
+        case "run.resume":
+            if state != "paused":
+                raise _refused(args.run, state, "resume")
+            control.resume()
+            return {"run": args.run, "state": "resuming", "message": "resuming"}
+        case "run.answer":
+            assert isinstance(args, AnswerArgs)
+            prompt = engine.recorder.prompt
+            if state != "awaiting-operator" or prompt is None or prompt.kind != "operator":
+                raise _refused(args.run, state, "answer a prompt of")
+            if args.prompt is not None and args.prompt != prompt.id:
+                raise CommandError(
+                    "conflict", f"run '{args.run}' asks prompt {prompt.id}, not {args.prompt}"
+                )
+            if args.answer not in prompt.options:
+                raise CommandError(
+                    "bad_request",
+                    f"args.answer: one of {', '.join(prompt.options)} (got {args.answer!r})",
+                )
+            control.give_answer(prompt.id, args.answer, "operator")
+            return {"run": args.run, "state": "running", "message": f"answered {args.answer}"}
+        case "run.recover":
+            assert isinstance(args, RecoverArgs)
+            if state != "awaiting-recovery":
+                raise _refused(args.run, state, "recover")
+            control.recover(args.action)
+            return {"run": args.run, "state": "recovering", "message": args.action}
+    raise CommandError("unknown_verb", f"unknown verb '{verb}'")  # pragma: no cover
+
+
+def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:
+    return {"run": engine.run_id, "state": engine.recorder.state, "message": message}
+
+
+def _refused(run: str, state: str, what: str) -> CommandError:
+    return CommandError("conflict", f"run '{run}' is {state}: cannot {what} it")
+
+
+async def _engine(daemon: Daemon, run: str) -> ProtocolRun:
+    active = daemon.active.get(run)
+    if active is None or active.engine is None:
+        record = await daemon.journal.get_run(run)
+        if record is None:
+            raise CommandError("not_found", f"no run '{run}'")
+        if active is not None:
+            raise CommandError("conflict", f"run '{run}' is a count-plate run (abort only)")
+        raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
+    return active.engine
+
+
+async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]:
+    """End an interrupted protocol run for good: its stop document, state ``aborted``."""
+    recorder = await RunRecorder.resume(
+        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.clock
+    )
+    await recorder.stop("abort", "aborted by operator while interrupted", "aborted")
+    return {"run": record.run, "state": "aborted"}

@@ -1,0 +1,61 @@
+"""What a step executor works with, and the signals it raises to the run's loop.
+
+A step executor is ``async def run(ctx, step, progress)``; it drives instruments through
+``ctx``, writes documents through ``ctx.recorder``, keeps what it has done in ``progress``
+(so a retry, a resume after a pause or after a daemon restart goes on from there) and
+returns when the step is done. It raises :class:`drivers.errors.InstrumentError` for an
+instrument problem (the run then waits for the operator: retry, skip or abort), or
+:class:`~acquisition.errors.InterlockError` when an interlock trips. Cancellation means
+pause or abort: the executor leaves its instrument safe and lets the cancellation through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from acquisition.config import LabConfig
+from acquisition.instruments import InstrumentHandle
+from acquisition.journal import Journal
+from acquisition.payloads import Progress
+from acquisition.run_recorder import RunRecorder
+from drivers.clock import Clock
+
+__all__ = ["StepContext", "StepProgress"]
+
+
+@dataclass
+class StepProgress:
+    """What a step has done so far; survives pauses and retries, and is rebuilt from the
+    run's documents after a daemon restart (:mod:`.recovery`)."""
+
+    started: bool = False
+    counted: list[str] = field(default_factory=list)  # count: wells, in order
+    elapsed_s: float = 0.0  # incubate / wait: timer seconds done
+    last_sample_at: datetime | None = None  # incubate: wall time of the newest sample
+    detail: dict[str, Any] = field(default_factory=dict)  # what the finished document says
+
+
+@dataclass
+class StepContext:
+    config: LabConfig
+    recorder: RunRecorder
+    journal: Journal
+    clock: Clock
+    handles: dict[str, InstrumentHandle]  # by kind: "incubator", "harvester", "counter"
+    plate_id: str
+    plate_layout: Any  # acquisition.analysis.layout.PlateLayout | None
+    index: int  # 1-based step number
+    notify: Any  # () -> None: wake the MQTT link
+
+    def handle(self, kind: str) -> InstrumentHandle:
+        return self.handles[kind]
+
+    async def progress(self, progress: Progress, latest: dict[str, Any] | None = None) -> None:
+        """Publish the step's progress in the retained run state."""
+        rec = self.recorder
+        rec.progress = progress
+        if latest is not None:
+            rec.latest = latest
+        await rec.set_state(rec.state, message=rec.message)

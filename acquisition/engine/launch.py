@@ -1,0 +1,143 @@
+"""From a ``run.start`` command (or an interrupted run's documents) to a :class:`RunSetup`.
+
+Protocol and plate map are resolved here: a name is a file in the config's
+``protocols_dir`` / ``plates_dir``; a text sent by the terminal is validated the same way.
+Every error is a :class:`CommandError` whose message names the file and the location.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from acquisition.commands import ProtocolRunArgs
+from acquisition.config import LabConfig
+from acquisition.engine.operator import VirtualOperator
+from acquisition.engine.recovery import ResumePoint
+from acquisition.engine.runner import INSTRUMENT_KIND, RunSetup
+from acquisition.errors import CommandError, ConfigError
+from acquisition.plate_maps import layout_from_data, parse_plate_map
+from acquisition.protocols import AnalyzeStep, Protocol, parse_protocol, protocol_from_data
+
+__all__ = ["setup_from_args", "setup_from_resume"]
+
+
+def _read(directory: Path, name: str, what: str) -> tuple[str, str]:
+    path = directory / f"{name}.toml"
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise CommandError("not_found", f"no {what} '{name}' ({path} not found)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError("bad_request", f"{path}: cannot read it ({exc})") from None
+
+
+def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> RunSetup:
+    if args.protocol_toml is not None:
+        text, source = args.protocol_toml, f"{args.protocol}.toml (sent by the terminal)"
+    else:
+        text, source = _read(config.protocols_dir, args.protocol, "protocol")
+    try:
+        protocol, definition = parse_protocol(text, source=source)
+    except ConfigError as exc:
+        raise CommandError("bad_request", str(exc)) from None
+    plate_map: dict[str, Any] | None = None
+    plate_source: str | None = None
+    layout = None
+    if args.plate_map_toml is not None or args.plate_map is not None:
+        if args.plate_map_toml is not None:
+            ptext, plate_source = args.plate_map_toml, f"{args.plate_map or 'plate map'} (sent)"
+        else:
+            assert args.plate_map is not None
+            ptext, plate_source = _read(config.plates_dir, args.plate_map, "plate map")
+        try:
+            layout = parse_plate_map(ptext, source=plate_source)
+            plate_map = tomllib.loads(ptext)
+        except (ConfigError, tomllib.TOMLDecodeError) as exc:
+            raise CommandError("bad_request", str(exc)) from None
+    if layout is None and any(isinstance(s, AnalyzeStep) for s in protocol.steps):
+        raise CommandError(
+            "bad_request",
+            f"protocol '{protocol.name}' analyses the count: give the run a plate map "
+            "(run start ... --plate-map NAME_OR_FILE)",
+        )
+    for i, step in enumerate(protocol.steps):
+        if (
+            isinstance(step, AnalyzeStep)
+            and layout is not None
+            and step.competitor not in layout.competitors
+        ):
+            raise CommandError(
+                "bad_request",
+                f"{source}: steps[{i}].competitor: a competitor of the plate map "
+                f"{plate_source} ({', '.join(layout.competitors)}), got {step.competitor!r}",
+            )
+    instruments = _instruments(config, protocol, source)
+    plate_id = args.plate_id or f"P{run_hint[-6:]}"
+    return RunSetup(
+        protocol=protocol, protocol_definition=definition, protocol_source=source,
+        plate_id=plate_id, plate_map=plate_map, plate_map_source=plate_source, layout=layout,
+        instruments=instruments,
+        virtual_operator=_operator(config, plate_id, plate_map, instruments),
+    )  # fmt: skip
+
+
+def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
+    """The setup an interrupted run was started with, from its start document."""
+    protocol = protocol_from_data(point.protocol_definition, source=point.protocol_source)
+    plate_map = point.plate.get("map")
+    layout = layout_from_data(plate_map, source="the run's plate map") if plate_map else None
+    plate_id = str(point.plate.get("plate_id") or "P")
+    instruments = point.instruments or _instruments(config, protocol, point.protocol_source)
+    return RunSetup(
+        protocol=protocol, protocol_definition=point.protocol_definition,
+        protocol_source=point.protocol_source, plate_id=plate_id, plate_map=plate_map,
+        plate_map_source=point.plate.get("source"), layout=layout, instruments=instruments,
+        virtual_operator=_operator(config, plate_id, plate_map, instruments),
+    )  # fmt: skip
+
+
+def _instruments(config: LabConfig, protocol: Protocol, source: str) -> dict[str, str]:
+    """kind -> instrument id for every step that drives one."""
+    out: dict[str, str] = {}
+    for i, step in enumerate(protocol.steps):
+        kind = INSTRUMENT_KIND.get(step.type)
+        if kind is None:
+            continue
+        wanted = getattr(step, "instrument", None)
+        of_kind = [c.id for c in config.instruments if c.kind == kind]
+        if wanted is not None:
+            match = next((c for c in config.instruments if c.id == wanted), None)
+            if match is None or match.kind != kind:
+                raise CommandError(
+                    "bad_request",
+                    f"{source}: steps[{i}].instrument: a {kind} of the lab config "
+                    f"({', '.join(of_kind) or 'none configured'}), got {wanted!r}",
+                )
+            chosen = wanted
+        elif len(of_kind) == 1:
+            chosen = of_kind[0]
+        else:
+            raise CommandError(
+                "bad_request",
+                f"{source}: steps[{i}]: the lab config has "
+                f"{'no' if not of_kind else len(of_kind)} {kind}s"
+                + (f" ({', '.join(of_kind)}): name one with instrument = ..." if of_kind else ""),
+            )
+        if out.get(kind, chosen) != chosen:
+            raise CommandError(
+                "bad_request", f"{source}: steps[{i}].instrument: one {kind} per run"
+            )
+        out[kind] = chosen
+    return out
+
+
+def _operator(
+    config: LabConfig, plate_id: str, plate_map: dict[str, Any] | None,
+    instruments: dict[str, str],
+) -> VirtualOperator | None:  # fmt: skip
+    sim = config.simulation
+    if not (sim.enabled and sim.virtual_operator and sim.control_port is not None):
+        return None
+    return VirtualOperator(sim, plate_id, plate_map, instruments)

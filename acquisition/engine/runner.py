@@ -1,0 +1,465 @@
+"""One protocol run: its steps in order, as a journaled state machine (:mod:`.states`).
+
+The loop leases every instrument the protocol needs (``queued`` until they are free, so two
+runs asking for one counter are serialised while runs on different instruments proceed at
+once), then runs each step as a task while listening to :class:`~.control.RunControl`:
+
+- pause ``now`` cancels a step that may be paused mid-way (:data:`PAUSABLE_MIDWAY`) and
+  keeps its progress; otherwise, and for ``after-step``, the run pauses at the next step
+  boundary. ``resume`` goes on from the step's progress;
+- an instrument error puts the run in ``awaiting-recovery`` (retry / skip / abort), with an
+  interruption document; nothing is invented to fill the gap;
+- an interlock pauses or aborts as the protocol says;
+- abort cancels the step and leaves the instruments safe (counter stopped, harvester vacuum
+  off, incubator shaker off and at its idle setpoint);
+- the daemon stopping (cancellation) records an interruption and leaves the run
+  ``interrupted``, resumable after the restart.
+
+Every transition is a retained run state and every step boundary a document, written to
+the journal before it is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from acquisition.config import LabConfig
+from acquisition.engine.bench_steps import run_count, run_harvest, run_incubate
+from acquisition.engine.context import StepContext, StepProgress
+from acquisition.engine.control import RunControl
+from acquisition.engine.operator import VirtualOperator
+from acquisition.engine.simple_steps import run_analyze, run_wait
+from acquisition.errors import AnalysisError, CommandError, InterlockError
+from acquisition.instruments import InstrumentHandle, InstrumentManager
+from acquisition.journal import Journal
+from acquisition.payloads import PromptState
+from acquisition.protocols import PromptStep, Protocol
+from acquisition.run_recorder import RunRecorder
+from drivers.clock import Clock
+from drivers.counter import CounterDriver
+from drivers.errors import InstrumentError
+from drivers.harvester import HarvesterDriver
+from drivers.incubator import IncubatorDriver
+
+__all__ = ["INSTRUMENT_KIND", "PAUSABLE_MIDWAY", "ProtocolRun", "RunSetup"]
+
+log = structlog.get_logger("acquisition.engine")
+
+PAUSABLE_MIDWAY: dict[str, bool] = {
+    "incubate": True,  # the timer stops, the temperature is held
+    "harvest": False,  # a plate half filtered cannot wait
+    "count": True,  # the counter stops; the wells not counted yet are counted on resume
+    "prompt": True,
+    "wait": True,
+    "analyze": False,
+}
+INSTRUMENT_KIND = {"incubate": "incubator", "harvest": "harvester", "count": "counter"}
+_EXECUTORS: dict[str, Callable[[StepContext, Any, StepProgress], Coroutine[Any, Any, None]]] = {
+    "incubate": run_incubate,
+    "harvest": run_harvest,
+    "count": run_count,
+    "wait": run_wait,
+    "analyze": run_analyze,
+}
+
+
+class _Aborted(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a run is started with; its start document records all of it."""
+
+    protocol: Protocol
+    protocol_definition: dict[str, Any]  # the file's data, as validated
+    protocol_source: str
+    plate_id: str
+    plate_map: dict[str, Any] | None
+    plate_map_source: str | None
+    layout: Any  # PlateLayout | None
+    instruments: dict[str, str]  # kind -> id
+    virtual_operator: VirtualOperator | None = None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # done | paused | fault | interlock
+    error: BaseException | None = None
+
+
+class ProtocolRun:
+    """Runs ``setup.protocol`` from step ``start_index`` (1-based) with ``progress``."""
+
+    def __init__(  # noqa: PLR0917 - the run's collaborators, each named at the call
+        self,
+        config: LabConfig,
+        journal: Journal,
+        instruments: InstrumentManager,
+        recorder: RunRecorder,
+        setup: RunSetup,
+        clock: Clock,
+        notify: Callable[[], None],
+        *,
+        start_index: int = 1,
+        progress: dict[int, StepProgress] | None = None,
+        decision: str | None = None,
+        fresh: bool = True,
+    ) -> None:
+        self.config, self.journal, self.instruments = config, journal, instruments
+        self.recorder, self.setup, self.clock, self.notify = recorder, setup, clock, notify
+        self.control = RunControl()
+        self.handles: dict[str, InstrumentHandle] = {}
+        self._fresh = fresh  # False: resumed, the start document is already written
+        self._start_index = start_index
+        self._progress = progress or {}
+        self._decision = decision  # the operator decides before step start_index goes on
+        recorder.steps_total = len(setup.protocol.steps)
+
+    @property
+    def run_id(self) -> str:
+        return self.recorder.run
+
+    @property
+    def current_step_pausable(self) -> bool:
+        index = self.recorder.step_index
+        if index is None:
+            return True
+        return PAUSABLE_MIDWAY[self.setup.protocol.steps[index - 1].type]
+
+    # -------------------------------------------------------------------- the whole run
+
+    async def run(self) -> None:
+        rec = self.recorder
+        async with contextlib.AsyncExitStack() as leases:
+            try:
+                await self._lease_all(leases)
+                if self._fresh:
+                    await self._start_document()
+                await self._steps()
+                await self._make_safe(aborting=False)
+                await rec.stop("success", f"completed {len(self.setup.protocol.steps)} steps",
+                               "completed")  # fmt: skip
+            except _Aborted as exc:
+                rec.prompt = None
+                await self._make_safe(aborting=True)
+                await rec.stop("abort", str(exc) or "aborted by operator", "aborted")
+            except asyncio.CancelledError:
+                await self._interrupted()
+                raise
+            except Exception as exc:  # a journal failure or a bug: keep the daemon up
+                log.exception("run crashed")
+                if not rec.stopped:
+                    with contextlib.suppress(Exception):
+                        rec.prompt = None
+                        await self._make_safe(aborting=True)
+                        await rec.stop("fail", f"internal error: {exc}", "failed")
+
+    async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
+        """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
+        needed = sorted({INSTRUMENT_KIND[s.type] for s in self.setup.protocol.steps
+                         if s.type in INSTRUMENT_KIND})  # fmt: skip
+        rec = self.recorder
+        while True:
+            attempt = contextlib.AsyncExitStack()
+            try:
+                for kind in needed:
+                    iid = self.setup.instruments[kind]
+                    self.handles[kind] = await attempt.enter_async_context(
+                        self.instruments.lease(iid, self.run_id, kind=kind)
+                    )
+            except CommandError as exc:
+                await attempt.aclose()
+                if exc.code not in ("conflict", "unavailable"):
+                    raise
+                if rec.state != "queued" or rec.message != f"waiting: {exc.message}":
+                    await rec.set_state("queued", message=f"waiting: {exc.message}")
+                await self._wait_instruments()
+                continue
+            stack.push_async_exit(attempt.pop_all())
+            return
+
+    async def _wait_instruments(self) -> None:
+        """Until an instrument changes (a lease released, a connection made) or abort."""
+        changed = asyncio.ensure_future(self.instruments.changed())
+        asked = asyncio.ensure_future(self.control.changed())
+        try:
+            await asyncio.wait({changed, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (changed, asked):
+                fut.cancel()
+        if self.control.abort_requested:
+            raise _Aborted("aborted while queued")
+
+    async def _start_document(self) -> None:
+        s = self.setup
+        await self.recorder.start(
+            protocol={"name": s.protocol.name, "source": s.protocol_source,
+                      "definition": s.protocol_definition},
+            plate={"plate_id": s.plate_id, "format": 96, "source": s.plate_map_source,
+                   "map": s.plate_map},
+            instruments={
+                h.config.id: {"kind": h.config.kind, "address": h.config.address,
+                              "identity": h.identity}
+                for h in self.handles.values()
+            },
+            simulated=self.config.simulation.enabled,
+        )  # fmt: skip
+
+    async def _steps(self) -> None:
+        steps = self.setup.protocol.steps
+        for index in range(self._start_index, len(steps) + 1):
+            await self._boundary()
+            await self._step(index)
+
+    async def _boundary(self) -> None:
+        if self.control.abort_requested:
+            raise _Aborted("aborted by operator")
+        if self.control.pause_requested is not None:
+            await self._paused("paused by operator")
+
+    # ------------------------------------------------------------------------ one step
+
+    async def _step(self, index: int) -> None:
+        step = self.setup.protocol.steps[index - 1]
+        prog = self._progress.setdefault(index, StepProgress())
+        rec = self.recorder
+        rec.step_index = index
+        if self._decision is not None:
+            text, self._decision = self._decision, None
+            if await self._recovery(index, text, {"after": "daemon restart"}) == "skip":
+                await rec.step_phase(step.type, "skipped", {"index": index})
+                return
+        while True:
+            phase: Literal["started", "resumed"] = "resumed" if prog.started else "started"
+            prog.started = True
+            rec.progress, rec.latest = None, None
+            await rec.set_state("running", step=step.type, message=None)
+            await rec.step_phase(step.type, phase, {"index": index})
+            if isinstance(step, PromptStep):
+                outcome = await self._prompt(index, step)
+            else:
+                outcome = await self._execute(self._context(index), step, prog)
+            if outcome.kind == "done":
+                await rec.step_phase(step.type, "finished", {"index": index, **prog.detail})
+                return
+            if outcome.kind == "interlock":
+                assert isinstance(outcome.error, InterlockError)
+                if outcome.error.action == "abort":
+                    raise _Aborted(str(outcome.error))
+                await rec.step_phase(step.type, "paused", {"index": index})
+                await self._paused(str(outcome.error))
+                continue
+            if outcome.kind == "paused":
+                await rec.step_phase(step.type, "paused", {"index": index})
+                await self._paused(str(outcome.error) if outcome.error else "paused by operator")
+                continue
+            # an instrument fault, or an analysis that cannot be done
+            err = outcome.error
+            what = f"step {index} ({step.type}): {err}"
+            detail: dict[str, Any] = {"step_index": index, "error": type(err).__name__}
+            if isinstance(err, InstrumentError):
+                detail["instrument"] = err.instrument
+                detail["fault"] = getattr(err, "fault", None)
+            if step.type == "count":
+                detail["wells_done"] = len(prog.counted)
+            await rec.interruption(what, detail)
+            if await self._recovery(index, what, detail) == "skip":
+                await rec.step_phase(step.type, "skipped", {"index": index, **prog.detail})
+                return
+
+    def _context(self, index: int) -> StepContext:
+        return StepContext(
+            config=self.config, recorder=self.recorder, journal=self.journal, clock=self.clock,
+            handles=self.handles, plate_id=self.setup.plate_id, plate_layout=self.setup.layout,
+            index=index, notify=self.notify,
+        )  # fmt: skip
+
+    async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> _Outcome:
+        task = asyncio.create_task(_EXECUTORS[step.type](ctx, step, prog),
+                                   name=f"step:{self.run_id}:{ctx.index}")  # fmt: skip
+        try:
+            while True:
+                asked = asyncio.ensure_future(self.control.changed())
+                await asyncio.wait({task, asked}, return_when=asyncio.FIRST_COMPLETED)
+                asked.cancel()
+                if task.done():
+                    return _outcome(task)
+                if self.control.abort_requested:
+                    await _cancel(task)
+                    raise _Aborted("aborted by operator")
+                if self.control.pause_requested == "now":
+                    if PAUSABLE_MIDWAY[step.type]:
+                        self.control.pause_requested = None
+                        await _cancel(task)
+                        return _Outcome("paused")
+                    self.control.pause_requested = "after-step"
+        finally:
+            if not task.done():
+                await _cancel(task)
+
+    # ----------------------------------------------------------------- waiting for people
+
+    async def _wait_control(self, timeout_s: float | None = None) -> bool:
+        """Until something is asked (True) or ``timeout_s`` of run-clock time (False)."""
+        asked = asyncio.ensure_future(self.control.changed())
+        waits: set[asyncio.Future[None]] = {asked}
+        if timeout_s is not None:
+            waits.add(asyncio.ensure_future(self.clock.sleep(max(0.0, timeout_s))))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in waits:
+                fut.cancel()
+        return asked.done() and not asked.cancelled()
+
+    async def _paused(self, message: str) -> None:
+        self.control.pause_requested = None
+        self.control.resume_requested = False
+        await self.recorder.set_state("paused", message=message)
+        log.info("run paused", reason=message)
+        while True:
+            await self._wait_control()
+            if self.control.abort_requested:
+                raise _Aborted("aborted while paused")
+            if self.control.take_resume():
+                log.info("run resumed")
+                return
+
+    async def _prompt(self, index: int, step: PromptStep) -> _Outcome:
+        rec = self.recorder
+        prompt = PromptState(id=str(index), kind="operator", text=step.text,
+                             options=["done", "abort"], action=step.action)  # fmt: skip
+        self.control.answer = None
+        rec.prompt = prompt
+        await rec.prompt_event(prompt, "asked")
+        await rec.set_state("awaiting-operator", message=step.text)
+        helper = self._virtual_operator(prompt)
+        deadline = None if step.timeout_s is None else self.clock.monotonic() + step.timeout_s
+        try:
+            while True:
+                left = None if deadline is None else deadline - self.clock.monotonic()
+                if left is not None and left <= 0:
+                    await rec.prompt_event(prompt, "timed-out")
+                    return _Outcome("paused", TimeoutError(f"no answer to {step.text!r} "
+                                                           f"within {step.timeout_s:g} s"))
+                await self._wait_control(left)
+                if self.control.abort_requested:
+                    rec.prompt = None
+                    raise _Aborted(f"aborted at the prompt {step.text!r}")
+                answer = self.control.take_answer(prompt.id)
+                if answer is not None:
+                    await rec.prompt_event(prompt, "answered", answer=answer.text, by=answer.by)
+                    if answer.text == "abort":
+                        raise _Aborted(f"aborted at the prompt {step.text!r}")
+                    return _Outcome("done")
+                if self.control.pause_requested is not None:
+                    rec.prompt = None
+                    return _Outcome("paused")
+        finally:
+            if helper is not None:
+                await _cancel(helper)
+
+    def _virtual_operator(self, prompt: PromptState) -> asyncio.Task[None] | None:
+        operator = self.setup.virtual_operator
+        if operator is None:
+            return None
+
+        async def act() -> None:
+            try:
+                done = await operator.perform(prompt.action) if prompt.action else "nothing to do"
+            except Exception as exc:  # the bench refused: a person has to do it
+                log.warning("virtual operator could not act", action=prompt.action, error=str(exc))
+                return
+            log.info("virtual operator answered", did=done)
+            self.control.give_answer(prompt.id, "done", "virtual-operator")
+
+        return asyncio.create_task(act(), name=f"virtual-operator:{self.run_id}")
+
+    async def _recovery(self, index: int, text: str, detail: dict[str, Any]) -> str:
+        """``awaiting-recovery`` until the operator says retry, skip or abort."""
+        rec = self.recorder
+        prompt = PromptState(id=f"recover-{index}", kind="recovery", text=text,
+                             options=["retry", "skip", "abort"])  # fmt: skip
+        self.control.recovery = None
+        self.control.pause_requested = None
+        rec.prompt = prompt
+        await rec.prompt_event(prompt, "asked")
+        await rec.set_state("awaiting-recovery", message=text)
+        log.warning("run awaiting recovery", reason=text)
+        while True:
+            await self._wait_control()
+            action = "abort" if self.control.abort_requested else self.control.take_recovery()
+            if action is None:
+                continue
+            await rec.prompt_event(prompt, "answered", answer=action, by="operator")
+            if action == "abort":
+                raise _Aborted(f"aborted at recovery: {text}")
+            return action
+
+    # ------------------------------------------------------------------- instruments safe
+
+    async def _make_safe(self, *, aborting: bool) -> None:
+        """Counter stopped and harvester vacuum off (when aborting), incubator shaker off
+        and at its idle setpoint. Never raises: an instrument that does not answer is
+        logged."""
+        for kind, handle in self.handles.items():
+            driver = handle.driver
+            try:
+                if isinstance(driver, IncubatorDriver):
+                    await driver.stop_shaking()
+                    idle = getattr(handle.config, "idle_setpoint_c", 25.0)
+                    await driver.set_temperature(idle)
+                elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
+                    await driver.abort()
+            except (InstrumentError, OSError) as exc:
+                log.warning("could not make instrument safe", instrument=kind, error=str(exc))
+
+    async def _interrupted(self) -> None:
+        """The daemon is stopping: the counter and harvester stop, the incubator keeps the
+        plate at temperature; the run waits, interrupted, for a resume after the restart."""
+        rec = self.recorder
+        for handle in self.handles.values():
+            if isinstance(handle.driver, CounterDriver | HarvesterDriver):
+                with contextlib.suppress(InstrumentError, OSError):
+                    await handle.driver.abort()
+        if rec.stopped:
+            return
+        index = rec.step_index
+        rec.prompt = None
+        await rec.interruption(
+            "daemon shutting down",
+            {"step_index": index, "previous": rec.state},
+        )
+        await rec.set_state("interrupted", message=_resume_hint(self.run_id, index))
+
+
+def _resume_hint(run: str, index: int | None) -> str:
+    at = "" if index is None else f" at step {index}"
+    return f"interrupted{at}; `assay run resume {run}` goes on, `assay run abort {run}` ends it"
+
+
+def _outcome(task: asyncio.Task[None]) -> _Outcome:
+    exc = task.exception()
+    if exc is None:
+        return _Outcome("done")
+    if isinstance(exc, InterlockError):
+        return _Outcome("interlock", exc)
+    if isinstance(exc, InstrumentError | AnalysisError):
+        return _Outcome("fault", exc)
+    raise exc
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished; its own errors are not ours (a
+    cancellation of the caller itself still goes through)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("cancelled step ended with an error", error=repr(exc))

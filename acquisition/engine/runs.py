@@ -1,0 +1,107 @@
+"""The daemon's side of protocol runs: create one from ``run.start``, mark open runs
+interrupted after a restart, and resume an interrupted one from its documents."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from acquisition.commands import ProtocolRunArgs
+from acquisition.engine.launch import setup_from_args, setup_from_resume
+from acquisition.engine.recovery import ResumePoint, decide, read_run
+from acquisition.engine.runner import ProtocolRun
+from acquisition.errors import CommandError, ConfigError
+from acquisition.journal import Journal, RunRecord
+from acquisition.run_recorder import RunRecorder, utcnow
+
+if TYPE_CHECKING:
+    from acquisition.daemon import Daemon
+
+__all__ = ["interrupt_open_run", "protocol_run_from_args", "resumed_protocol_run"]
+
+log = structlog.get_logger("acquisition.engine")
+
+
+async def protocol_run_from_args(daemon: Daemon, args: ProtocolRunArgs) -> ProtocolRun:
+    setup = setup_from_args(daemon.config, args, uuid.uuid4().hex)
+    params = args.model_dump(mode="json", exclude={"protocol_toml", "plate_map_toml"})
+    params["plate_id"] = setup.plate_id
+    recorder = await RunRecorder.create(
+        daemon.config, daemon.journal, daemon.link.notify, setup.protocol.name, params,
+        clock=daemon.clock,
+    )  # fmt: skip
+    return ProtocolRun(
+        daemon.config, daemon.journal, daemon.instruments, recorder, setup, daemon.clock,
+        daemon.link.notify,
+    )  # fmt: skip
+
+
+async def _documents(journal: Journal, run: str) -> list[dict[str, Any]]:
+    return [json.loads(p) for p in await journal.documents(run)]
+
+
+async def resumed_protocol_run(daemon: Daemon, run: str) -> ProtocolRun:
+    """CommandError unless ``run`` is an interrupted protocol run."""
+    record = await daemon.journal.get_run(run)
+    if record is None:
+        raise CommandError("not_found", f"no run '{run}'")
+    if run in daemon.active:
+        raise CommandError("conflict", f"run '{run}' is running ({record.state})")
+    if record.state != "interrupted":
+        raise CommandError(
+            "conflict", f"run '{run}' is {record.state}: only an interrupted run can be resumed"
+        )
+    if record.protocol == "count-plate":
+        raise CommandError(
+            "conflict", f"run '{run}' is a count-plate run, which ended when it was interrupted"
+        )
+    try:
+        point = read_run(await _documents(daemon.journal, run))
+        setup = setup_from_resume(daemon.config, point)
+    except (ValueError, ConfigError) as exc:
+        raise CommandError("conflict", f"run '{run}' cannot be resumed: {exc}") from None
+    sim = daemon.config.simulation
+    decision = decide(setup.protocol, point, utcnow(), sim.time_scale if sim.enabled else 1.0)
+    recorder = await RunRecorder.resume(
+        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.clock
+    )
+    log.info("resuming run", run=run, step=point.next_index, decision=decision)
+    return ProtocolRun(
+        daemon.config, daemon.journal, daemon.instruments, recorder, setup, daemon.clock,
+        daemon.link.notify, start_index=point.next_index, progress=point.progress,
+        decision=decision, fresh=False,
+    )  # fmt: skip
+
+
+async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: RunRecord) -> None:
+    """After a crash: an interruption document saying where the run stood, and the state
+    ``interrupted`` (no stop document: the run can be resumed or aborted)."""
+    detail: dict[str, Any] = {"previous": record.state, "last_seq": record.last_seq}
+    point: ResumePoint | None = None
+    try:
+        point = read_run(await _documents(journal, record.run))
+    except (ValueError, KeyError) as exc:
+        detail["note"] = f"no protocol to resume ({exc})"
+    if point is not None:
+        steps = point.protocol_definition.get("steps", [])
+        index = point.next_index
+        detail["last_completed_step"] = max(point.completed, default=None)
+        detail["step_index"] = index
+        recorder.steps_total = len(steps)
+        if index <= len(steps):
+            recorder.step_index = index
+            recorder.step = str(steps[index - 1].get("type"))
+            detail["step"] = recorder.step
+            prog = point.progress.get(index)
+            if prog is not None and recorder.step == "count":
+                detail["wells_done"] = len(prog.counted)
+    await recorder.interruption("daemon restarted", detail)
+    at = f" at step {recorder.step_index} ({recorder.step})" if recorder.step_index else ""
+    await recorder.set_state(
+        "interrupted",
+        message=f"the daemon stopped{at}; `assay run resume {record.run}` goes on, "
+        f"`assay run abort {record.run}` ends it",
+    )

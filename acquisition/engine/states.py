@@ -1,0 +1,61 @@
+"""Run states and the transitions between them (the engine's state machine, as data).
+
+::
+
+    queued ──> running <──> paused
+                 │  ^ \\───> awaiting-operator ──> running | paused
+                 │  └────── awaiting-recovery  (retry -> running, skip -> running)
+                 v
+    completed | aborted | failed | interrupted
+
+Every state but ``completed``/``aborted``/``failed`` may go to ``aborted`` (the operator) or
+``interrupted`` (the daemon stopped). ``interrupted`` is where a run waits after a daemon
+restart: ``run.resume`` takes it back to ``running`` (or ``awaiting-recovery`` when a step
+must not be redone without the operator), ``run.abort`` ends it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from acquisition.errors import CommandError
+from acquisition.payloads import RunStateName
+
+__all__ = ["FINAL", "OPEN", "TRANSITIONS", "check_transition"]
+
+FINAL: Final = frozenset({"completed", "aborted", "failed"})
+OPEN: Final = frozenset({"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"})
+
+TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "queued": frozenset({"running", "aborted", "failed", "interrupted"}),
+    "running": frozenset(
+        {
+            "running",
+            "paused",
+            "awaiting-operator",
+            "awaiting-recovery",
+            "completed",
+            "aborted",
+            "failed",
+            "interrupted",
+        }
+    ),
+    "paused": frozenset({"running", "paused", "aborted", "interrupted", "failed"}),
+    "awaiting-operator": frozenset({"running", "paused", "aborted", "interrupted", "failed"}),
+    "awaiting-recovery": frozenset({"running", "aborted", "interrupted", "failed"}),
+    "interrupted": frozenset({"running", "awaiting-recovery", "aborted", "queued"}),
+    "completed": frozenset(),
+    "aborted": frozenset(),
+    "failed": frozenset(),
+}
+
+
+def check_transition(run: str, current: str, new: RunStateName) -> None:
+    """AssertionError for a transition the engine must never make (a bug, not user input)."""
+    if new not in TRANSITIONS.get(current, frozenset()):
+        raise AssertionError(f"run {run}: no transition {current} -> {new}")
+
+
+def refuse(run: str, state: str, verb: str) -> CommandError:
+    """The conflict error for a command the run's state does not allow."""
+    return CommandError("conflict", f"run '{run}' is {state}: cannot {verb} it")

@@ -1,0 +1,327 @@
+"""The orchestrator end to end: bench, daemon and terminal on one virtual clock, over the
+real wires (Modbus TCP, ptys, a VISA socket) and a real Mosquitto.
+
+Points inside a step are reached with ``lab.freeze_when``: the virtual clock stops the
+moment the run is where the test wants it, the test acts over MQTT, then time goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acquisition.errors import CommandError
+from acquisition.run_recorder import RunRecorder
+from devtools.mosquitto import MosquittoBroker
+from devtools.virtual_lab import VirtualLab, virtual_lab
+
+PLATE = "competition-progesterone"
+SEED = Path("config/protocols/competition-binding.toml").read_text(encoding="utf-8")
+ENDED = {"completed", "failed", "aborted"}
+
+
+def _wells(docs: list[dict[str, Any]]) -> list[str]:
+    return [d["reading"]["well"] for d in docs if d["kind"] == "data" and d["stream"] == "well"]
+
+
+def _kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _step_phases(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(d["step"], d["phase"]) for d in _kinds(docs, "step")]
+
+
+def _in_step(step: str, *, done: int = 0, phase: str | None = None) -> Any:
+    def at(rec: RunRecorder) -> bool:
+        if rec.state != "running" or rec.step != step:
+            return False
+        if phase is not None and (rec.latest or {}).get("phase") != phase:
+            return False
+        return done == 0 or (rec.progress is not None and rec.progress.done >= done)
+
+    return at
+
+
+async def _instrument(lab: VirtualLab, iid: str) -> dict[str, Any]:
+    insts = await lab.client.request("instruments")
+    return next(i for i in insts if i["id"] == iid)
+
+
+async def _assert_safe(lab: VirtualLab) -> None:
+    """Incubator at its idle setpoint with the shaker off; harvester vacuum off; counter not
+    counting (read from the simulated instruments through the control channel)."""
+    inc = await lab.sim("state", instrument="incubator")
+    assert inc["target_c"] == pytest.approx(25.0) and not inc["shaker_on"], inc
+    har = await lab.sim("state", instrument="harvester")
+    assert har["state"] != "BUSY" and har["vacuum_bar"] > -0.1, har
+    ctr = await lab.sim("state", instrument="counter")
+    assert ctr["state"] != "counting", ctr
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, broker: MosquittoBroker) -> Any:
+    async with virtual_lab(tmp_path, broker.port) as the_lab:
+        yield the_lab
+
+
+# ----------------------------------------------------------------------- the whole assay
+
+
+async def test_full_protocol_and_the_ki_within_its_ci_of_the_truth(lab: VirtualLab) -> None:
+    run = await lab.start("competition-binding", plate_map=PLATE)
+    final = await lab.wait_state(run, ENDED)
+    assert final["state"] == "completed", final
+    docs = await lab.documents(run)
+    wells = _wells(docs)
+    assert len(wells) == 96 and len(set(wells)) == 96
+    assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
+    # the incubation: temperature logged throughout, 90 min timed once stable
+    temps = [d["reading"] for d in docs if d["kind"] == "data" and d["stream"] == "temperature"]
+    timing = [t for t in temps if t["elapsed_s"] > 0]
+    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in itertools.pairwise(timing)]
+    assert len(timing) >= 40 and max(gaps) <= 120  # sampled well within the grace period
+    assert max(t["elapsed_s"] for t in temps) == pytest.approx(5400)
+    assert all(t["in_tolerance"] for t in timing)
+    # the prompts were answered by the virtual operator
+    answered = [d for d in _kinds(docs, "prompt") if d["phase"] == "answered"]
+    assert [d["by"] for d in answered] == ["virtual-operator"] * 3
+    assert _step_phases(docs)[-2:] == [("analyze", "started"), ("analyze", "finished")]
+    # the analysis: Ki within its 95% CI of the simulator's true Ki
+    result = (await lab.client.request("results", {"run": run}))["analysis"]
+    truth = (await lab.sim("truth"))["truth"]
+    ki = next(p for p in result["derived"] if p["name"] == "Ki")
+    true_ki_m = truth["ki_nm"]["progesterone"] * 1e-9
+    assert ki["ci_low"] <= true_ki_m <= ki["ci_high"], (ki, true_ki_m)
+    assert math.isclose(ki["estimate"], true_ki_m, rel_tol=0.3)
+    await _assert_safe(lab)
+
+
+# -------------------------------------------------------------------- pause and resume
+
+
+@pytest.mark.parametrize(
+    ("step", "done", "phase"),
+    [("incubate", 600, "timing"), ("count", 12, None), ("wait", 1, None)],
+)
+async def test_pause_mid_step_then_resume(
+    lab: VirtualLab, step: str, done: int, phase: str | None
+) -> None:
+    protocol = SEED.replace('[[steps]]\ntype = "analyze"', '[[steps]]\ntype = "wait"\n'
+                            'duration = "2 min"\n\n[[steps]]\ntype = "analyze"')  # fmt: skip
+    run = await lab.start("seed-with-wait", protocol_toml=protocol, plate_map=PLATE)
+    await lab.freeze_when(run, _in_step(step, done=done, phase=phase))
+    reply = await lab.client.request("run.pause", {"run": run})
+    assert reply["state"] == "pausing"
+    lab.thaw()
+    paused = await lab.wait_state(run, {"paused"})
+    assert paused["step"] == step and paused["progress"]["done"] >= done
+    docs = await lab.documents(run)
+    assert _step_phases(docs)[-1] == (step, "paused")
+    with pytest.raises(CommandError, match="is paused: cannot recover it"):
+        await lab.client.request("run.recover", {"run": run, "action": "retry"})
+    await lab.client.request("run.resume", {"run": run})
+    final = await lab.wait_state(run, ENDED)
+    assert final["state"] == "completed", final
+    docs = await lab.documents(run)
+    assert (step, "resumed") in _step_phases(docs)
+    wells = _wells(docs)
+    assert len(wells) == 96 and len(set(wells)) == 96
+
+
+async def test_harvest_cannot_pause_midway_so_it_pauses_after(lab: VirtualLab) -> None:
+    run = await lab.start("competition-binding", plate_map=PLATE)
+    await lab.freeze_when(run, _in_step("harvest"))
+    reply = await lab.client.request("run.pause", {"run": run})
+    assert "after the current step" in reply["message"]
+    lab.thaw()
+    paused = await lab.wait_state(run, {"paused"})
+    docs = await lab.documents(run)
+    assert _step_phases(docs)[-1] == ("harvest", "finished")
+    assert paused["step"] == "harvest"
+    await lab.client.request("run.resume", {"run": run})
+    assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+
+
+async def test_pause_at_a_prompt_asks_again_on_resume(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with virtual_lab(tmp_path, broker.port, virtual_operator=False) as lab:
+        run = await lab.start("competition-binding", plate_map=PLATE, plate_id="PX1")
+        asked = await lab.wait_state(run, {"awaiting-operator"})
+        assert asked["prompt"]["action"] == "plate_to_incubator"
+        await lab.client.request("run.pause", {"run": run})
+        await lab.wait_state(run, {"paused"})
+        await lab.client.request("run.resume", {"run": run})
+        again = await lab.wait_state(run, {"awaiting-operator"})
+        assert again["prompt"]["id"] == asked["prompt"]["id"]
+        with pytest.raises(CommandError, match="asks prompt"):
+            await lab.client.request("run.answer", {"run": run, "prompt": "99"})
+        # the operator does it by hand, then answers from the terminal
+        await lab.sim("add_plate", plate_id="PX1", layout="competition",
+                      competitors=["progesterone"], location="incubator:incubator")  # fmt: skip
+        await lab.client.request("run.answer", {"run": run, "prompt": again["prompt"]["id"]})
+        nxt = await lab.wait_state(run, {"awaiting-operator"}, prompt="3")
+        assert nxt["step_index"] == 3
+        docs = await lab.documents(run)
+        assert ("incubate", "finished") in _step_phases(docs)
+        answered = [d for d in _kinds(docs, "prompt") if d["phase"] == "answered"]
+        assert [(d["prompt_id"], d["by"]) for d in answered] == [("1", "operator")]
+        await lab.client.request("run.abort", {"run": run})
+        assert (await lab.wait_state(run, ENDED))["state"] == "aborted"
+
+
+# ---------------------------------------------------------------------------- abort
+
+
+@pytest.mark.parametrize(
+    ("step", "done", "phase"),
+    [("incubate", 0, "stabilising"), ("incubate", 900, "timing"), ("harvest", 0, None),
+     ("count", 24, None)],
+)  # fmt: skip
+async def test_abort_mid_step_leaves_instruments_safe(
+    lab: VirtualLab, step: str, done: int, phase: str | None
+) -> None:
+    run = await lab.start("competition-binding", plate_map=PLATE)
+    await lab.freeze_when(run, _in_step(step, done=done, phase=phase))
+    assert (await lab.client.request("run.abort", {"run": run}))["state"] == "aborting"
+    lab.thaw()
+    final = await lab.wait_state(run, ENDED)
+    assert final["state"] == "aborted"
+    docs = await lab.documents(run)
+    stops = _kinds(docs, "stop")
+    assert len(stops) == 1 and stops[0]["exit_status"] == "abort"
+    assert not any(p == (step, "finished") for p in _step_phases(docs))
+    await _assert_safe(lab)
+    # and the instruments are free for the next run
+    insts = await lab.client.request("instruments")
+    assert all(i.get("run") is None for i in insts)
+
+
+async def test_abort_while_awaiting_the_operator(tmp_path: Path, broker: MosquittoBroker) -> None:
+    async with virtual_lab(tmp_path, broker.port, virtual_operator=False) as lab:
+        run = await lab.start("competition-binding", plate_map=PLATE)
+        await lab.wait_state(run, {"awaiting-operator"})
+        await lab.client.request("run.abort", {"run": run})
+        assert (await lab.wait_state(run, ENDED))["state"] == "aborted"
+        again = await lab.client.request("run.abort", {"run": run})
+        assert again["state"] == "aborted"
+
+
+# ------------------------------------------------------------------------- interlocks
+
+
+@pytest.mark.parametrize("action", ["pause", "abort"])
+async def test_incubator_door_opened_trips_the_interlock(lab: VirtualLab, action: str) -> None:
+    protocol = SEED.replace('on_excursion = "pause"', f'on_excursion = "{action}"')
+    run = await lab.start("door", protocol_toml=protocol, plate_map=PLATE)
+    await lab.freeze_when(run, _in_step("incubate", done=1200, phase="timing"))
+    await lab.sim("open_incubator_door")
+    lab.thaw()
+    ended = await lab.wait_state(run, {"paused", *ENDED})
+    docs = await lab.documents(run)
+    trips = [d for d in _kinds(docs, "interruption") if "excursion" in d["reason"]]
+    assert len(trips) == 1 and trips[0]["detail"]["action"] == action
+    assert trips[0]["detail"]["out_of_tolerance_s"] >= 120
+    if action == "abort":
+        assert ended["state"] == "aborted"
+        await _assert_safe(lab)
+        return
+    assert ended["state"] == "paused" and "excursion" in ended["message"]
+    elapsed = ended["progress"]["done"]
+    await lab.sim("close_incubator_door")
+    await lab.client.request("run.resume", {"run": run})
+    assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+    docs = await lab.documents(run)
+    temps = [d["reading"] for d in docs if d["kind"] == "data" and d["stream"] == "temperature"]
+    # the timer went on from where it stopped, after stabilising again
+    assert max(t["elapsed_s"] for t in temps) == pytest.approx(5400)
+    assert elapsed >= 1200
+
+
+# ------------------------------------------------------------- instrument fault: recovery
+
+
+async def test_counter_unplugged_mid_count_then_retry_completes(lab: VirtualLab) -> None:
+    run = await lab.start("competition-binding", plate_map=PLATE)
+    await lab.freeze_when(run, _in_step("count", done=36))
+    await lab.sim("fault", instrument="counter", kind="unplug")
+    lab.thaw()
+    waiting = await lab.wait_state(run, {"awaiting-recovery", *ENDED})
+    assert waiting["state"] == "awaiting-recovery", waiting
+    assert waiting["prompt"]["options"] == ["retry", "skip", "abort"]
+    docs = await lab.documents(run)
+    assert _kinds(docs, "interruption")[-1]["detail"]["wells_done"] >= 36
+    counted_before = len(_wells(docs))
+    # a retry while the cable is still out fails again, and waits again
+    await lab.sim("fault", instrument="counter", kind="plug")
+    await lab.client.request("run.recover", {"run": run, "action": "retry"})
+    final = await lab.wait_state(run, ENDED)
+    assert final["state"] == "completed", final
+    docs = await lab.documents(run)
+    wells = _wells(docs)
+    assert len(wells) == 96 and len(set(wells)) == 96 and counted_before >= 36
+    assert Counter(p for p in _step_phases(docs))[("count", "resumed")] == 1
+
+
+async def test_skip_after_a_fault_goes_on_without_inventing_data(lab: VirtualLab) -> None:
+    run = await lab.start("competition-binding", plate_map=PLATE)
+    await lab.freeze_when(run, _in_step("count", done=48))
+    await lab.sim("fault", instrument="counter", kind="door_open")
+    lab.thaw()
+    await lab.wait_state(run, {"awaiting-recovery"})
+    await lab.sim("fault", instrument="counter", kind="door_close")
+    await lab.client.request("run.recover", {"run": run, "action": "skip"})
+    final = await lab.wait_state(run, ENDED)
+    assert final["state"] == "completed"
+    docs = await lab.documents(run)
+    assert 48 <= len(_wells(docs)) < 96  # what was counted, nothing more
+    assert ("count", "skipped") in _step_phases(docs)
+
+
+# ---------------------------------------------------------------------------- leases
+
+
+async def test_two_runs_on_one_counter_are_serialised(lab: VirtualLab) -> None:
+    count_only = '[[steps]]\ntype = "count"\nisotope = "H3"\ncount_time = "30 s"\n'
+    first = await lab.start("count-a", protocol_toml='name = "count-a"\n' + count_only)
+    await lab.freeze_when(first, _in_step("count", done=12))
+    second = await lab.start("count-b", protocol_toml='name = "count-b"\n' + count_only)
+    queued = await lab.wait_state(second, {"queued"})
+    assert f"held by run {first}" in (queued["message"] or "")
+    lab.thaw()
+    assert (await lab.wait_state(first, ENDED))["state"] == "completed"
+    assert (await lab.wait_state(second, ENDED))["state"] == "completed"
+    first_docs, second_docs = await lab.documents(first), await lab.documents(second)
+    first_end = _kinds(first_docs, "stop")[0]["ts"]
+    second_start = _kinds(second_docs, "start")[0]["ts"]
+    assert second_start >= first_end
+    assert len(_wells(first_docs)) == len(_wells(second_docs)) == 96
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ({"protocol": "no-such-protocol"}, "no protocol 'no-such-protocol'"),
+        ({"protocol": "x", "protocol_toml": 'name = "x"\n[[steps]]\ntype = "wait"\n'
+          'duration = "-1 min"\n'}, r"x.toml.*steps\[0\]\.duration"),
+        ({"protocol": "competition-binding"}, "give the run a plate map"),
+        ({"protocol": "competition-binding", "plate_map": "nope"}, "no plate map 'nope'"),
+        ({"protocol": "competition-binding", "plate_map": "bad",
+          "plate_map_toml": '[wells."A1:H1"]\nrole = "total"\n'}, "NSB|nsb"),
+    ],
+)  # fmt: skip
+async def test_bad_protocol_or_plate_map_is_refused_clearly(
+    lab: VirtualLab, args: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(CommandError, match=match):
+        await lab.client.request("run.start", args)
+    assert await lab.client.request("runs") == []
