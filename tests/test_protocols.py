@@ -61,7 +61,7 @@ def test_seed_loads_with_its_settings() -> None:
     assert isinstance(move, PromptStep) and move.text == "move the filter mat to the counter"
     assert move.action == "mat_to_counter"
     assert isinstance(count, CountStep)
-    assert (count.isotope, count.count_time_s, count.precision_pct) == ("H3", 60, 2)
+    assert (count.isotope, count.count_time_s, count.precision_pct) == ("H3", 180, 2)
     assert isinstance(analyze, AnalyzeStep)
     assert analyze.model == "one-site-fit-ki" and analyze.competitor == "progesterone"
     assert analyze.constants == {"HotNM": 5.0, "HotKdNM": 5.13}
@@ -73,10 +73,10 @@ def test_seed_plan_duration_by_hand() -> None:
     incubate = 7.5 * 60 + 5 * 60 + 90 * 60
     # harvest: 10 s prewet + 3 washes x 20 s + 30 s dry + 20 s overhead = 2 min
     harvest = 10 + 3 * 20 + 30 + 20
-    # count: 96 wells / 12 detectors = 8 positions x (60 s + 2 s)
-    count = 8 * (60 + 2)
+    # count: 96 wells / 12 detectors = 8 positions x (180 s + 2 s)
+    count = 8 * (180 + 2)
     assert [s.duration_s for s in pl.steps] == [0, incubate, 0, harvest, 0, count, 0]
-    assert pl.total_s == incubate + harvest + count == 6766
+    assert pl.total_s == incubate + harvest + count == 7726
     assert pl.prompts == 3
 
 
@@ -86,8 +86,8 @@ def test_check_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
     assert "1. prompt" in out and "2. incubate" in out and "7. analyze" in out
     assert "stabilisation ~12 min 30 s" in out
-    assert "8 positions x (1 min + 2 s), 12-detector counter" in out
-    assert "expected duration: ~1 h 52 min 46 s" in out
+    assert "8 positions x (3 min + 2 s), 12-detector counter" in out
+    assert "expected duration: ~2 h 8 min 46 s" in out
     assert "operator time at 3 prompts (not counted)" in out
 
 

@@ -338,6 +338,25 @@ def _log_ic50(result: FitResult) -> float | None:
     return None
 
 
+def _ic50_from_ki(result: FitResult) -> list[ParameterValue]:
+    """IC50 = Ki (1 + [hot]/Kd) for the Fit-Ki model, as Prism reports it beside Ki: the
+    shift is a constant, so logKi's CIs (asymptotic and profile) carry over exactly."""
+    if result.model != "one-site-fit-ki" or "logKi" not in result.params:
+        return []
+    hot, kd = result.constants["HotNM"], result.constants["HotKdNM"]
+    if not (kd > 0 and hot >= 0):
+        return []
+    shift = math.log10(1.0 + hot / kd)
+    p = result.params["logKi"]
+
+    def m(v: float | None) -> float | None:
+        return None if v is None or not math.isfinite(v) else _num(10.0 ** (v + shift))
+
+    return [ParameterValue(name="IC50", estimate=m(p.estimate), ci_low=m(p.ci_low),
+                           ci_high=m(p.ci_high), profile_low=m(p.profile_low),
+                           profile_high=m(p.profile_high))]  # fmt: skip
+
+
 def _replicates(s: ReplicateStats) -> ReplicateSummary:
     return ReplicateSummary(n=s.n, mean=_num(s.mean), sd=_num(s.sd))
 
@@ -469,7 +488,7 @@ def analyze_count_run(
             "converged": d["converged"],
             "fit_message": d["message"],
             "parameters": [ParameterValue(**p) for p in d["parameters"]],
-            "derived": [ParameterValue(**p) for p in d["derived"]],
+            "derived": [ParameterValue(**p) for p in d["derived"]] + _ic50_from_ki(result),
             "log_ic50": _log_ic50(result),
         }
 

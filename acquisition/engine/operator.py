@@ -60,6 +60,9 @@ class VirtualOperator:
                         raise LookupError(f"no filter mat from plate {self._plate_id} yet")
                     await sim.request("place_plate", plate_id=self._plate_id, location="bench")
                     where = f"counter:{self._instruments['counter']}"
+                    for old, v in world.get("mats", {}).items():  # the last run's mat out
+                        if v.get("location") == where and old != mats[-1]:
+                            await sim.request("place_mat", mat_id=old, location="bench")
                     await sim.request("place_mat", mat_id=mats[-1], location=where)
                     return f"moved mat {mats[-1]} to {where}"
                 case _:

@@ -376,6 +376,12 @@ class ProtocolRun:
                 done = await operator.perform(prompt.action) if prompt.action else "nothing to do"
             except Exception as exc:  # the bench refused: a person has to do it
                 log.warning("virtual operator could not act", action=prompt.action, error=str(exc))
+                if self.recorder.prompt is prompt:
+                    await self.recorder.set_state(
+                        "awaiting-operator",
+                        message=f"{prompt.text} (the virtual operator could not: {exc}; "
+                        "do it by hand, then answer)",
+                    )
                 return
             log.info("virtual operator answered", did=done)
             self.control.give_answer(prompt.id, "done", "virtual-operator")
