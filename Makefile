@@ -41,6 +41,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/well_latency.py
 	$(BIN)/python bench/instrument_latency.py
 	$(BIN)/python bench/analysis_fit.py
+	$(BIN)/python bench/orchestrator.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

@@ -176,6 +176,12 @@ class CommandHandlers:
 
     async def abort(self, run: str) -> dict[str, Any]:
         record = await self._record(run)
+        active = self._d.active.get(run)
+        if active is not None and active.recorder.stopped:  # ended, its task finishing
+            record = await self._record(run)
+            if record.state == "aborted":
+                return {"run": run, "state": "aborted"}
+            raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
         if self._d.abort_run(run):
             return {"run": run, "state": "aborting"}
         if record.state == "aborted":

@@ -8,6 +8,7 @@ a config into connection arguments.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Any
 
@@ -70,6 +71,9 @@ def client_kwargs(cfg: MqttConfig) -> dict[str, Any]:
         "port": cfg.port,
         "keepalive": cfg.keepalive_s,
         "protocol": aiomqtt.ProtocolVersion.V5,
+        # Commands and replies are small: without this, Nagle's algorithm and delayed ACKs
+        # add ~40 ms to each (measured ~88 ms per round trip, ~1 ms with it on both sides).
+        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     }
     if cfg.username is not None:
         kwargs["username"] = cfg.username

@@ -259,12 +259,14 @@ class MosquittoBroker:
         if self.extra_config:
             lines.append(self.extra_config)
         lines.append(f"listener {self._port} {self.host}")
+        lines.append("set_tcp_nodelay true")  # per listener: no Nagle delay on small replies
         if self.tls and self._server is not None and self.ca_path is not None:
             lines += [
                 f"listener {self._tls_port} {self.host}",
                 f"cafile {self.ca_path}",
                 f"certfile {self._server.cert}",
                 f"keyfile {self._server.key}",
+                "set_tcp_nodelay true",
             ]
         self.config_path.write_text("\n".join(lines) + "\n")
 

@@ -114,9 +114,12 @@ async def virtual_lab(
     journal_path: Path | None = None,
 ) -> AsyncIterator[VirtualLab]:
     """Bench + daemon + terminal on ``clock`` (default: a new autojumping VirtualClock)."""
+    # Each wake-up of a sleeper is a clock jump and each jump waits IDLE_S of real time:
+    # the counter is polled every 10 s and the world samples every 30 s of simulated time.
     files = write_lab_config(
-        workdir, broker_port=broker_port, node=node, kinds=kinds, counter_poll_s=2.0
-    )
+        workdir, broker_port=broker_port, node=node, kinds=kinds, counter_poll_s=10.0,
+        simulation_extra="[simulation.world]\ntick_s = 30.0",
+    )  # fmt: skip
     text = files.config_path.read_text(encoding="utf-8")
     text = text.replace(
         "[simulation]\n", f"[simulation]\nvirtual_operator = {str(virtual_operator).lower()}\n"

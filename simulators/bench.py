@@ -93,7 +93,10 @@ def _spec(spec_type: type[Any], section: str, settings: Mapping[str, Any], **fix
 async def start_bench(config: BenchConfig, clock: Clock) -> SimBench:
     """Start every simulator of ``config``; on failure, stop what was started."""
     sim = config.simulation
-    world = World(BindingTruth(), clock, seed=int(sim.world.get("seed", 1)))
+    world = World(
+        BindingTruth(), clock, seed=int(sim.world.get("seed", 1)),
+        tick_s=float(sim.world.get("tick_s", 10.0)),
+    )  # fmt: skip
     started: dict[str, _Handle] = {}
     simulators: dict[str, object] = {}
     await world.start()
