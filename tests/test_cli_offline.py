@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_protocol_check_prints_the_plan_of_the_shipped_protocol() -> None:
     out = run("protocol", "check", str(ROOT / "config/protocols/competition-binding.toml"))
     assert out.returncode == 0, out.stderr
-    assert "expected duration: ~1 h 52 min" in out.stdout
+    assert "expected duration: ~2 h 8 min" in out.stdout
 
 
 def test_protocol_check_bad_file_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -325,3 +325,37 @@ async def test_bad_protocol_or_plate_map_is_refused_clearly(
     with pytest.raises(CommandError, match=match):
         await lab.client.request("run.start", args)
     assert await lab.client.request("runs") == []
+
+
+async def test_a_prompt_unanswered_past_its_timeout_pauses_the_run(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    protocol = (
+        'name = "ask"\n[[steps]]\ntype = "prompt"\ntext = "label the plate"\ntimeout = "10 min"\n'
+        '\n[[steps]]\ntype = "wait"\nduration = "1 min"\n'
+    )
+    async with virtual_lab(tmp_path, broker.port, virtual_operator=False) as lab:
+        run = await lab.start("ask", protocol_toml=protocol)
+        paused = await lab.wait_state(run, {"paused"})
+        assert "no answer to 'label the plate' within 600 s" in paused["message"]
+        docs = await lab.documents(run)
+        assert [d["phase"] for d in _kinds(docs, "prompt")] == ["asked", "timed-out"]
+        await lab.client.request("run.resume", {"run": run})
+        again = await lab.wait_state(run, {"awaiting-operator"})
+        with pytest.raises(CommandError, match="one of done, abort"):
+            await lab.client.request("run.answer", {"run": run, "answer": "maybe"})
+        await lab.client.request("run.answer", {"run": run, "prompt": again["prompt"]["id"]})
+        assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+
+
+async def test_abort_while_queued_ends_the_run_without_starting_it(lab: VirtualLab) -> None:
+    count_only = '[[steps]]\ntype = "count"\nisotope = "H3"\ncount_time = "30 s"\n'
+    first = await lab.start("count-a", protocol_toml='name = "count-a"\n' + count_only)
+    await lab.freeze_when(first, _in_step("count", done=12))
+    second = await lab.start("count-b", protocol_toml='name = "count-b"\n' + count_only)
+    await lab.wait_state(second, {"queued"})
+    await lab.client.request("run.abort", {"run": second})
+    assert (await lab.wait_state(second, ENDED))["state"] == "aborted"
+    assert [d["kind"] for d in await lab.documents(second)] == ["stop"]
+    lab.thaw()
+    assert (await lab.wait_state(first, ENDED))["state"] == "completed"

@@ -284,6 +284,7 @@ class ProtocolRun:
     async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> _Outcome:
         task = asyncio.create_task(_EXECUTORS[step.type](ctx, step, prog),
                                    name=f"step:{self.run_id}:{ctx.index}")  # fmt: skip
+        asked: asyncio.Future[None] | None = None
         try:
             while True:
                 asked = asyncio.ensure_future(self.control.changed())
@@ -301,6 +302,8 @@ class ProtocolRun:
                         return _Outcome("paused")
                     self.control.pause_requested = "after-step"
         finally:
+            if asked is not None:
+                asked.cancel()
             if not task.done():
                 await _cancel(task)
 
@@ -436,6 +439,11 @@ class ProtocolRun:
                 with contextlib.suppress(InstrumentError, OSError):
                     await handle.driver.abort()
         if rec.stopped:
+            return
+        if self._fresh and rec.counts.get("start", 0) == 0:
+            # Never started (queued): nothing to resume; the run ends here.
+            await rec.stop("interrupted", "the daemon stopped before the run started",
+                           "interrupted")  # fmt: skip
             return
         index = rec.step_index
         rec.prompt = None

@@ -58,8 +58,11 @@ async def resumed_protocol_run(daemon: Daemon, run: str) -> ProtocolRun:
         raise CommandError(
             "conflict", f"run '{run}' is a count-plate run, which ended when it was interrupted"
         )
+    documents = await _documents(daemon.journal, run)
+    if any(d.get("kind") == "stop" for d in documents):
+        raise CommandError("conflict", f"run '{run}' has ended (it has a stop document)")
     try:
-        point = read_run(await _documents(daemon.journal, run))
+        point = read_run(documents)
         setup = setup_from_resume(daemon.config, point)
     except (ValueError, ConfigError) as exc:
         raise CommandError("conflict", f"run '{run}' cannot be resumed: {exc}") from None
@@ -83,8 +86,13 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
     point: ResumePoint | None = None
     try:
         point = read_run(await _documents(journal, record.run))
-    except (ValueError, KeyError) as exc:
-        detail["note"] = f"no protocol to resume ({exc})"
+    except (ValueError, KeyError):
+        # It never started (no start document): nothing to resume, the run ends here.
+        await recorder.interruption("daemon restarted", detail)
+        await recorder.stop(
+            "interrupted", "the daemon stopped before the run started", "interrupted"
+        )
+        return
     if point is not None:
         steps = point.protocol_definition.get("steps", [])
         index = point.next_index
