@@ -21,7 +21,8 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
     assert isinstance(args, RunRef)
     if verb == "run.resume" and args.run not in daemon.active:
         recorder = await daemon.resume_run(args.run)
-        return {"run": recorder.run, "state": recorder.state, "message": "resuming"}
+        return {"run": recorder.run, "state": "resuming",
+                "message": "from its journal, after the daemon's restart"}  # fmt: skip
     engine = await _engine(daemon, args.run)
     state = engine.recorder.state
     control = engine.control
@@ -33,20 +34,20 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
             if state not in ("running", "queued", "awaiting-operator"):
                 raise _refused(args.run, state, "pause")
             when = args.when
-            note = "pausing now"
+            here = _where(engine)
+            note = f"now, in {here}"
             if when == "now" and not engine.current_step_pausable:
-                step = engine.recorder.step
-                note = f"pausing after the current step ({step} cannot stop half-way)"
+                note = f"after the current step ({here} cannot stop half-way)"
                 when = "after-step"
             elif when == "after-step":
-                note = "pausing after the current step"
+                note = f"after the current step ({here})"
             control.pause(when)
             return {"run": args.run, "state": "pausing", "message": note}
         case "run.resume":
             if state != "paused":
                 raise _refused(args.run, state, "resume")
             control.resume()
-            return {"run": args.run, "state": "resuming", "message": "resuming"}
+            return {"run": args.run, "state": "resuming", "message": f"in {_where(engine)}"}
         case "run.answer":
             assert isinstance(args, AnswerArgs)
             prompt = engine.recorder.prompt
@@ -62,14 +63,21 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
                     f"args.answer: one of {', '.join(prompt.options)} (got {args.answer!r})",
                 )
             control.give_answer(prompt.id, args.answer, "operator")
-            return {"run": args.run, "state": "running", "message": f"answered {args.answer}"}
+            return {"run": args.run, "state": "answered",
+                    "message": f"prompt {prompt.id}: {args.answer}"}  # fmt: skip
         case "run.recover":
             assert isinstance(args, RecoverArgs)
             if state != "awaiting-recovery":
                 raise _refused(args.run, state, "recover")
             control.recover(args.action)
-            return {"run": args.run, "state": "recovering", "message": args.action}
+            return {"run": args.run, "state": "recovering",
+                    "message": f"{args.action} {_where(engine)}"}  # fmt: skip
     raise CommandError("unknown_verb", f"unknown verb '{verb}'")  # pragma: no cover
+
+
+def _where(engine: ProtocolRun) -> str:
+    rec = engine.recorder
+    return "the queue" if rec.step_index is None else f"step {rec.step_index} ({rec.step})"
 
 
 def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:

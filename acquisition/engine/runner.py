@@ -144,7 +144,7 @@ class ProtocolRun:
                     await self._start_document()
                 await self._steps()
                 await self._make_safe(aborting=False)
-                await rec.stop("success", f"completed {len(self.setup.protocol.steps)} steps",
+                await rec.stop("success", f"all {len(self.setup.protocol.steps)} steps done",
                                "completed")  # fmt: skip
             except _Aborted as exc:
                 rec.prompt = None
