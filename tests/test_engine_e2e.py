@@ -359,3 +359,28 @@ async def test_abort_while_queued_ends_the_run_without_starting_it(lab: VirtualL
     assert [d["kind"] for d in await lab.documents(second)] == ["stop"]
     lab.thaw()
     assert (await lab.wait_state(first, ENDED))["state"] == "completed"
+
+
+async def test_the_count_refuses_a_plate_that_is_not_this_runs_mat(lab: VirtualLab) -> None:
+    # no "move the mat" prompt: the counter still holds the bench's demo plate
+    protocol = (
+        'name = "forgot-the-mat"\n'
+        '[[steps]]\ntype = "prompt"\ntext = "plate in"\naction = "plate_to_incubator"\n'
+        '[[steps]]\ntype = "prompt"\ntext = "to the harvester"\naction = "plate_to_harvester"\n'
+        '[[steps]]\ntype = "harvest"\nprewet = "10 s"\nwashes = 3\nwash_volume = "1 mL"\n'
+        'dry = "30 s"\n'
+        '[[steps]]\ntype = "count"\nisotope = "H3"\ncount_time = "30 s"\n'
+    )
+    run = await lab.start("forgot-the-mat", protocol_toml=protocol, plate_map=PLATE,
+                          plate_id="PW1")  # fmt: skip
+    waiting = await lab.wait_state(run, {"awaiting-recovery", *ENDED})
+    assert waiting["state"] == "awaiting-recovery"
+    assert "not a mat of plate PW1" in waiting["message"]
+    assert _wells(await lab.documents(run)) == []
+    await lab.sim("place_plate", plate_id="PW1", location="bench")
+    await lab.sim("place_mat", mat_id="PW1-MAT1", location="counter:counter")
+    await lab.client.request("run.recover", {"run": run, "action": "retry"})
+    assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+    counted = {d["reading"]["plate_id"] for d in await lab.documents(run)
+               if d["kind"] == "data" and d["stream"] == "well"}  # fmt: skip
+    assert counted == {"PW1-MAT1"}

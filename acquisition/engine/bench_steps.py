@@ -217,6 +217,15 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
     if not remaining:
         return
     status = await driver.status()
+    held = status.plate_id or ""
+    if ctx.harvested and held != ctx.plate_id and not held.startswith(f"{ctx.plate_id}-"):
+        # This run harvested its plate: the counter must hold that plate's mat, not
+        # another (the last run's mat, the demo plate) that would count as ours.
+        raise InstrumentFaultError(
+            f"the counter holds {status.plate_id or 'no plate'}, not a mat of plate "
+            f"{ctx.plate_id}: put this run's mat in, then retry",
+            instrument=driver.instrument_id, fault="wrong plate",
+        )  # fmt: skip
     if status.state == "counting":
         # A count left running (the link dropped, the daemon restarted): its records
         # cannot be told from ours with certainty; stop it and count what is missing.

@@ -48,6 +48,7 @@ class StepContext:
     plate_layout: Any  # acquisition.analysis.layout.PlateLayout | None
     index: int  # 1-based step number
     notify: Any  # () -> None: wake the MQTT link
+    harvested: bool = False  # an earlier step harvested this run's plate onto a mat
 
     def handle(self, kind: str) -> InstrumentHandle:
         return self.handles[kind]

@@ -140,4 +140,9 @@ def _operator(
     sim = config.simulation
     if not (sim.enabled and sim.virtual_operator and sim.control_port is not None):
         return None
-    return VirtualOperator(sim, plate_id, plate_map, instruments)
+    # A prompt may move the plate to an instrument no step drives (put it in the incubator
+    # before a protocol that starts at the harvest): the config's first of each kind.
+    where: dict[str, str] = {}
+    for inst in config.instruments:
+        where.setdefault(inst.kind, inst.id)
+    return VirtualOperator(sim, plate_id, plate_map, {**where, **instruments})

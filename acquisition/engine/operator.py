@@ -35,7 +35,12 @@ class VirtualOperator:
 
     async def perform(self, action: str) -> str:
         """Do ``action``; return what was done, in words. LinkError / InstrumentReplyError
-        when the bench refuses (the prompt then stays for a person)."""
+        when the bench refuses, LookupError when it cannot be done (the prompt then stays
+        for a person)."""
+        needed = {"plate_to_incubator": "incubator", "plate_to_harvester": "harvester",
+                  "mat_to_counter": "counter"}.get(action)  # fmt: skip
+        if needed is not None and needed not in self._instruments:
+            raise LookupError(f"the lab config has no {needed}")
         async with SimControl(self._host, self._port) as sim:
             match action:
                 case "plate_to_incubator":

@@ -279,6 +279,7 @@ class ProtocolRun:
             config=self.config, recorder=self.recorder, journal=self.journal, clock=self.clock,
             handles=self.handles, plate_id=self.setup.plate_id, plate_layout=self.setup.layout,
             index=index, notify=self.notify,
+            harvested=any(s.type == "harvest" for s in self.setup.protocol.steps[: index - 1]),
         )  # fmt: skip
 
     async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> _Outcome:
@@ -447,16 +448,23 @@ class ProtocolRun:
             return
         index = rec.step_index
         rec.prompt = None
-        await rec.interruption(
-            "daemon shutting down",
-            {"step_index": index, "previous": rec.state},
-        )
-        await rec.set_state("interrupted", message=_resume_hint(self.run_id, index))
+        detail: dict[str, Any] = {"step_index": index, "step": rec.step, "previous": rec.state}
+        prog = self._progress.get(index) if index is not None else None
+        if prog is not None and rec.step == "count":
+            detail["wells_done"] = len(prog.counted)
+        await rec.interruption("daemon shutting down", detail)
+        if rec.progress is not None:
+            rec.progress = rec.progress.model_copy(update={"eta_s": None})
+        await rec.set_state("interrupted", message=resume_hint(self.run_id, index, rec.step))
 
 
-def _resume_hint(run: str, index: int | None) -> str:
-    at = "" if index is None else f" at step {index}"
-    return f"interrupted{at}; `assay run resume {run}` goes on, `assay run abort {run}` ends it"
+def resume_hint(run: str, index: int | None, step: str | None) -> str:
+    """The message of an interrupted run's state: where it stopped, what to do."""
+    at = "" if index is None else f" at step {index} ({step})"
+    return (
+        f"the daemon stopped{at}; `assay run resume {run}` goes on, "
+        f"`assay run abort {run}` ends it"
+    )
 
 
 def _outcome(task: asyncio.Task[None]) -> _Outcome:

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from acquisition.commands import ProtocolRunArgs
+from acquisition.engine.bench_steps import ALL_WELLS
 from acquisition.engine.launch import setup_from_args, setup_from_resume
 from acquisition.engine.recovery import ResumePoint, decide, read_run
-from acquisition.engine.runner import ProtocolRun
+from acquisition.engine.runner import ProtocolRun, resume_hint
 from acquisition.errors import CommandError, ConfigError
 from acquisition.journal import Journal, RunRecord
+from acquisition.payloads import Progress
 from acquisition.run_recorder import RunRecorder, utcnow
 
 if TYPE_CHECKING:
@@ -106,10 +108,8 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
             prog = point.progress.get(index)
             if prog is not None and recorder.step == "count":
                 detail["wells_done"] = len(prog.counted)
+                recorder.progress = Progress(done=len(prog.counted), total=len(ALL_WELLS))
     await recorder.interruption("daemon restarted", detail)
-    at = f" at step {recorder.step_index} ({recorder.step})" if recorder.step_index else ""
     await recorder.set_state(
-        "interrupted",
-        message=f"the daemon stopped{at}; `assay run resume {record.run}` goes on, "
-        f"`assay run abort {record.run}` ends it",
+        "interrupted", message=resume_hint(record.run, recorder.step_index, recorder.step)
     )
