@@ -332,6 +332,28 @@ async def test_watch_ends_on_interrupted_with_the_resume_hint(
     assert "resume it with `assay run resume R-0042`" in out
 
 
+async def test_watch_says_when_the_daemon_goes_offline_and_comes_back(
+    broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
+) -> None:
+    async def get(d: FakeDaemon, args: dict[str, Any]) -> Any:
+        reply = d.state("running", **INCUBATING)
+        status = d.config.topic("status")
+        for state in ("offline", "offline", "online"):
+            body = {"schema": "assay.status/1", "node": d.config.node, "state": state,
+                    "version": "0", "ts": "2025-01-01T00:00:00Z", "reason": "connection lost"}
+            await d._client.publish(status, json.dumps(body), qos=1)  # fmt: skip
+        await d.doc("interruption", reason="daemon restarted", detail={})
+        await d.publish_state("interrupted", message="the daemon stopped at step 2 (incubate); "
+                              "`assay run resume R-0042` goes on")  # fmt: skip
+        return reply
+
+    code, out, _ = await watch(lab_config(broker), {"run.get": get})
+    assert code == 1, out
+    assert out.count("the daemon is offline (connection lost)") == 1, out
+    assert out.count("the daemon is back online") == 1, out
+    assert out.count("assay run resume R-0042") == 1, out  # said once, not twice
+
+
 async def test_watch_on_a_terminal_asks_and_sends_the_answer(
     broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
 ) -> None:

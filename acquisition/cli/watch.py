@@ -88,7 +88,11 @@ async def watch_run(
     style = "green" if final == "completed" else "red"
     message = escape(session.state.get("message") or "")
     console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {message}")
-    if final == "interrupted" and session.state.get("protocol") != "count-plate":
+    if (
+        final == "interrupted"
+        and session.state.get("protocol") != "count-plate"
+        and "assay run resume" not in message  # the daemon's message already says it
+    ):
         console.print(
             f"resume it with `assay run resume {run}` (or `assay run abort {run}`)",
             markup=False,
@@ -179,6 +183,8 @@ class _WatchSession:
         self._asking: str | None = None  # the prompt id the asker is about
         self._reading = False  # the asker waits on the keyboard
         self._sending = False  # the asker has sent its answer; let it finish
+        self._daemon_offline = False
+        self._status_topic = ""
 
     async def close(self) -> None:
         for client in self.owned:
@@ -190,7 +196,8 @@ class _WatchSession:
         cfg = client.config
         events = cfg.topic("runs", self.run, "events")
         state_topic = cfg.topic("runs", self.run, "state")
-        async with client.subscription(events, state_topic) as queue:
+        self._status_topic = cfg.topic("status")
+        async with client.subscription(events, state_topic, self._status_topic) as queue:
             state = await client.request("run.get", {"run": self.run})
             if self.follower is None:  # the first connection: only what comes from now on
                 self.follower = RunFollower(next_seq=int(state["last_seq"]) + 1)
@@ -223,6 +230,9 @@ class _WatchSession:
         assert self.follower is not None
         assert isinstance(msg.payload, bytes | bytearray)
         data = json.loads(msg.payload)
+        if msg.topic.matches(self._status_topic):
+            self._on_daemon_status(data)
+            return
         if msg.topic.matches(state_topic):
             self.follower.saw_last_seq(int(data["last_seq"]), now)
             self._on_state(data)
@@ -234,6 +244,17 @@ class _WatchSession:
 
     def _say(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def _on_daemon_status(self, status: dict[str, Any]) -> None:
+        """The daemon going away (its Last Will) or coming back, said once each."""
+        offline = status.get("state") == "offline"
+        if offline and not self._daemon_offline:
+            why = status.get("reason") or "unknown reason"
+            self._say(f"the daemon is offline ({why}); the run shows as interrupted once "
+                      "it is back, to be resumed")  # fmt: skip
+        elif not offline and self._daemon_offline:
+            self._say("the daemon is back online")
+        self._daemon_offline = offline
 
     def _on_state(self, state: dict[str, Any]) -> None:
         self.state = state
