@@ -57,8 +57,9 @@ class ReplyCache:
 
     MQTT QoS1 may deliver a command twice; the broker acks it before we see it. A command
     whose (ResponseTopic, CorrelationData) was answered in the last ``ttl_s`` seconds is not
-    executed again: its first reply is sent again. So a redelivered ``run.start`` never starts
-    a second run.
+    executed again: its first reply is sent again. So a redelivered ``run.start`` does not
+    start a second run, unless the copy arrives while the first is still being handled
+    (commands are handled concurrently) or after a daemon restart (the cache is in memory).
     """
 
     def __init__(self, *, size: int = 512, ttl_s: float = 600.0) -> None:
@@ -193,8 +194,9 @@ class CommandHandlers:
         raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
 
     async def results(self, run: str) -> dict[str, Any]:
-        record = await self._record(run)
+        await self._record(run)  # not_found first
         docs = [json.loads(p) for p in await self._d.journal.documents(run)]
+        record = await self._record(run)  # read after the documents: never older than them
         start = next((d for d in docs if d["kind"] == "start"), None)
         stop = next((d for d in docs if d["kind"] == "stop"), None)
         return {

@@ -61,6 +61,8 @@ class Daemon:
             clock = ScaledClock(sim.time_scale) if sim.enabled else MonotonicClock()
         self.clock = clock
         self.wall: Clock = MonotonicClock()
+        self._stopping = False  # set at SIGTERM: no run starts or resumes any more
+        self._resuming: set[str] = set()  # runs being read back for a resume
         self.started_at: datetime = utcnow()
         self.active: dict[str, ActiveRun] = {}
         self._journal: Journal | None = None
@@ -131,6 +133,7 @@ class Daemon:
                 inst_task = tg.create_task(self._instruments.run(), name="instruments")
                 await stop.wait()
                 log.info("daemon stopping")
+                self._stopping = True
                 await self._interrupt_active_runs()
                 inst_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -156,7 +159,7 @@ class Daemon:
         )
         for record in open_runs:
             recorder = await RunRecorder.resume(
-                self.config, self.journal, self.link.notify, record, clock=self.clock
+                self.config, self.journal, self.link.notify, record, clock=self.wall
             )
             with structlog.contextvars.bound_contextvars(run=record.run):
                 log.warning("run was open when the daemon stopped; marking it interrupted")
@@ -171,17 +174,19 @@ class Daemon:
                 )
 
     async def _interrupt_active_runs(self) -> None:
-        for active in list(self.active.values()):
-            active.task.cancel()
-        for active in list(self.active.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await active.task
+        while self.active:  # a run launched meanwhile is interrupted too
+            for active in list(self.active.values()):
+                active.task.cancel()
+            for run, active in list(self.active.items()):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await active.task
+                self.active.pop(run, None)
 
     # -- runs ------------------------------------------------------------------------------
 
     async def start_count_run(self, args: RunStartArgs) -> RunRecorder:
         """Lease the counter, create the run, start it; CommandError if that cannot be."""
-        if self._tg is None:
+        if self._tg is None or self._stopping:
             raise CommandError("unavailable", "the daemon is shutting down")
         layout = analysis_layout(args.analysis) if args.analysis else None
         stack = contextlib.AsyncExitStack()
@@ -196,7 +201,7 @@ class Daemon:
                 self.link.notify,
                 args.protocol,
                 args.model_dump(mode="json"),
-                clock=self.clock,
+                clock=self.wall,
             )
             handle.lease = recorder.run
         except BaseException:
@@ -235,29 +240,46 @@ class Daemon:
 
     async def start_protocol_run(self, args: ProtocolRunArgs) -> RunRecorder:
         """Create a protocol run (queued until its instruments are free) and start it."""
-        if self._tg is None:
-            raise CommandError("unavailable", "the daemon is shutting down")
+        self._check_running()
         engine = await protocol_run_from_args(self, args)
         self._launch(engine)
         return engine.recorder
 
     async def resume_run(self, run: str) -> RunRecorder:
-        """Go on with a protocol run left ``interrupted`` by a daemon stop."""
-        if self._tg is None:
-            raise CommandError("unavailable", "the daemon is shutting down")
-        engine = await resumed_protocol_run(self, run)
-        self._launch(engine)
+        """Go on with a protocol run left ``interrupted`` by a daemon stop. One resume at a
+        time per run: a second (or an abort) meanwhile is refused."""
+        self._check_running()
+        if run in self._resuming:
+            raise CommandError("conflict", f"run '{run}' is being resumed")
+        self._resuming.add(run)
+        try:
+            engine = await resumed_protocol_run(self, run)
+            self._check_running()
+            self._launch(engine)
+        finally:
+            self._resuming.discard(run)
         return engine.recorder
+
+    def resuming(self, run: str) -> bool:
+        return run in self._resuming
+
+    def _check_running(self) -> None:
+        if self._tg is None or self._stopping:
+            raise CommandError("unavailable", "the daemon is shutting down")
 
     def _launch(self, engine: ProtocolRun) -> None:
         assert self._tg is not None
         recorder = engine.recorder
+        if recorder.run in self.active:
+            raise CommandError("conflict", f"run '{recorder.run}' is already running")
 
         async def _body() -> None:
             with structlog.contextvars.bound_contextvars(run=recorder.run):
                 try:
                     await engine.run()
                     log.info("run ended", state=recorder.state)
+                except Exception:  # a journal failure while ending it: keep the daemon up
+                    log.exception("run ended with an error")
                 finally:
                     self.active.pop(recorder.run, None)
 

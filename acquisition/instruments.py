@@ -142,13 +142,16 @@ class InstrumentManager:
             cfg.id: InstrumentHandle(cfg, make_driver(cfg, clock)) for cfg in config.instruments
         }
         self._change = asyncio.Event()
+        self.generation = 0  # +1 on every change of an instrument's state or lease
 
-    async def changed(self) -> None:
-        """Wait until an instrument's state or lease changes (a queued run tries again)."""
-        event = self._change
-        await event.wait()
+    async def changed(self, since: int) -> None:
+        """Wait until :attr:`generation` is past ``since`` (read it before looking at the
+        instruments, so that a change in between is not missed)."""
+        while self.generation == since:
+            await self._change.wait()
 
     def _signal_change(self) -> None:
+        self.generation += 1
         self._change.set()
         self._change = asyncio.Event()
 
@@ -214,8 +217,8 @@ class InstrumentManager:
                 f"instrument '{instrument_id}' reports a fault: {handle.fault or 'unknown'}",
             )
         handle.lease = run
-        await self.publish(handle)
         try:
+            await self.publish(handle)
             yield handle
         finally:
             handle.lease = None

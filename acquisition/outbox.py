@@ -13,7 +13,7 @@ sessions and not resent.
 
 A publish the broker *refuses* (a PUBACK with a reason code >= 0x80, e.g. 0x87 "not
 authorized" from an ACL) is not an acknowledgement: aiomqtt 2.5.1 ignores PUBACK reason
-codes, so :func:`_watch_puback_reasons` makes them visible and the publish raises
+codes, so :func:`~acquisition.puback.watch_puback_reasons` makes them visible and the publish raises
 :class:`PublishRefusedError`. The row stays in the outbox, one error per topic per
 connection is logged, and the topic is *held*: no later row of that topic is sent (per-topic
 order is kept) while other topics keep flowing. After a backoff the oldest refused row goes
@@ -32,17 +32,21 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import contextvars
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiomqtt
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
 
+from acquisition.puback import (
+    PubackWatch,
+    PublishRefusedError,
+    publish_checked,
+    watch_puback_reasons,
+)
 from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -116,94 +120,15 @@ class OutboxTail:
             return [self._rows[i] for i in self._ids[start : start + limit]]
 
 
-class PublishRefusedError(Exception):
-    """The broker answered a QoS1 publish with a failure PUBACK (reason code >= 0x80).
-
-    Not an :class:`aiomqtt.MqttError`: the connection is fine, only this message was refused.
-    """
-
-    def __init__(self, topic: str, reason: ReasonCode) -> None:
-        self.topic = topic
-        self.reason = reason
-        self.code: int = reason.value
-        super().__init__(f"broker refused publish on {topic!r}: {reason} (0x{self.code:02X})")
-
-
-@dataclass
-class _PubackWatch:
-    """What :func:`_watch_puback_reasons` tracks for one client."""
-
-    watched: set[int] = field(default_factory=set)  # mids of publishes made under _MIDS
-    refused: dict[int, ReasonCode] = field(default_factory=dict)  # watched mid -> reason
-
-
-# Set by _publish_acknowledged in its own task; the paho publish wrapper appends the mid.
-_MIDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "outbox_publish_mids", default=None
-)
-
-
-def _watch_puback_reasons(client: aiomqtt.Client) -> _PubackWatch:
-    """Make failure PUBACK reason codes visible (a hack on aiomqtt 2.5.1 internals).
-
-    aiomqtt's ``_on_publish`` wakes the waiting ``publish()`` (an ``asyncio.Event`` per mid
-    in ``_pending_publishes``) whatever the PUBACK's reason code, so a publish the broker
-    refused (0x87 "not authorized", 0x97 "quota exceeded", ...) returns normally, and aiomqtt
-    never tells its caller the mid. Two attributes of the paho client it owns
-    (``client._client``) are wrapped, once per client, before its first publish:
-
-    * ``publish``: aiomqtt calls it synchronously inside ``Client.publish``, so in the
-      caller's task: the mid is appended to that task's :data:`_MIDS` list, if it set one.
-    * ``on_publish`` (aiomqtt's ``_on_publish``): for a watched mid whose reason code is a
-      failure, the reason is recorded *before* aiomqtt's callback wakes the caller, so
-      :func:`_publish_acknowledged` finds it as soon as ``publish()`` returns.
-
-    Publishes made without :data:`_MIDS` (status, replies) are not tracked.
-    """
-    paho = client._client
-    watch = _PubackWatch()
-    aiomqtt_on_publish: Any = paho.on_publish  # aiomqtt's _on_publish (callback API v2)
-    paho_publish = paho.publish
-
-    def on_publish(
-        c: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
-    ) -> None:
-        if mid in watch.watched and reason_code.is_failure:
-            watch.refused[mid] = reason_code
-        aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
-
-    def publish(*args: Any, **kwargs: Any) -> Any:
-        info = paho_publish(*args, **kwargs)
-        mids = _MIDS.get()
-        if mids is not None:
-            mids.append(info.mid)
-            watch.watched.add(info.mid)
-        return info
-
-    paho.on_publish = on_publish
-    setattr(paho, "publish", publish)  # noqa: B010 (mypy: cannot assign to a method)
-    return watch
-
-
 async def _publish_acknowledged(
-    client: aiomqtt.Client, watch: _PubackWatch, row: OutboxRow, timeout_s: float
+    client: aiomqtt.Client, watch: PubackWatch, row: OutboxRow, timeout_s: float
 ) -> None:
     """Publish ``row``; return once the broker accepted it (a success PUBACK for QoS1).
 
     Raises :class:`PublishRefusedError` for a failure PUBACK, MqttError as aiomqtt does.
     """
-    mids: list[int] = []
-    token = _MIDS.set(mids)
-    try:
-        await client.publish(
-            row.topic, row.payload, qos=row.qos, retain=row.retain, timeout=timeout_s
-        )
-    finally:
-        _MIDS.reset(token)
-        watch.watched.difference_update(mids)
-        reasons = [r for mid in mids if (r := watch.refused.pop(mid, None)) is not None]
-    if reasons:
-        raise PublishRefusedError(row.topic, reasons[0])
+    await publish_checked(client, watch, row.topic, row.payload, qos=row.qos,
+                          retain=row.retain, timeout_s=timeout_s)  # fmt: skip
 
 
 @dataclass
@@ -251,7 +176,7 @@ class OutboxDrainer:
         self._holds: dict[str, _Hold] = {}
         self._refusal_logged: set[str] = set()
         self._rewind_to: int | None = None  # re-read the outbox from this row id
-        self._watch = _PubackWatch()
+        self._watch = PubackWatch()
         self.published = 0  # rows acknowledged by the broker, over the link's lifetime
         self.refused = 0  # publishes the broker refused (rows kept), over its lifetime
 
@@ -263,12 +188,12 @@ class OutboxDrainer:
         """Drain over ``client`` until cancelled or the connection fails (MqttError).
 
         Call once per client: it wraps the client's PUBACK handling (see
-        :func:`_watch_puback_reasons`)."""
+        :func:`~acquisition.puback.watch_puback_reasons`)."""
         self._inflight.clear()
         self._holds.clear()
         self._refusal_logged.clear()
         self._rewind_to = None
-        self._watch = _watch_puback_reasons(client)
+        self._watch = watch_puback_reasons(client)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._deleter(), name="outbox-deleter")
             await self._publisher(client, tg)

@@ -197,7 +197,7 @@ class PromptDocument(_DocumentBase):
 
     kind: Literal["prompt"] = "prompt"
     prompt_id: str
-    phase: Literal["asked", "answered", "timed-out"]
+    phase: Literal["asked", "answered", "timed-out", "withdrawn"]
     prompt_kind: Literal["operator", "recovery"] = "operator"
     text: str
     options: list[str] = Field(default_factory=list)

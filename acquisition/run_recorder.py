@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any, Literal
 
 from acquisition.config import LabConfig
+from acquisition.engine.states import check_transition
 from acquisition.errors import JournalError
 from acquisition.journal import Journal, OutboxMessage, RunRecord
 from acquisition.payloads import (
@@ -117,6 +118,14 @@ class RunRecorder:
         for payload in await journal.documents(record.run):
             kind = json.loads(payload).get("kind", "?")
             recorder.counts[kind] = recorder.counts.get(kind, 0) + 1
+        if record.state_payload is not None:  # where the retained state left it
+            last = json.loads(record.state_payload)
+            recorder.step = last.get("step")
+            recorder.step_index = last.get("step_index")
+            recorder.steps_total = last.get("steps_total")
+            recorder.message = last.get("message")
+            if last.get("prompt"):
+                recorder.prompt = PromptState.model_validate(last["prompt"])
         return recorder
 
     @classmethod
@@ -175,6 +184,7 @@ class RunRecorder:
     async def set_state(
         self, state: RunStateName, *, step: str | None = None, message: str | None = None
     ) -> None:
+        check_transition(self.run, self.state, state)
         self.state = state
         self.step = step if step is not None else self.step
         self.message = message
@@ -316,6 +326,7 @@ class RunRecorder:
         instruments: dict[str, Any],
         simulated: bool,
     ) -> None:
+        check_transition(self.run, self.state, "running")
         self.state = "running"
         await self._append(
             StartDocument(
@@ -356,12 +367,13 @@ class RunRecorder:
     async def prompt_event(
         self,
         prompt: PromptState,
-        phase: Literal["asked", "answered", "timed-out"],
+        phase: Literal["asked", "answered", "timed-out", "withdrawn"],
         *,
         answer: str | None = None,
         by: str | None = None,
     ) -> None:
-        """A prompt asked (the state then carries it) or answered / timed out (cleared)."""
+        """A prompt asked (the state then carries it), or answered, timed out or withdrawn
+        (the run paused, aborted or stopped while it was open): cleared."""
         self.prompt = prompt if phase == "asked" else None
         await self._append(
             PromptDocument(
@@ -375,6 +387,7 @@ class RunRecorder:
         await self._append(InterruptionDocument(**self._base(), reason=reason, detail=detail or {}))
 
     async def stop(self, exit_status: ExitStatus, reason: str, final: RunStateName) -> None:
+        check_transition(self.run, self.state, final)
         self.state = final
         self.message = reason
         if self.progress is not None:

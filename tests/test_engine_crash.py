@@ -64,7 +64,7 @@ type = "harvest"
 prewet = "10 s"
 washes = 3
 wash_volume = "1 mL"
-dry = "30 s"
+dry = "120 s"   # long enough (2.4 s real at x50) to be killed in, even on a loaded machine
 
 [[steps]]
 type = "prompt"
@@ -332,7 +332,7 @@ async def test_sigkill_mid_harvest_waits_for_the_operator_never_reharvests_by_it
     tmp_path: Path, broker: MosquittoBroker, killed_during: set[str], action: str, new_mats: int
 ) -> None:
     plate_id = f"PC-{uuid.uuid4().hex[:6]}"
-    # the harvest: 10 s prewet, 15 s aspirate, 3 x 8 s washes, 30 s dry, 3 s release
+    # the harvest: 10 s prewet, 15 s aspirate, 3 x 8 s washes, 120 s dry, 3 s release
     async with lab_stack(tmp_path, broker, time_scale=50.0) as lab:
         run = await lab.start(HARVEST_THEN_COUNT, plate_id=plate_id)
         await _put_plate_in_incubator(lab, run, plate_id)

@@ -7,6 +7,7 @@ moment the run is where the test wants it, the test acts over MQTT, then time go
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections import Counter
@@ -384,3 +385,132 @@ async def test_the_count_refuses_a_plate_that_is_not_this_runs_mat(lab: VirtualL
     counted = {d["reading"]["plate_id"] for d in await lab.documents(run)
                if d["kind"] == "data" and d["stream"] == "well"}  # fmt: skip
     assert counted == {"PW1-MAT1"}
+
+
+# ----------------------------------------------- races between commands, and daemon stops
+
+COUNT_ONLY = 'name = "c"\n[[steps]]\ntype = "count"\nisotope = "H3"\ncount_time = "30 s"\n'
+
+
+async def _interrupted_run(tmp_path: Path, broker: MosquittoBroker, journal: Path,
+                           protocol: str = COUNT_ONLY, at: Any = None) -> str:  # fmt: skip
+    """A run stopped (SIGTERM path: the daemon's stop) at ``at`` (default: 24 wells)."""
+    async with virtual_lab(tmp_path / "before", broker.port, journal_path=journal) as lab:
+        run = await lab.start("c", protocol_toml=protocol, plate_map=PLATE)
+        await lab.freeze_when(run, at or _in_step("count", done=24))
+    return run
+
+
+async def test_two_resumes_at_once_start_one_engine(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    run = await _interrupted_run(tmp_path, broker, journal)
+    async with virtual_lab(tmp_path / "after", broker.port, journal_path=journal) as lab:
+        replies = await asyncio.gather(
+            lab.client.request("run.resume", {"run": run}),
+            lab.client.request("run.resume", {"run": run}),
+            return_exceptions=True,
+        )
+        refused = [r for r in replies if isinstance(r, CommandError)]
+        assert len(refused) == 1 and refused[0].code == "conflict", replies
+        assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+        docs = await lab.documents(run)
+    assert len(_kinds(docs, "stop")) == 1
+    wells = _wells(docs)
+    assert len(wells) == 96 and len(set(wells)) == 96
+
+
+async def test_an_abort_racing_a_resume_ends_the_run_once(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    run = await _interrupted_run(tmp_path, broker, journal)
+    async with virtual_lab(tmp_path / "after", broker.port, journal_path=journal) as lab:
+        resumed, aborted = await asyncio.gather(
+            lab.client.request("run.resume", {"run": run}),
+            lab.client.request("run.abort", {"run": run}),
+            return_exceptions=True,
+        )
+        if isinstance(aborted, CommandError):  # the resume won: abort the running run
+            assert aborted.code == "conflict"
+            await lab.client.request("run.abort", {"run": run})
+        final = await lab.wait_state(run, ENDED)
+        docs = await lab.documents(run)
+    assert final["state"] in ("aborted", "completed"), (final, resumed, aborted)
+    assert [d["kind"] for d in docs].count("stop") == 1
+    assert docs[-1]["kind"] == "stop"
+
+
+async def test_an_abort_asked_before_the_daemon_stops_is_not_undone(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    async with virtual_lab(tmp_path / "lab", broker.port, journal_path=journal) as lab:
+        run = await lab.start("c", protocol_toml=COUNT_ONLY)
+        await lab.freeze_when(run, _in_step("count", done=12))
+        assert (await lab.client.request("run.abort", {"run": run}))["state"] == "aborting"
+        # the lab (and its daemon) stops now, frozen, with the abort under way
+    async with virtual_lab(tmp_path / "after", broker.port, journal_path=journal) as lab:
+        state = await lab.state(run)
+        docs = await lab.documents(run)
+    assert state["state"] == "aborted", state
+    assert [d["kind"] for d in docs].count("stop") == 1
+    assert _kinds(docs, "stop")[0]["exit_status"] == "abort"
+
+
+async def test_aborting_an_interrupted_run_makes_its_instruments_safe(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    run = await _interrupted_run(tmp_path, broker, journal, protocol=SEED,
+                                 at=_in_step("incubate", done=600, phase="timing"))  # fmt: skip
+    async with virtual_lab(tmp_path / "after", broker.port, journal_path=journal) as lab:
+        assert (await lab.state(run))["state"] == "interrupted"
+        reply = await lab.client.request("run.abort", {"run": run})
+        assert reply["state"] == "aborted" and "message" not in reply, reply
+        inc = await lab.sim("state", instrument="incubator")
+        assert inc["target_c"] == pytest.approx(25.0) and not inc["shaker_on"]
+        again = await lab.client.request("run.abort", {"run": run})
+        assert again["state"] == "aborted"
+        docs = await lab.documents(run)
+    assert [d["kind"] for d in docs].count("stop") == 1
+
+
+async def test_a_queued_run_aborted_leaves_the_instruments_of_others_alone(
+    lab: VirtualLab,
+) -> None:
+    incubate = ('name = "warm"\n[[steps]]\ntype = "incubate"\ntemperature = "37 C"\n'
+                'duration = "30 min"\n')  # fmt: skip
+    count_then_incubate = COUNT_ONLY.replace('name = "c"', 'name = "ci"') + incubate.split(
+        "\n", 1)[1]  # fmt: skip
+    a = await lab.start("warm", protocol_toml=incubate)
+    await lab.freeze_when(a, _in_step("incubate", done=60, phase="timing"))
+    b = await lab.start("ci", protocol_toml=count_then_incubate)  # counter free, incubator not
+    await lab.wait_state(b, {"queued"})
+    c = await lab.start("c", protocol_toml=COUNT_ONLY)
+    await lab.wait_state(c, {"running"}, step="count")
+    await lab.client.request("run.abort", {"run": b})
+    assert (await lab.wait_state(b, ENDED))["state"] == "aborted"
+    lab.thaw()
+    final_c = await lab.wait_state(c, ENDED)
+    assert final_c["state"] == "completed", final_c  # b's abort did not stop c's count
+    assert (await lab.wait_state(a, ENDED))["state"] == "completed"
+
+
+async def test_a_pause_right_after_a_resume_is_kept(lab: VirtualLab) -> None:
+    run = await lab.start("c", protocol_toml=COUNT_ONLY)
+    await lab.freeze_when(run, _in_step("count", done=12))
+    await lab.client.request("run.pause", {"run": run})
+    lab.thaw()
+    await lab.wait_state(run, {"paused"})
+    lab.clock.hold()  # type: ignore[attr-defined]
+    await lab.client.request("run.resume", {"run": run})
+    reply = await lab.client.request("run.pause", {"run": run})
+    assert reply["state"] == "pausing", reply
+    lab.thaw()
+    await lab.wait_state(run, {"paused"})
+    docs = await lab.documents(run)
+    assert _step_phases(docs).count(("count", "paused")) >= 1
+    await lab.client.request("run.resume", {"run": run})
+    assert (await lab.wait_state(run, ENDED))["state"] == "completed"

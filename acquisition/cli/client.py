@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from acquisition.config import LabConfig
 from acquisition.errors import BrokerError, CommandError
 from acquisition.mqtt_params import client_kwargs
+from acquisition.puback import PublishRefusedError, publish_checked, watch_puback_reasons
 
 __all__ = ["DaemonClient", "NoReplyError"]
 
@@ -57,6 +58,7 @@ class DaemonClient:
             where = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
             raise BrokerError(f"cannot reach the MQTT broker at {where}: {exc}") from exc
         self._client = client
+        self._puback = watch_puback_reasons(client)
         await client.subscribe(self._reply_topic, qos=1)
         self._reader = asyncio.create_task(self._read(), name="cli-mqtt-reader")
         return self
@@ -123,12 +125,21 @@ class DaemonClient:
         props.MessageExpiryInterval = COMMAND_EXPIRY_S
         body = {"schema": "assay.command/1", "verb": verb, "args": args or {}}
         try:
-            await self.client.publish(
-                self.config.topic("cmd"), json.dumps(body).encode(), qos=1, properties=props
-            )
+            await publish_checked(
+                self.client, self._puback, self.config.topic("cmd"), json.dumps(body).encode(),
+                qos=1, properties=props,
+            )  # fmt: skip
         except aiomqtt.MqttError as exc:
             self._pending.pop(corr, None)
             raise BrokerError(f"could not send '{verb}' to the broker: {exc}") from exc
+        except PublishRefusedError as exc:  # an ACL: this account may not send commands
+            self._pending.pop(corr, None)
+            user = self.config.mqtt.username or "anonymous"
+            raise CommandError(
+                "not_authorized",
+                f"the broker refused '{verb}' from user '{user}' ({exc.reason}): this account "
+                "may only read (ask for an operator account)",
+            ) from exc
         try:
             reply = await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError as exc:

@@ -3,9 +3,13 @@ interrupted run): what each does to a protocol run, and when it is refused (``co
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
+from acquisition.engine.recovery import read_run
+from acquisition.engine.runner import make_safe
 from acquisition.errors import CommandError
 from acquisition.journal import RunRecord
 from acquisition.run_recorder import RunRecorder
@@ -29,8 +33,11 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
     match verb:
         case "run.pause":
             assert isinstance(args, PauseArgs)
-            if state == "paused":
+            if state == "paused" and not control.resume_requested:
                 return _reply(engine, "already paused")
+            if state == "paused":  # resumed a moment ago, not running yet: pause again
+                control.pause(args.when)
+                return {"run": args.run, "state": "pausing", "message": "again"}
             if state not in ("running", "queued", "awaiting-operator"):
                 raise _refused(args.run, state, "pause")
             when = args.when
@@ -101,9 +108,38 @@ async def _engine(daemon: Daemon, run: str) -> ProtocolRun:
 
 
 async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]:
-    """End an interrupted protocol run for good: its stop document, state ``aborted``."""
+    """End an interrupted protocol run for good: its instruments made safe (those free and
+    connected; the reply names any that were not), its stop document, state ``aborted``."""
+    if daemon.resuming(record.run):
+        raise CommandError("conflict", f"run '{record.run}' is being resumed; try again")
     recorder = await RunRecorder.resume(
-        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.clock
+        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.wall
     )
-    await recorder.stop("abort", "aborted by operator while interrupted", "aborted")
-    return {"run": record.run, "state": "aborted"}
+    if recorder.stopped:  # ended already (a repeated abort)
+        return {"run": record.run, "state": record.state}
+    documents = [json.loads(p) for p in await daemon.journal.documents(record.run)]
+    problems: list[str] = []
+    try:
+        instruments = read_run(documents).instruments
+    except ValueError:
+        instruments = {}
+    async with contextlib.AsyncExitStack() as stack:
+        handles = {}
+        for kind, iid in instruments.items():
+            try:
+                handles[kind] = await stack.enter_async_context(
+                    daemon.instruments.lease(iid, record.run, kind=kind)
+                )
+            except CommandError as exc:
+                problems.append(f"{iid} not made safe ({exc.message})")
+        problems += [f"{p} (not made safe)" for p in await make_safe(handles, aborting=True)]
+        reason = "aborted by operator while interrupted"
+        if problems:
+            reason += "; " + "; ".join(problems)
+        if record.run in daemon.active:  # resumed meanwhile by another command
+            raise CommandError("conflict", f"run '{record.run}' was resumed; abort it again")
+        await recorder.stop("abort", reason, "aborted")
+    result: dict[str, Any] = {"run": record.run, "state": "aborted"}
+    if problems:
+        result["message"] = "; ".join(problems)
+    return result

@@ -34,20 +34,28 @@ from acquisition.engine.bench_steps import run_count, run_harvest, run_incubate
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
 from acquisition.engine.operator import VirtualOperator
+from acquisition.engine.recovery import ResumePoint, decide
 from acquisition.engine.simple_steps import run_analyze, run_wait
 from acquisition.errors import AnalysisError, CommandError, InterlockError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
 from acquisition.journal import Journal
-from acquisition.payloads import PromptState
+from acquisition.payloads import ExitStatus, PromptState, RunStateName
 from acquisition.protocols import PromptStep, Protocol
-from acquisition.run_recorder import RunRecorder
+from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock
 from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
 from drivers.harvester import HarvesterDriver
 from drivers.incubator import IncubatorDriver
 
-__all__ = ["INSTRUMENT_KIND", "PAUSABLE_MIDWAY", "ProtocolRun", "RunSetup"]
+__all__ = [
+    "INSTRUMENT_KIND",
+    "PAUSABLE_MIDWAY",
+    "ProtocolRun",
+    "RunSetup",
+    "make_safe",
+    "resume_hint",
+]
 
 log = structlog.get_logger("acquisition.engine")
 
@@ -109,7 +117,7 @@ class ProtocolRun:
         *,
         start_index: int = 1,
         progress: dict[int, StepProgress] | None = None,
-        decision: str | None = None,
+        resume: tuple[ResumePoint, float] | None = None,
         fresh: bool = True,
     ) -> None:
         self.config, self.journal, self.instruments = config, journal, instruments
@@ -119,7 +127,10 @@ class ProtocolRun:
         self._fresh = fresh  # False: resumed, the start document is already written
         self._start_index = start_index
         self._progress = progress or {}
-        self._decision = decision  # the operator decides before step start_index goes on
+        # After a restart: where the run stood and the time scale; whether the operator must
+        # decide before step start_index goes on is judged once the instruments are held.
+        self._resume = resume
+        self._decision: str | None = None
         recorder.steps_total = len(setup.protocol.steps)
 
     @property
@@ -140,26 +151,37 @@ class ProtocolRun:
         async with contextlib.AsyncExitStack() as leases:
             try:
                 await self._lease_all(leases)
+                if self._resume is not None:  # decided now, when the step would go on
+                    point, scale = self._resume
+                    self._decision = decide(self.setup.protocol, point, utcnow(), scale)
                 if self._fresh:
                     await self._start_document()
                 await self._steps()
-                await self._make_safe(aborting=False)
-                await rec.stop("success", f"all {len(self.setup.protocol.steps)} steps done",
-                               "completed")  # fmt: skip
+                await _uninterruptible(self._end(
+                    "success", f"all {len(self.setup.protocol.steps)} steps done", "completed"
+                ))  # fmt: skip
             except _Aborted as exc:
-                rec.prompt = None
-                await self._make_safe(aborting=True)
-                await rec.stop("abort", str(exc) or "aborted by operator", "aborted")
+                await _uninterruptible(self._end("abort", str(exc), "aborted"))
             except asyncio.CancelledError:
-                await self._interrupted()
+                if self.control.abort_requested and not rec.stopped:
+                    # The operator asked first: the daemon stopping does not undo the abort.
+                    await _uninterruptible(self._end("abort", "aborted by operator", "aborted"))
+                else:
+                    await self._interrupted()
                 raise
             except Exception as exc:  # a journal failure or a bug: keep the daemon up
                 log.exception("run crashed")
                 if not rec.stopped:
                     with contextlib.suppress(Exception):
-                        rec.prompt = None
-                        await self._make_safe(aborting=True)
-                        await rec.stop("fail", f"internal error: {exc}", "failed")
+                        await self._end("fail", f"internal error: {exc}", "failed")
+
+    async def _end(self, exit_status: ExitStatus, reason: str, final: RunStateName) -> None:
+        """Instruments safe, then the stop document (once)."""
+        rec = self.recorder
+        rec.prompt = None
+        await make_safe(self.handles, aborting=exit_status != "success")
+        if not rec.stopped:
+            await rec.stop(exit_status, reason, final)
 
     async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
         """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
@@ -167,27 +189,31 @@ class ProtocolRun:
                          if s.type in INSTRUMENT_KIND})  # fmt: skip
         rec = self.recorder
         while True:
+            generation = self.instruments.generation  # before trying: no change is missed
             attempt = contextlib.AsyncExitStack()
+            handles: dict[str, InstrumentHandle] = {}
             try:
                 for kind in needed:
                     iid = self.setup.instruments[kind]
-                    self.handles[kind] = await attempt.enter_async_context(
+                    handles[kind] = await attempt.enter_async_context(
                         self.instruments.lease(iid, self.run_id, kind=kind)
                     )
             except CommandError as exc:
-                await attempt.aclose()
+                await attempt.aclose()  # held by nobody: not ours to make safe later
                 if exc.code not in ("conflict", "unavailable"):
                     raise
                 if rec.state != "queued" or rec.message != f"waiting: {exc.message}":
                     await rec.set_state("queued", message=f"waiting: {exc.message}")
-                await self._wait_instruments()
+                await self._wait_instruments(generation)
                 continue
             stack.push_async_exit(attempt.pop_all())
+            self.handles = handles
             return
 
-    async def _wait_instruments(self) -> None:
-        """Until an instrument changes (a lease released, a connection made) or abort."""
-        changed = asyncio.ensure_future(self.instruments.changed())
+    async def _wait_instruments(self, generation: int) -> None:
+        """Until an instrument changed since ``generation`` (a lease released, a connection
+        made) or an abort."""
+        changed = asyncio.ensure_future(self.instruments.changed(generation))
         asked = asyncio.ensure_future(self.control.changed())
         try:
             await asyncio.wait({changed, asked}, return_when=asyncio.FIRST_COMPLETED)
@@ -217,6 +243,7 @@ class ProtocolRun:
         for index in range(self._start_index, len(steps) + 1):
             await self._boundary()
             await self._step(index)
+        await self._boundary()  # "pause after this step" on the last one still pauses
 
     async def _boundary(self) -> None:
         if self.control.abort_requested:
@@ -237,6 +264,8 @@ class ProtocolRun:
                 await rec.step_phase(step.type, "skipped", {"index": index})
                 return
         while True:
+            if self.control.pause_requested is not None:  # asked before a fault or a retry
+                await self._paused("paused by operator")
             phase: Literal["started", "resumed"] = "resumed" if prog.started else "started"
             prog.started = True
             rec.progress, rec.latest = None, None
@@ -355,16 +384,17 @@ class ProtocolRun:
                                                            f"within {step.timeout_s:g} s"))
                 await self._wait_control(left)
                 if self.control.abort_requested:
-                    rec.prompt = None
+                    await rec.prompt_event(prompt, "withdrawn")
                     raise _Aborted(f"aborted at the prompt {step.text!r}")
                 answer = self.control.take_answer(prompt.id)
                 if answer is not None:
                     await rec.prompt_event(prompt, "answered", answer=answer.text, by=answer.by)
                     if answer.text == "abort":
                         raise _Aborted(f"aborted at the prompt {step.text!r}")
+                    await rec.set_state("running", message=None)
                     return _Outcome("done")
                 if self.control.pause_requested is not None:
-                    rec.prompt = None
+                    await rec.prompt_event(prompt, "withdrawn")
                     return _Outcome("paused")
         finally:
             if helper is not None:
@@ -398,7 +428,6 @@ class ProtocolRun:
         prompt = PromptState(id=f"recover-{index}", kind="recovery", text=text,
                              options=["retry", "skip", "abort"])  # fmt: skip
         self.control.recovery = None
-        self.control.pause_requested = None
         rec.prompt = prompt
         await rec.prompt_event(prompt, "asked")
         await rec.set_state("awaiting-recovery", message=text)
@@ -411,25 +440,10 @@ class ProtocolRun:
             await rec.prompt_event(prompt, "answered", answer=action, by="operator")
             if action == "abort":
                 raise _Aborted(f"aborted at recovery: {text}")
+            await rec.set_state("running", message=None)
             return action
 
     # ------------------------------------------------------------------- instruments safe
-
-    async def _make_safe(self, *, aborting: bool) -> None:
-        """Counter stopped and harvester vacuum off (when aborting), incubator shaker off
-        and at its idle setpoint. Never raises: an instrument that does not answer is
-        logged."""
-        for kind, handle in self.handles.items():
-            driver = handle.driver
-            try:
-                if isinstance(driver, IncubatorDriver):
-                    await driver.stop_shaking()
-                    idle = getattr(handle.config, "idle_setpoint_c", 25.0)
-                    await driver.set_temperature(idle)
-                elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
-                    await driver.abort()
-            except (InstrumentError, OSError) as exc:
-                log.warning("could not make instrument safe", instrument=kind, error=str(exc))
 
     async def _interrupted(self) -> None:
         """The daemon is stopping: the counter and harvester stop, the incubator keeps the
@@ -442,13 +456,16 @@ class ProtocolRun:
         if rec.stopped:
             return
         if self._fresh and rec.counts.get("start", 0) == 0:
-            # Never started (queued): nothing to resume; the run ends here.
+            # Never started (queued): nothing to resume; the run ends here, for good.
             await rec.stop("interrupted", "the daemon stopped before the run started",
-                           "interrupted")  # fmt: skip
+                           "aborted")  # fmt: skip
             return
         index = rec.step_index
-        rec.prompt = None
+        if rec.prompt is not None:
+            await rec.prompt_event(rec.prompt, "withdrawn")
         detail: dict[str, Any] = {"step_index": index, "step": rec.step, "previous": rec.state}
+        if index is not None:
+            detail["last_completed_step"] = index - 1 if index > 1 else None
         prog = self._progress.get(index) if index is not None else None
         if prog is not None and rec.step == "count":
             detail["wells_done"] = len(prog.counted)
@@ -456,6 +473,36 @@ class ProtocolRun:
         if rec.progress is not None:
             rec.progress = rec.progress.model_copy(update={"eta_s": None})
         await rec.set_state("interrupted", message=resume_hint(self.run_id, index, rec.step))
+
+
+async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
+    """Counter stopped and harvester vacuum off (when aborting), incubator shaker off and
+    at its idle setpoint. Never raises: returns what could not be done, and logs it."""
+    problems: list[str] = []
+    for kind, handle in handles.items():
+        driver = handle.driver
+        try:
+            if isinstance(driver, IncubatorDriver):
+                await driver.stop_shaking()
+                idle = getattr(handle.config, "idle_setpoint_c", 25.0)
+                await driver.set_temperature(idle)
+            elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
+                await driver.abort()
+        except (InstrumentError, OSError) as exc:
+            log.warning("could not make instrument safe", instrument=kind, error=str(exc))
+            problems.append(f"{handle.config.id}: {exc}")
+    return problems
+
+
+async def _uninterruptible(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the caller is cancelled meanwhile (then re-raise):
+    an abort half done would leave instruments running and no stop document."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def resume_hint(run: str, index: int | None, step: str | None) -> str:

@@ -12,12 +12,12 @@ import structlog
 from acquisition.commands import ProtocolRunArgs
 from acquisition.engine.bench_steps import ALL_WELLS
 from acquisition.engine.launch import setup_from_args, setup_from_resume
-from acquisition.engine.recovery import ResumePoint, decide, read_run
+from acquisition.engine.recovery import read_run
 from acquisition.engine.runner import ProtocolRun, resume_hint
 from acquisition.errors import CommandError, ConfigError
 from acquisition.journal import Journal, RunRecord
 from acquisition.payloads import Progress
-from acquisition.run_recorder import RunRecorder, utcnow
+from acquisition.run_recorder import RunRecorder
 
 if TYPE_CHECKING:
     from acquisition.daemon import Daemon
@@ -33,7 +33,7 @@ async def protocol_run_from_args(daemon: Daemon, args: ProtocolRunArgs) -> Proto
     params["plate_id"] = setup.plate_id
     recorder = await RunRecorder.create(
         daemon.config, daemon.journal, daemon.link.notify, setup.protocol.name, params,
-        clock=daemon.clock,
+        clock=daemon.wall,
     )  # fmt: skip
     return ProtocolRun(
         daemon.config, daemon.journal, daemon.instruments, recorder, setup, daemon.clock,
@@ -69,15 +69,15 @@ async def resumed_protocol_run(daemon: Daemon, run: str) -> ProtocolRun:
     except (ValueError, ConfigError) as exc:
         raise CommandError("conflict", f"run '{run}' cannot be resumed: {exc}") from None
     sim = daemon.config.simulation
-    decision = decide(setup.protocol, point, utcnow(), sim.time_scale if sim.enabled else 1.0)
+    scale = sim.time_scale if sim.enabled else 1.0
     recorder = await RunRecorder.resume(
-        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.clock
+        daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.wall
     )
-    log.info("resuming run", run=run, step=point.next_index, decision=decision)
+    log.info("resuming run", run=run, step=point.next_index)
     return ProtocolRun(
         daemon.config, daemon.journal, daemon.instruments, recorder, setup, daemon.clock,
         daemon.link.notify, start_index=point.next_index, progress=point.progress,
-        decision=decision, fresh=False,
+        resume=(point, scale), fresh=False,
     )  # fmt: skip
 
 
@@ -85,30 +85,28 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
     """After a crash: an interruption document saying where the run stood, and the state
     ``interrupted`` (no stop document: the run can be resumed or aborted)."""
     detail: dict[str, Any] = {"previous": record.state, "last_seq": record.last_seq}
-    point: ResumePoint | None = None
     try:
         point = read_run(await _documents(journal, record.run))
     except (ValueError, KeyError):
         # It never started (no start document): nothing to resume, the run ends here.
         await recorder.interruption("daemon restarted", detail)
-        await recorder.stop(
-            "interrupted", "the daemon stopped before the run started", "interrupted"
-        )
+        await recorder.stop("interrupted", "the daemon stopped before the run started", "aborted")
         return
-    if point is not None:
-        steps = point.protocol_definition.get("steps", [])
-        index = point.next_index
-        detail["last_completed_step"] = max(point.completed, default=None)
-        detail["step_index"] = index
-        recorder.steps_total = len(steps)
-        if index <= len(steps):
-            recorder.step_index = index
-            recorder.step = str(steps[index - 1].get("type"))
-            detail["step"] = recorder.step
-            prog = point.progress.get(index)
-            if prog is not None and recorder.step == "count":
-                detail["wells_done"] = len(prog.counted)
-                recorder.progress = Progress(done=len(prog.counted), total=len(ALL_WELLS))
+    steps = point.protocol_definition.get("steps", [])
+    index = point.next_index
+    detail["last_completed_step"] = max(point.completed, default=None)
+    detail["step_index"] = index
+    recorder.steps_total = len(steps)
+    if index <= len(steps):
+        recorder.step_index = index
+        recorder.step = str(steps[index - 1].get("type"))
+        detail["step"] = recorder.step
+        prog = point.progress.get(index)
+        if prog is not None and recorder.step == "count":
+            detail["wells_done"] = len(prog.counted)
+            recorder.progress = Progress(done=len(prog.counted), total=len(ALL_WELLS))
+    if recorder.prompt is not None:  # open when the daemon died: asked again on resume
+        await recorder.prompt_event(recorder.prompt, "withdrawn")
     await recorder.interruption("daemon restarted", detail)
     await recorder.set_state(
         "interrupted", message=resume_hint(record.run, recorder.step_index, recorder.step)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Final
 
 from acquisition.errors import CommandError
-from acquisition.payloads import RunStateName
 
 __all__ = ["FINAL", "OPEN", "TRANSITIONS", "check_transition"]
 
@@ -27,10 +26,14 @@ FINAL: Final = frozenset({"completed", "aborted", "failed"})
 OPEN: Final = frozenset({"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"})
 
 TRANSITIONS: Final[dict[str, frozenset[str]]] = {
-    "queued": frozenset({"running", "aborted", "failed", "interrupted"}),
+    # waiting for its instruments (the message changes as they do); a resumed run may need
+    # the operator's decision before its first step goes on
+    "queued": frozenset(
+        {"queued", "running", "awaiting-recovery", "aborted", "failed", "interrupted"}
+    ),
     "running": frozenset(
         {
-            "running",
+            "running",  # progress
             "paused",
             "awaiting-operator",
             "awaiting-recovery",
@@ -40,18 +43,23 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
             "interrupted",
         }
     ),
-    "paused": frozenset({"running", "paused", "aborted", "interrupted", "failed"}),
-    "awaiting-operator": frozenset({"running", "paused", "aborted", "interrupted", "failed"}),
+    "paused": frozenset(
+        {"running", "paused", "awaiting-recovery", "aborted", "interrupted", "failed"}
+    ),
+    "awaiting-operator": frozenset(
+        {"running", "awaiting-operator", "paused", "aborted", "interrupted", "failed"}
+    ),
     "awaiting-recovery": frozenset({"running", "aborted", "interrupted", "failed"}),
-    "interrupted": frozenset({"running", "awaiting-recovery", "aborted", "queued"}),
+    "interrupted": frozenset({"running", "queued", "awaiting-recovery", "aborted"}),
     "completed": frozenset(),
     "aborted": frozenset(),
     "failed": frozenset(),
 }
 
 
-def check_transition(run: str, current: str, new: RunStateName) -> None:
-    """AssertionError for a transition the engine must never make (a bug, not user input)."""
+def check_transition(run: str, current: str, new: str) -> None:
+    """AssertionError for a transition the engine must never make (a bug, not user input).
+    :class:`~acquisition.run_recorder.RunRecorder` checks every state it writes."""
     if new not in TRANSITIONS.get(current, frozenset()):
         raise AssertionError(f"run {run}: no transition {current} -> {new}")
 
