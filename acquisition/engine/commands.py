@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
 from acquisition.engine.recovery import read_run
-from acquisition.engine.runner import make_safe
+from acquisition.engine.safety import make_safe
 from acquisition.errors import CommandError
 from acquisition.journal import RunRecord
 from acquisition.run_recorder import RunRecorder

@@ -35,6 +35,7 @@ from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint, decide
+from acquisition.engine.safety import cancel_and_wait, make_safe, uninterruptible
 from acquisition.engine.simple_steps import run_analyze, run_wait
 from acquisition.errors import AnalysisError, CommandError, InterlockError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
@@ -46,14 +47,12 @@ from drivers.clock import Clock
 from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
 from drivers.harvester import HarvesterDriver
-from drivers.incubator import IncubatorDriver
 
 __all__ = [
     "INSTRUMENT_KIND",
     "PAUSABLE_MIDWAY",
     "ProtocolRun",
     "RunSetup",
-    "make_safe",
     "resume_hint",
 ]
 
@@ -157,15 +156,15 @@ class ProtocolRun:
                 if self._fresh:
                     await self._start_document()
                 await self._steps()
-                await _uninterruptible(self._end(
-                    "success", f"all {len(self.setup.protocol.steps)} steps done", "completed"
-                ))  # fmt: skip
+                n = len(self.setup.protocol.steps)
+                done = "the one step done" if n == 1 else f"all {n} steps done"
+                await uninterruptible(self._end("success", done, "completed"))
             except _Aborted as exc:
-                await _uninterruptible(self._end("abort", str(exc), "aborted"))
+                await uninterruptible(self._end("abort", str(exc), "aborted"))
             except asyncio.CancelledError:
                 if self.control.abort_requested and not rec.stopped:
                     # The operator asked first: the daemon stopping does not undo the abort.
-                    await _uninterruptible(self._end("abort", "aborted by operator", "aborted"))
+                    await uninterruptible(self._end("abort", "aborted by operator", "aborted"))
                 else:
                     await self._interrupted()
                 raise
@@ -323,19 +322,19 @@ class ProtocolRun:
                 if task.done():
                     return _outcome(task)
                 if self.control.abort_requested:
-                    await _cancel(task)
+                    await cancel_and_wait(task)
                     raise _Aborted("aborted by operator")
                 if self.control.pause_requested == "now":
                     if PAUSABLE_MIDWAY[step.type]:
                         self.control.pause_requested = None
-                        await _cancel(task)
+                        await cancel_and_wait(task)
                         return _Outcome("paused")
                     self.control.pause_requested = "after-step"
         finally:
             if asked is not None:
                 asked.cancel()
             if not task.done():
-                await _cancel(task)
+                await cancel_and_wait(task)
 
     # ----------------------------------------------------------------- waiting for people
 
@@ -398,7 +397,7 @@ class ProtocolRun:
                     return _Outcome("paused")
         finally:
             if helper is not None:
-                await _cancel(helper)
+                await cancel_and_wait(helper)
 
     def _virtual_operator(self, prompt: PromptState) -> asyncio.Task[None] | None:
         operator = self.setup.virtual_operator
@@ -475,36 +474,6 @@ class ProtocolRun:
         await rec.set_state("interrupted", message=resume_hint(self.run_id, index, rec.step))
 
 
-async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
-    """Counter stopped and harvester vacuum off (when aborting), incubator shaker off and
-    at its idle setpoint. Never raises: returns what could not be done, and logs it."""
-    problems: list[str] = []
-    for kind, handle in handles.items():
-        driver = handle.driver
-        try:
-            if isinstance(driver, IncubatorDriver):
-                await driver.stop_shaking()
-                idle = getattr(handle.config, "idle_setpoint_c", 25.0)
-                await driver.set_temperature(idle)
-            elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
-                await driver.abort()
-        except (InstrumentError, OSError) as exc:
-            log.warning("could not make instrument safe", instrument=kind, error=str(exc))
-            problems.append(f"{handle.config.id}: {exc}")
-    return problems
-
-
-async def _uninterruptible(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` to its end even if the caller is cancelled meanwhile (then re-raise):
-    an abort half done would leave instruments running and no stop document."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        raise
-
-
 def resume_hint(run: str, index: int | None, step: str | None) -> str:
     """The message of an interrupted run's state: where it stopped, what to do."""
     at = "" if index is None else f" at step {index} ({step})"
@@ -523,12 +492,3 @@ def _outcome(task: asyncio.Task[None]) -> _Outcome:
     if isinstance(exc, InstrumentError | AnalysisError):
         return _Outcome("fault", exc)
     raise exc
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait until it has finished; its own errors are not ours (a
-    cancellation of the caller itself still goes through)."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.debug("cancelled step ended with an error", error=repr(exc))

@@ -1,0 +1,62 @@
+"""Ending well: instruments left safe, and endings that a cancellation cannot cut short.
+
+Shared by the run loop (:mod:`.runner`) and the commands that end a run outside it
+(:mod:`.commands`: aborting an interrupted run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from acquisition.instruments import InstrumentHandle
+from drivers.counter import CounterDriver
+from drivers.errors import InstrumentError
+from drivers.harvester import HarvesterDriver
+from drivers.incubator import IncubatorDriver
+
+__all__ = ["cancel_and_wait", "make_safe", "uninterruptible"]
+
+log = structlog.get_logger("acquisition.engine")
+
+
+async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
+    """Counter stopped and harvester vacuum off (when aborting), incubator shaker off and
+    at its idle setpoint. Never raises: returns what could not be done, and logs it."""
+    problems: list[str] = []
+    for kind, handle in handles.items():
+        driver = handle.driver
+        try:
+            if isinstance(driver, IncubatorDriver):
+                await driver.stop_shaking()
+                idle = getattr(handle.config, "idle_setpoint_c", 25.0)
+                await driver.set_temperature(idle)
+            elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
+                await driver.abort()
+        except (InstrumentError, OSError) as exc:
+            log.warning("could not make instrument safe", instrument=kind, error=str(exc))
+            problems.append(f"{handle.config.id}: {exc}")
+    return problems
+
+
+async def uninterruptible(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the caller is cancelled meanwhile (then re-raise):
+    an abort half done would leave instruments running and no stop document."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished; its own errors are not ours (a
+    cancellation of the caller itself still goes through)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("cancelled step ended with an error", error=repr(exc))
