@@ -26,13 +26,15 @@ async def run_wait(ctx: StepContext, step: WaitStep, progress: StepProgress) -> 
     clock = ctx.clock
     total = round(step.duration_s)
     last = clock.monotonic()
-    while progress.elapsed_s < step.duration_s:
-        done = min(total, round(progress.elapsed_s))
-        await ctx.progress(Progress(done=done, total=total, unit="s", eta_s=total - done))
-        await clock.sleep(min(TICK_S, step.duration_s - progress.elapsed_s))
+    while True:
         now = clock.monotonic()
         progress.elapsed_s += now - last
         last = now
+        done = min(total, round(progress.elapsed_s))
+        await ctx.progress(Progress(done=done, total=total, unit="s", eta_s=total - done))
+        if progress.elapsed_s >= step.duration_s:
+            break
+        await clock.sleep(min(TICK_S, step.duration_s - progress.elapsed_s))
     progress.detail = {"elapsed_s": round(progress.elapsed_s, 1)}
 
 
