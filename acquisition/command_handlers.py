@@ -57,9 +57,10 @@ class ReplyCache:
 
     MQTT QoS1 may deliver a command twice; the broker acks it before we see it. A command
     whose (ResponseTopic, CorrelationData) was answered in the last ``ttl_s`` seconds is not
-    executed again: its first reply is sent again. So a redelivered ``run.start`` does not
-    start a second run, unless the copy arrives while the first is still being handled
-    (commands are handled concurrently) or after a daemon restart (the cache is in memory).
+    executed again: its first reply is sent again (a copy arriving while the first is still
+    being handled waits for that reply: ``Daemon._inflight``). So a redelivered
+    ``run.start`` does not start a second run, unless the copy arrives after a daemon
+    restart (the cache is in memory).
     """
 
     def __init__(self, *, size: int = 512, ttl_s: float = 600.0) -> None:

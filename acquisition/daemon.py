@@ -22,7 +22,7 @@ from acquisition import __version__
 from acquisition.analysis.layout import PlateLayout
 from acquisition.analysis_step import analysis_layout, analyze_run_with_spec
 from acquisition.command_handlers import CommandHandlers, ReplyCache
-from acquisition.commands import AnalysisSpec, ProtocolRunArgs, RunStartArgs
+from acquisition.commands import AnalysisSpec, CommandReply, ProtocolRunArgs, RunStartArgs
 from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
 from acquisition.engine.runner import ProtocolRun
@@ -71,6 +71,9 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._handlers = CommandHandlers(self)
         self._replies = ReplyCache()
+        # Commands being handled, by (ResponseTopic, CorrelationData): a QoS1 copy arriving
+        # meanwhile waits for the first one's reply instead of running the command again.
+        self._inflight: dict[tuple[str, bytes], asyncio.Future[CommandReply]] = {}
         self._reply_prefix = config.topic("replies") + "/"
 
     # -- accessors for the command handlers ----------------------------------------------
@@ -328,14 +331,33 @@ class Daemon:
             return
         key = (response_topic, bytes(correlation)) if response_topic and correlation else None
         cached = self._replies.get(key, self.wall.monotonic()) if key else None
+        inflight = self._inflight.get(key) if key else None
         if cached is not None:
             log.info("duplicate command delivery; answering again", verb=cached.verb)
             reply = cached
+        elif inflight is not None:  # a copy of a command still being handled: its reply
+            log.info("duplicate command delivery while handling it; answering once done")
+            try:
+                reply = await asyncio.shield(inflight)
+            except asyncio.CancelledError:
+                if inflight.cancelled():  # the first copy was cut short: it answers nothing
+                    return
+                raise
         else:
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            reply = await self._handlers.handle(bytes(payload))
+            done: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
             if key is not None:
-                self._replies.put(key, reply, self.wall.monotonic())
+                self._inflight[key] = done
+            try:
+                reply = await self._handlers.handle(bytes(payload))
+                if key is not None:
+                    self._replies.put(key, reply, self.wall.monotonic())
+                done.set_result(reply)
+            finally:
+                if not done.done():
+                    done.cancel()
+                if key is not None:
+                    self._inflight.pop(key, None)
         if not response_topic:
             log.warning("command without a response topic", verb=reply.verb, ok=reply.ok)
             return

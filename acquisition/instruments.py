@@ -143,6 +143,34 @@ class InstrumentManager:
         }
         self._change = asyncio.Event()
         self.generation = 0  # +1 on every change of an instrument's state or lease
+        # Runs waiting for instruments, first come first served: (run, instrument ids).
+        self._queue: list[tuple[str, frozenset[str]]] = []
+
+    def join_queue(self, run: str, ids: frozenset[str]) -> None:
+        if all(r != run for r, _ in self._queue):
+            self._queue.append((run, ids))
+
+    def leave_queue(self, run: str) -> None:
+        before = len(self._queue)
+        self._queue = [(r, ids) for r, ids in self._queue if r != run]
+        if len(self._queue) != before:
+            self._signal_change()  # the next in line may go
+
+    def waiting_ahead(self, run: str, ids: frozenset[str]) -> str | None:
+        """The first run queued before ``run`` (all of them, if ``run`` is not queued) that
+        wants one of ``ids`` and could take all it wants now: it goes first. One still
+        waiting for something else does not hold ``run`` up (a run that needs the counter
+        alone is not kept waiting behind one that also waits for a busy incubator)."""
+        for other, wanted in self._queue:
+            if other == run:
+                return None
+            if wanted & ids and all(self._free(i) for i in wanted):
+                return other
+        return None
+
+    def _free(self, instrument_id: str) -> bool:
+        h = self.handles.get(instrument_id)
+        return h is not None and h.lease is None and h.connected and h.state != "fault"
 
     async def changed(self, since: int) -> None:
         """Wait until :attr:`generation` is past ``since`` (read it before looking at the

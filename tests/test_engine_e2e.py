@@ -515,3 +515,54 @@ async def test_a_pause_right_after_a_resume_is_kept(lab: VirtualLab) -> None:
     assert _step_phases(docs).count(("count", "paused")) >= 1
     await lab.client.request("run.resume", {"run": run})
     assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+
+
+async def test_a_command_delivered_twice_at_once_runs_once(lab: VirtualLab) -> None:
+    """QoS1 may deliver a command twice, the copy arriving while the first is handled."""
+    import json
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = lab.client
+    reply_topic = client.config.topic("replies", "twice")
+    start = json.dumps({"verb": "run.start", "args": {"protocol": "c",
+                        "protocol_toml": COUNT_ONLY}}).encode()  # fmt: skip
+    async with client.subscription(reply_topic) as queue:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = b"start-twice"
+        for _ in range(2):  # back to back: the second arrives before the first is answered
+            await client.client.publish(client.config.topic("cmd"), start, qos=1,
+                                        properties=props)  # fmt: skip
+        replies = []
+        async with asyncio.timeout(10):
+            while len(replies) < 2:
+                msg = await queue.get()
+                assert msg is not None and isinstance(msg.payload, bytes)
+                replies.append(json.loads(msg.payload))
+    assert replies[0] == replies[1] and replies[0]["ok"], replies
+    runs = await client.request("runs")
+    assert [r["run"] for r in runs] == [replies[0]["result"]["run"]]
+    assert (await lab.wait_state(runs[0]["run"], ENDED))["state"] == "completed"
+
+
+async def test_queued_runs_go_in_order_and_others_do_not_wait_for_them(
+    lab: VirtualLab,
+) -> None:
+    first = await lab.start("c", protocol_toml=COUNT_ONLY)
+    await lab.freeze_when(first, _in_step("count", done=12))
+    second = await lab.start("c", protocol_toml=COUNT_ONLY)
+    await lab.wait_state(second, {"queued"})
+    third = await lab.start("c", protocol_toml=COUNT_ONLY)
+    queued = await lab.wait_state(third, {"queued"})
+    assert "held by run" in queued["message"] or "first in line" in queued["message"]
+    # a run that wants only the incubator is not held up by the line for the counter
+    warm = await lab.start("warm", protocol_toml='name = "warm"\n[[steps]]\ntype = "incubate"\n'
+                           'temperature = "30 C"\nduration = "5 min"\n')  # fmt: skip
+    await lab.wait_state(warm, {"running"}, step="incubate")
+    lab.thaw()
+    for run in (first, second, third, warm):
+        assert (await lab.wait_state(run, ENDED))["state"] == "completed"
+    starts = [_kinds(await lab.documents(r), "start")[0]["ts"] for r in (second, third)]
+    assert starts[0] < starts[1]  # the second came first, so it counted first

@@ -33,11 +33,12 @@ from acquisition.config import LabConfig
 from acquisition.engine.bench_steps import run_count, run_harvest, run_incubate
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
+from acquisition.engine.leasing import AbortedWhileQueued, lease_all
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint, decide
 from acquisition.engine.safety import cancel_and_wait, make_safe, uninterruptible
 from acquisition.engine.simple_steps import run_analyze, run_wait
-from acquisition.errors import AnalysisError, CommandError, InterlockError
+from acquisition.errors import AnalysisError, InterlockError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
 from acquisition.journal import Journal
 from acquisition.payloads import ExitStatus, PromptState, RunStateName
@@ -184,43 +185,14 @@ class ProtocolRun:
 
     async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
         """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
-        needed = sorted({INSTRUMENT_KIND[s.type] for s in self.setup.protocol.steps
-                         if s.type in INSTRUMENT_KIND})  # fmt: skip
-        rec = self.recorder
-        while True:
-            generation = self.instruments.generation  # before trying: no change is missed
-            attempt = contextlib.AsyncExitStack()
-            handles: dict[str, InstrumentHandle] = {}
-            try:
-                for kind in needed:
-                    iid = self.setup.instruments[kind]
-                    handles[kind] = await attempt.enter_async_context(
-                        self.instruments.lease(iid, self.run_id, kind=kind)
-                    )
-            except CommandError as exc:
-                await attempt.aclose()  # held by nobody: not ours to make safe later
-                if exc.code not in ("conflict", "unavailable"):
-                    raise
-                if rec.state != "queued" or rec.message != f"waiting: {exc.message}":
-                    await rec.set_state("queued", message=f"waiting: {exc.message}")
-                await self._wait_instruments(generation)
-                continue
-            stack.push_async_exit(attempt.pop_all())
-            self.handles = handles
-            return
-
-    async def _wait_instruments(self, generation: int) -> None:
-        """Until an instrument changed since ``generation`` (a lease released, a connection
-        made) or an abort."""
-        changed = asyncio.ensure_future(self.instruments.changed(generation))
-        asked = asyncio.ensure_future(self.control.changed())
+        needed = {INSTRUMENT_KIND[s.type]: self.setup.instruments[INSTRUMENT_KIND[s.type]]
+                  for s in self.setup.protocol.steps if s.type in INSTRUMENT_KIND}  # fmt: skip
         try:
-            await asyncio.wait({changed, asked}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (changed, asked):
-                fut.cancel()
-        if self.control.abort_requested:
-            raise _Aborted("aborted while queued")
+            self.handles = await lease_all(
+                self.instruments, self.recorder, self.control, needed, stack
+            )
+        except AbortedWhileQueued as exc:
+            raise _Aborted(str(exc)) from None
 
     async def _start_document(self) -> None:
         s = self.setup
