@@ -32,6 +32,7 @@ __all__ = [
     "AnswerArgs",
     "CommandReply",
     "CommandRequest",
+    "CompetitionModel",
     "PauseArgs",
     "ProtocolRunArgs",
     "RecoverArgs",
@@ -44,6 +45,14 @@ __all__ = [
 ]
 
 MAX_COMMAND_BYTES = 64 * 1024
+# The analysis models a count run (run.start analysis, a protocol's analyze step) may ask for.
+CompetitionModel = Literal[
+    "one-site-fit-ki",
+    "one-site-fit-logic50",
+    "four-param-logistic",
+    "two-sites-fit-ki",
+    "heterologous-depletion",
+]
 WELL_PATTERN = r"^[A-H](?:[1-9]|1[0-2])$"
 
 
@@ -58,13 +67,7 @@ class NoArgs(_Args):
 class AnalysisSpec(_Args):
     """Analyse the count once it completes (acquisition/analysis/run_analysis.py)."""
 
-    model: Literal[
-        "one-site-fit-ki",
-        "one-site-fit-logic50",
-        "four-param-logistic",
-        "two-sites-fit-ki",
-        "heterologous-depletion",
-    ] = "one-site-fit-ki"
+    model: CompetitionModel = "one-site-fit-ki"
     competitor: str = Field(min_length=1, max_length=100)
     constants: dict[str, float] = Field(default_factory=dict, description="HotNM, HotKdNM, ...")
     layout: dict[str, Any] = Field(

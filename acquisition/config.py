@@ -37,6 +37,7 @@ __all__ = [
     "PerfusionConfig",
     "SimulationConfig",
     "load_config",
+    "short_repr",
 ]
 
 DEFAULT_CONFIG_PATH = Path("config/lab.toml")
@@ -276,7 +277,7 @@ def _one_line(source: str, exc: ValidationError) -> ConfigError:
     if err.get("type") == "union_tag_invalid":
         ctx = err.get("ctx", {})
         loc = f"{loc}.{str(ctx.get('discriminator', 'kind')).strip(chr(39))}"
-        msg = f"one of {ctx.get('expected_tags')} (got {_short(ctx.get('tag'))})"
+        msg = f"one of {ctx.get('expected_tags')} (got {short_repr(ctx.get('tag'))})"
     elif err.get("type") == "extra_forbidden":
         msg = "no such setting (check the spelling)"
     elif err.get("type") == "missing":
@@ -284,7 +285,7 @@ def _one_line(source: str, exc: ValidationError) -> ConfigError:
     elif _is_secret(loc):
         pass  # never echo what was given for a secret
     elif "input" in err and err.get("type") not in {"missing", "union_tag_invalid"}:
-        msg = f"{msg} (got {_short(err['input'])})"
+        msg = f"{msg} (got {short_repr(err['input'])})"
     return ConfigError(source, loc or "(top level)", msg)
 
 
@@ -306,6 +307,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _short(value: object) -> str:
+def short_repr(value: object) -> str:
+    """A value as an error message quotes it: its repr, at most 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -27,6 +27,7 @@ from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
 from acquisition.engine.runner import ProtocolRun
 from acquisition.engine.runs import interrupt_open_run, protocol_run_from_args, resumed_protocol_run
+from acquisition.engine.states import OPEN
 from acquisition.errors import CommandError
 from acquisition.instruments import InstrumentManager
 from acquisition.journal import Journal, OutboxMessage
@@ -157,9 +158,7 @@ class Daemon:
 
     async def _recover_interrupted_runs(self) -> None:
         """Runs left open by a crash are marked interrupted; their data is kept."""
-        open_runs = await self.journal.runs_in_states(
-            {"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"}
-        )
+        open_runs = await self.journal.runs_in_states(set(OPEN))
         for record in open_runs:
             recorder = await RunRecorder.resume(
                 self.config, self.journal, self.link.notify, record, clock=self.wall

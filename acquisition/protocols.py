@@ -31,6 +31,8 @@ from pydantic import (
     ValidationError,
 )
 
+from acquisition.commands import CompetitionModel
+from acquisition.config import short_repr as _short
 from acquisition.errors import ConfigError
 from acquisition.quantities import (
     DURATION,
@@ -65,6 +67,7 @@ __all__ = [
     "Step",
     "WaitStep",
     "check_protocol_command",
+    "expected_duration_s",
     "format_plan",
     "load_protocol",
     "parse_protocol",
@@ -182,13 +185,7 @@ class AnalyzeStep(_Strict):
     """Fit the last count (acquisition/analysis), constants named as in Prism."""
 
     type: Literal["analyze"]
-    model: Literal[
-        "one-site-fit-ki",
-        "one-site-fit-logic50",
-        "four-param-logistic",
-        "two-sites-fit-ki",
-        "heterologous-depletion",
-    ]
+    model: CompetitionModel
     competitor: str = Field(min_length=1, max_length=100)
     constants: dict[str, StrictFloat] = Field(default_factory=dict)
     rate: Literal["ccpm", "cpm"] = "ccpm"
@@ -323,11 +320,6 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 # ---------------------------------------------------------------------------- the plan
 
 
@@ -357,6 +349,11 @@ class Plan:
 def plan(protocol: Protocol) -> Plan:
     """Each step's settings and expected duration, from the planning assumptions above."""
     return Plan(protocol, tuple(_plan_step(i + 1, s) for i, s in enumerate(protocol.steps)))
+
+
+def expected_duration_s(step: Step) -> float:
+    """One step's expected duration (0 for operator time and the analysis), as planned."""
+    return _plan_step(1, step).duration_s
 
 
 def stabilisation_s(step: IncubateStep) -> float:

@@ -60,16 +60,19 @@ def write_lab_config(
     simulation_extra: str = "",
     counter_poll_s: float = 0.05,
     top_extra: str = "",
+    virtual_operator: bool = True,
+    journal_path: Path | None = None,
 ) -> LabFiles:
     """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
 
     ``kinds``: which instruments the bench has (``counter``, ``incubator``, ``harvester``,
-    ``perfusion``); serial ones get a pty link inside ``workdir``.
+    ``perfusion``); serial ones get a pty link inside ``workdir``. ``journal_path``: default
+    ``workdir/journal.sqlite3`` (give another to restart a daemon on the same journal).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     counter_port = counter_port or free_port()
     control_port = control_port or free_port()
-    journal = workdir / "journal.sqlite3"
+    journal = journal_path or workdir / "journal.sqlite3"
     text = f"""\
 node = "{node}"
 {top_extra}
@@ -92,6 +95,7 @@ format = "json"
 enabled = true
 time_scale = {time_scale}
 control_port = {control_port}
+virtual_operator = {str(virtual_operator).lower()}
 
 [simulation.counter]
 detectors = {detectors}

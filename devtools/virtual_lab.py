@@ -93,6 +93,11 @@ class VirtualLab:
                 raise AssertionError(f"run {run}: the awaited point never came")
             await asyncio.sleep(0)
 
+    def freeze(self) -> None:
+        """Stop the virtual clock now (see :meth:`freeze_when`)."""
+        assert isinstance(self.clock, VirtualClock)
+        self.clock.hold()
+
     def thaw(self) -> None:
         assert isinstance(self.clock, VirtualClock)
         self.clock.release()
@@ -119,15 +124,8 @@ async def virtual_lab(
     files = write_lab_config(
         workdir, broker_port=broker_port, node=node, kinds=kinds, counter_poll_s=10.0,
         simulation_extra="[simulation.world]\ntick_s = 30.0",
+        virtual_operator=virtual_operator, journal_path=journal_path,
     )  # fmt: skip
-    text = files.config_path.read_text(encoding="utf-8")
-    text = text.replace(
-        "[simulation]\n", f"[simulation]\nvirtual_operator = {str(virtual_operator).lower()}\n"
-    )
-    if journal_path is not None:
-        text = text.replace(f'path = "{files.journal_path}"', f'path = "{journal_path}"')
-        files.journal_path = journal_path
-    files.config_path.write_text(text, encoding="utf-8")
     config = load_config(files.config_path)
     bench_config = load_bench_config(files.config_path)
     assert not isinstance(bench_config, ConfigProblem), str(bench_config)

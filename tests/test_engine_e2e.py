@@ -505,7 +505,7 @@ async def test_a_pause_right_after_a_resume_is_kept(lab: VirtualLab) -> None:
     await lab.client.request("run.pause", {"run": run})
     lab.thaw()
     await lab.wait_state(run, {"paused"})
-    lab.clock.hold()  # type: ignore[attr-defined]
+    lab.freeze()
     await lab.client.request("run.resume", {"run": run})
     reply = await lab.client.request("run.pause", {"run": run})
     assert reply["state"] == "pausing", reply

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,42 +162,43 @@ def _is_file_argument(value: str) -> bool:
 
 def _protocol(value: str) -> tuple[str, str | None]:
     """(protocol name, file text or None) for run.start, the file validated first."""
-    if not _is_file_argument(value):
-        if not _NAME.match(value):
-            raise _LocalError(f"{value}: (protocol): a protocol name or a .toml file")
-        return value, None
-    from acquisition.errors import ConfigError
     from acquisition.protocols import load_protocol
 
-    try:
-        protocol = load_protocol(value)
-    except ConfigError as exc:
-        raise _LocalError(str(exc)) from None
-    except Exception as exc:  # never a traceback at the bench
-        raise _LocalError(f"{value}: (internal): {type(exc).__name__}: {exc}") from None
-    text = _read(value)
-    stem = Path(value).stem
-    return (stem if _NAME.match(stem) else protocol.name), text
+    name, text, protocol = _named_or_file(value, "protocol", load_protocol)
+    if text is not None and name is None:
+        name = protocol.name  # a file whose stem is no valid name: the protocol's own name
+    assert name is not None
+    return name, text
 
 
 def _plate_map(value: str) -> tuple[str | None, str | None]:
     """(plate map name, file text) for run.start, the file validated first."""
-    if not _is_file_argument(value):
-        if not _NAME.match(value):
-            raise _LocalError(f"{value}: (plate map): a plate map name or a .toml file")
-        return value, None
-    from acquisition.errors import ConfigError
     from acquisition.plate_maps import load_plate_map
 
+    name, text, _ = _named_or_file(value, "plate map", lambda v: load_plate_map(Path(v)))
+    return name, text
+
+
+def _named_or_file(
+    value: str, what: str, load: Callable[[str], Any]
+) -> tuple[str | None, str | None, Any]:
+    """A name is checked and sent as it is: (name, None, None). A file is validated with
+    ``load`` here, so a mistake is one line before any broker: (its stem if that is a valid
+    name else None, its text, what ``load`` returned)."""
+    if not _is_file_argument(value):
+        if not _NAME.match(value):
+            raise _LocalError(f"{value}: ({what}): a {what} name or a .toml file")
+        return value, None, None
+    from acquisition.errors import ConfigError
+
     try:
-        load_plate_map(Path(value))
+        loaded = load(value)
     except ConfigError as exc:
         raise _LocalError(str(exc)) from None
     except Exception as exc:  # never a traceback at the bench
         raise _LocalError(f"{value}: (internal): {type(exc).__name__}: {exc}") from None
-    text = _read(value)
     stem = Path(value).stem
-    return (stem if _NAME.match(stem) else None), text
+    return (stem if _NAME.match(stem) else None), _read(value), loaded
 
 
 def _read(path: str) -> str:

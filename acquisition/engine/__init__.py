@@ -5,6 +5,7 @@
 - :mod:`.context`: what a step gets to work with (and keeps as its progress).
 - :mod:`.bench_steps` / :mod:`.simple_steps`: one executor per step type.
 - :mod:`.runner`: :class:`~.runner.ProtocolRun`, the loop over the steps.
+- :mod:`.leasing`: a run takes all its instruments at once, or waits in line.
 - :mod:`.safety`: instruments left safe, endings a cancellation cannot cut short.
 - :mod:`.recovery`: where an interrupted run stands, read back from its documents.
 - :mod:`.launch` / :mod:`.runs`: a run from ``run.start``, or resumed from the journal.

@@ -17,7 +17,7 @@ import structlog
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.errors import InterlockError
 from acquisition.payloads import Progress, TemperatureReading, WellReading
-from acquisition.protocols import CountStep, HarvestStep, IncubateStep, plan
+from acquisition.protocols import CountStep, HarvestStep, IncubateStep, expected_duration_s
 from acquisition.run_recorder import utcnow
 from drivers.counter import CounterDriver, WellCount
 from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentTimeoutError
@@ -158,7 +158,7 @@ async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgres
     """One harvest cycle. Never resumed half-way: a retry filters the plate again."""
     driver = ctx.handle("harvester").driver
     assert isinstance(driver, HarvesterDriver)
-    planned = plan_seconds(step)
+    planned = expected_duration_s(step)
     ticker = asyncio.create_task(_tick(ctx, planned), name=f"harvest-progress:{ctx.index}")
     try:
         report = await driver.harvest(
@@ -182,12 +182,6 @@ async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgres
     }
     if report.clogged_wells:
         log.warning("clogged wells", wells=list(report.clogged_wells))
-
-
-def plan_seconds(step: HarvestStep) -> float:
-    from acquisition.protocols import Protocol
-
-    return plan(Protocol(name="x", steps=[step])).total_s
 
 
 async def _tick(ctx: StepContext, planned_s: float, every_s: float = 5.0) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
 from acquisition.engine.recovery import read_run
 from acquisition.engine.safety import make_safe
+from acquisition.engine.states import refuse
 from acquisition.errors import CommandError
 from acquisition.journal import RunRecord
 from acquisition.run_recorder import RunRecorder
@@ -39,7 +40,7 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
                 control.pause(args.when)
                 return {"run": args.run, "state": "pausing", "message": "again"}
             if state not in ("running", "queued", "awaiting-operator"):
-                raise _refused(args.run, state, "pause")
+                raise refuse(args.run, state, "pause")
             when = args.when
             here = _where(engine)
             note = f"now, in {here}"
@@ -52,14 +53,14 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
             return {"run": args.run, "state": "pausing", "message": note}
         case "run.resume":
             if state != "paused":
-                raise _refused(args.run, state, "resume")
+                raise refuse(args.run, state, "resume")
             control.resume()
             return {"run": args.run, "state": "resuming", "message": f"in {_where(engine)}"}
         case "run.answer":
             assert isinstance(args, AnswerArgs)
             prompt = engine.recorder.prompt
             if state != "awaiting-operator" or prompt is None or prompt.kind != "operator":
-                raise _refused(args.run, state, "answer a prompt of")
+                raise refuse(args.run, state, "answer a prompt of")
             if args.prompt is not None and args.prompt != prompt.id:
                 raise CommandError(
                     "conflict", f"run '{args.run}' asks prompt {prompt.id}, not {args.prompt}"
@@ -75,7 +76,7 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
         case "run.recover":
             assert isinstance(args, RecoverArgs)
             if state != "awaiting-recovery":
-                raise _refused(args.run, state, "recover")
+                raise refuse(args.run, state, "recover")
             control.recover(args.action)
             return {"run": args.run, "state": "recovering",
                     "message": f"{args.action} {_where(engine)}"}  # fmt: skip
@@ -89,10 +90,6 @@ def _where(engine: ProtocolRun) -> str:
 
 def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:
     return {"run": engine.run_id, "state": engine.recorder.state, "message": message}
-
-
-def _refused(run: str, state: str, what: str) -> CommandError:
-    return CommandError("conflict", f"run '{run}' is {state}: cannot {what} it")
 
 
 async def _engine(daemon: Daemon, run: str) -> ProtocolRun:

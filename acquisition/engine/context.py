@@ -11,10 +11,12 @@ pause or abort: the executor leaves its instrument safe and lets the cancellatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from acquisition.analysis.layout import PlateLayout
 from acquisition.config import LabConfig
 from acquisition.instruments import InstrumentHandle
 from acquisition.journal import Journal
@@ -45,9 +47,9 @@ class StepContext:
     clock: Clock
     handles: dict[str, InstrumentHandle]  # by kind: "incubator", "harvester", "counter"
     plate_id: str
-    plate_layout: Any  # acquisition.analysis.layout.PlateLayout | None
+    plate_layout: PlateLayout | None
     index: int  # 1-based step number
-    notify: Any  # () -> None: wake the MQTT link
+    notify: Callable[[], None]  # wake the MQTT link
     harvested: bool = False  # an earlier step harvested this run's plate onto a mat
 
     def handle(self, kind: str) -> InstrumentHandle:

@@ -7,6 +7,7 @@ Every error is a :class:`CommandError` whose message names the file and the loca
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,14 @@ def _read(directory: Path, name: str, what: str) -> tuple[str, str]:
         raise CommandError("bad_request", f"{path}: cannot read it ({exc})") from None
 
 
-def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> RunSetup:
+async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> RunSetup:
+    """The files named are read on a worker thread: the daemon's loop never waits on a disk."""
     if args.protocol_toml is not None:
         text, source = args.protocol_toml, f"{args.protocol}.toml (sent by the terminal)"
     else:
-        text, source = _read(config.protocols_dir, args.protocol, "protocol")
+        text, source = await asyncio.to_thread(
+            _read, config.protocols_dir, args.protocol, "protocol"
+        )
     try:
         protocol, definition = parse_protocol(text, source=source)
     except ConfigError as exc:
@@ -47,12 +51,15 @@ def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> 
     layout = None
     if args.plate_map_toml is not None or args.plate_map is not None:
         if args.plate_map_toml is not None:
-            ptext, plate_source = args.plate_map_toml, f"{args.plate_map or 'plate map'} (sent)"
+            ptext, psource = args.plate_map_toml, f"{args.plate_map or 'plate map'} (sent)"
         else:
             assert args.plate_map is not None
-            ptext, plate_source = _read(config.plates_dir, args.plate_map, "plate map")
+            ptext, psource = await asyncio.to_thread(
+                _read, config.plates_dir, args.plate_map, "plate map"
+            )
+        plate_source = psource
         try:
-            layout = parse_plate_map(ptext, source=plate_source)
+            layout = parse_plate_map(ptext, source=psource)
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None

@@ -28,7 +28,7 @@ log = structlog.get_logger("acquisition.engine")
 
 
 async def protocol_run_from_args(daemon: Daemon, args: ProtocolRunArgs) -> ProtocolRun:
-    setup = setup_from_args(daemon.config, args, uuid.uuid4().hex)
+    setup = await setup_from_args(daemon.config, args, uuid.uuid4().hex)
     params = args.model_dump(mode="json", exclude={"protocol_toml", "plate_map_toml"})
     params["plate_id"] = setup.plate_id
     recorder = await RunRecorder.create(

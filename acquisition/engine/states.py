@@ -16,14 +16,17 @@ must not be redone without the operator), ``run.abort`` ends it.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, get_args
 
 from acquisition.errors import CommandError
+from acquisition.payloads import TERMINAL_STATES, RunStateName
 
-__all__ = ["FINAL", "OPEN", "TRANSITIONS", "check_transition"]
+__all__ = ["FINAL", "OPEN", "TRANSITIONS", "check_transition", "refuse"]
 
-FINAL: Final = frozenset({"completed", "aborted", "failed"})
-OPEN: Final = frozenset({"queued", "running", "paused", "awaiting-operator", "awaiting-recovery"})
+STATES: Final = frozenset(get_args(RunStateName))
+# ``interrupted`` ends a count-plate run (TERMINAL_STATES) but a protocol run resumes from it.
+FINAL: Final = TERMINAL_STATES - {"interrupted"}
+OPEN: Final = STATES - TERMINAL_STATES
 
 TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     # waiting for its instruments (the message changes as they do); a resumed run may need
@@ -31,18 +34,7 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     "queued": frozenset(
         {"queued", "running", "awaiting-recovery", "aborted", "failed", "interrupted"}
     ),
-    "running": frozenset(
-        {
-            "running",  # progress
-            "paused",
-            "awaiting-operator",
-            "awaiting-recovery",
-            "completed",
-            "aborted",
-            "failed",
-            "interrupted",
-        }
-    ),
+    "running": STATES - {"queued"},  # running -> running: progress
     "paused": frozenset(
         {"running", "paused", "awaiting-recovery", "aborted", "interrupted", "failed"}
     ),
