@@ -147,10 +147,10 @@ class CommandHandlers:
         return record
 
     async def _state_payload(self, run: str) -> bytes:
+        # The state as last committed with the run's documents: its last_seq is on disk (a
+        # replay can serve all of it) and it never says "completed" before the stop
+        # document is written (a recorder's in-memory state runs ahead of its writes).
         record = await self._record(run)
-        active = self._d.active.get(run)
-        if active is not None:  # only what is on disk, so a replay can serve all of it
-            return active.recorder.state_payload(last_seq=active.recorder.last_seq)
         if record.state_payload is None:
             raise CommandError("not_found", f"run '{run}' has no state yet")
         return record.state_payload
