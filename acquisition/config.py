@@ -150,6 +150,12 @@ class HarvesterConfig(_SerialInstrument):
     """A cell harvester (Brandel / FilterMate-style) over RS-232."""
 
     kind: Literal["harvester"]
+    buffer_capacity_ml: float = Field(
+        4000.0, gt=0, le=100_000, description="wash-buffer reservoir volume (mL)"
+    )
+    waste_capacity_ml: float = Field(
+        2000.0, gt=0, le=100_000, description="waste-trap volume (mL)"
+    )
 
 
 class PerfusionConfig(_SerialInstrument):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import AssayError
+from drivers.errors import AssayError, InstrumentFaultError
 
 __all__ = [
     "AnalysisError",
@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "InterlockError",
     "JournalError",
+    "PreconditionError",
 ]
 
 
@@ -60,4 +61,17 @@ class InterlockError(AssayError):
 
     def __init__(self, message: str, action: str) -> None:
         super().__init__(message)
+        self.action = action
+
+
+class PreconditionError(InstrumentFaultError):
+    """A step cannot start: what it needs is not in place (no plate in the harvester, a mat
+    left from another plate, the waste trap too full for the harvest). The message says
+    what to do; the run waits for the operator (retry once done, skip, abort).
+
+    ``action`` names what the virtual operator can do about it on a simulated bench
+    (``plate_to_harvester``, ``empty_waste``, ...); None when it takes a person."""
+
+    def __init__(self, message: str, *, instrument: str, action: str | None = None) -> None:
+        super().__init__(message, instrument=instrument, fault="precondition")
         self.action = action

@@ -203,6 +203,9 @@ class PromptDocument(_DocumentBase):
     options: list[str] = Field(default_factory=list)
     answer: str | None = None
     by: str | None = Field(None, description="who answered: 'terminal', 'virtual-operator'")
+    note: str | None = Field(
+        None, description="what the one who answered did (the virtual operator's moves)"
+    )
 
 
 class StopDocument(_DocumentBase):

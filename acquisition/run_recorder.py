@@ -371,6 +371,7 @@ class RunRecorder:
         *,
         answer: str | None = None,
         by: str | None = None,
+        note: str | None = None,
     ) -> None:
         """A prompt asked (the state then carries it), or answered, timed out or withdrawn
         (the run paused, aborted or stopped while it was open): cleared."""
@@ -379,6 +380,7 @@ class RunRecorder:
             PromptDocument(
                 **self._base(), prompt_id=prompt.id, phase=phase, prompt_kind=prompt.kind,
                 text=prompt.text, options=list(prompt.options), answer=answer, by=by,
+                note=note,
             )
         )  # fmt: skip
 

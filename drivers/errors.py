@@ -15,6 +15,7 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     │   │   └── InstrumentTimeoutError  no reply in time                    retryable
     │   ├── InstrumentReplyError the instrument answered with an error code or nonsense
     │   └── InstrumentFaultError the instrument is in a fault state (door open, jam, ...)
+    │       └── PreconditionError  a step's needs are not in place     (acquisition)
     ├── ConfigError              a config file or override is invalid      (acquisition)
     ├── CommandError             an MQTT command was malformed or refused  (acquisition)
     ├── JournalError             the local journal could not be written    (acquisition)

@@ -18,6 +18,8 @@ Faults (:meth:`HarvesterSimulator.inject_fault`):
 * ``buffer_empty`` / ``waste_full``: the reservoir is empty / the trap full (12 / 13).
 * ``clear``: the operator fixes everything above (refills, empties, reseats, seals);
   a latched fault still needs ``AB`` from the host.
+* ``empty_waste`` / ``refill_buffer`` / ``seat_mat``: the operator's routine care, one
+  thing each (the virtual operator does them when a harvest's precondition asks).
 * ``bad_checksum``: the next reply carries a wrong checksum (inject twice for two).
 * ``garbage``, ``noise_then_reply``, ``byte_by_byte``, ``stall``, ``close``: transport
   faults of the :class:`~simulators.pty_port.PtyPort` on the next reply (inject twice for
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
@@ -48,11 +50,13 @@ from drivers.harvester.codec import (
     Identity,
     OkReply,
     QueryAnomalies,
+    QueryMat,
     QueryStatus,
     Reply,
     error_reply,
     format_anomalies,
     format_identity,
+    format_mat,
     format_reply,
     format_status,
     open_frame,
@@ -69,6 +73,7 @@ __all__ = [
 
 FaultKind = Literal[
     "low_vacuum", "mat_not_seated", "clogged_wells", "buffer_empty", "waste_full", "clear",
+    "empty_waste", "refill_buffer", "seat_mat",
     "bad_checksum", "garbage", "noise_then_reply", "byte_by_byte", "stall", "close",
 ]
 FAULT_KINDS: Final = get_args(FaultKind)
@@ -184,6 +189,16 @@ class HarvesterSimulator:
         elif kind == "waste_full":
             model.advance(now)
             model.waste_ml = model.params.waste_capacity_ml
+        elif kind == "empty_waste":  # the operator's routine care, not a fault
+            model.advance(now)
+            model.waste_ml = 0.0
+        elif kind == "refill_buffer":
+            model.advance(now)
+            model.buffer_ml = model.params.buffer_capacity_ml
+        elif kind == "seat_mat":  # a fresh mat in the holder
+            model.advance(now)
+            if not model.mat_seated:
+                model.mat_seated, model.cycle = True, Cycle(clogged=model.cycle.clogged)
         else:
             self.clear_faults()
         self._wake.set()
@@ -211,6 +226,7 @@ class HarvesterSimulator:
             "vacuum_bar": status.vacuum_bar, "buffer_pct": status.buffer_pct,
             "waste_pct": status.waste_pct, "mat_seated": status.mat_seated,
             "plate_present": status.plate_present, "fault_code": status.fault_code,
+            "mat": asdict(self.model.mat_report(self.clock.monotonic())),
             "address": None if self.port is None else self.port.address,
             "mats": [m.mat_id for m in self.mats], "sim_time_s": self.clock.monotonic(),
         }
@@ -242,6 +258,8 @@ class HarvesterSimulator:
             return OkReply(format_identity(self.identity))
         if isinstance(command, QueryStatus):
             return OkReply(format_status(self.model.status(now)))
+        if isinstance(command, QueryMat):
+            return OkReply(format_mat(self.model.mat_report(now)))
         if isinstance(command, QueryAnomalies):
             self.model.advance(now)
             return OkReply(format_anomalies(self.model.cycle.clogged))

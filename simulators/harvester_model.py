@@ -20,6 +20,7 @@ from drivers.harvester.codec import (
     Command,
     Dry,
     ErrorCode,
+    MatReport,
     Prewet,
     Release,
     State,
@@ -96,6 +97,8 @@ class HarvesterModel:
     waste_ml: float = 0.0
     clog_next: frozenset[str] = frozenset()
     cycle: Cycle = field(default_factory=Cycle)
+    mats_made: int = 0
+    """Complete harvests (a dry after an aspirate) since power-on: ``MT?``'s ``made``."""
     _now: float = 0.0
     _start: float = 0.0
     _duration: float = 0.0
@@ -189,6 +192,13 @@ class HarvesterModel:
             fault_code=self.fault,
         )
 
+    def mat_report(self, now: float) -> MatReport:
+        self.advance(now)
+        c = self.cycle
+        return MatReport(seated=self.mat_seated, prewet=c.prewet, aspirated=c.aspirated,
+                         washes=min(99, c.washes), dried=c.harvested,
+                         made=self.mats_made % 100000)
+
     def vacuum_bar(self, now: float) -> float:
         start, target, since = self._vac
         return target + (start - target) * math.exp(-(now - since) / self.params.vacuum_tau_s)
@@ -281,6 +291,11 @@ class HarvesterModel:
         self._done = self._now
 
     def _trip(self, code: ErrorCode) -> None:
+        if isinstance(self.command, Wash) and self._duration > 0:  # the cycles it finished
+            done = math.floor(self.command.cycles * (self._now - self._start) / self._duration)
+            self.cycle.washes += max(0, min(self.command.cycles, done))
+            self.cycle.wash_volume_ml = self.command.volume_ml
+            self.cycle.wash_s += self._now - self._start
         self._stop_pulling()
         self.state, self.fault, self.command = "FAULT", int(code), None
 
@@ -298,6 +313,7 @@ class HarvesterModel:
             self.cycle.wash_s += self._duration
         elif isinstance(cmd, Dry) and self.cycle.aspirated and not self.cycle.harvested:
             self.cycle.harvested = True
+            self.mats_made += 1
             self.on_dried(self.cycle)
         elif isinstance(cmd, Release) and self.mat_seated:
             clogged = self.cycle.clogged

@@ -119,8 +119,13 @@ def test_take_recovery_once() -> None:
     c = RunControl()
     assert c.take_recovery() is None
     c.recover("skip")
-    assert c.take_recovery() == "skip"
+    taken = c.take_recovery()
+    assert taken is not None and (taken.action, taken.by, taken.note) == ("skip", "operator", None)
     assert c.take_recovery() is None
+    c.recover("retry", by="virtual-operator", note="emptied the waste trap")
+    taken = c.take_recovery()
+    assert taken is not None and (taken.by, taken.note) == ("virtual-operator",
+                                                            "emptied the waste trap")
 
 
 @pytest.mark.parametrize(
@@ -329,12 +334,23 @@ def _decide(d: Docs, now: datetime, time_scale: float = 1.0) -> str | None:
     return decide(protocol, d.point(), now, time_scale)
 
 
-def test_decide_harvest_started_asks_the_operator() -> None:
-    d = _through_incubation().step(2, "finished").step(3, "started").interruption()
-    message = _decide(d, T0 + timedelta(hours=2))
-    assert message is not None
-    assert "step 3 (harvest) was interrupted" in message
-    assert "retry" in message and "skip" in message and "abort" in message
+def test_a_started_harvest_is_left_to_the_harvesters_report() -> None:
+    """decide() does not guess where a harvest stands: the run reads the harvester once it
+    holds it (engine.harvest.assess_harvest), from the facts its started document kept."""
+    facts = {"harvester": {"mats_made": 4, "waste_pct": 12.5}}
+    d = (_through_incubation().step(2, "finished").step(3, "started", **facts)
+         .interruption())  # fmt: skip
+    assert _decide(d, T0 + timedelta(hours=2)) is None
+    point = d.point()
+    assert point.next_index == 3
+    assert point.progress[3].started and point.progress[3].before == facts
+
+
+def test_a_data_document_of_another_stream_is_not_read_as_a_temperature() -> None:
+    d = _through_incubation(samples=2)
+    d._add("data", stream="harvester", reading={"event": "noted"})  # no sampled_at
+    point = d.point()  # no KeyError
+    assert point.progress[2].last_sample_at is not None
 
 
 def test_decide_incubate_with_a_recent_sample_goes_on() -> None:

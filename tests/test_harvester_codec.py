@@ -28,9 +28,11 @@ from drivers.harvester.codec import (
     Frame,
     Identify,
     Identity,
+    MatReport,
     OkReply,
     Prewet,
     QueryAnomalies,
+    QueryMat,
     QueryStatus,
     Release,
     Status,
@@ -40,12 +42,14 @@ from drivers.harvester.codec import (
     error_reply,
     format_anomalies,
     format_identity,
+    format_mat,
     format_reply,
     format_status,
     open_frame,
     parse_anomalies,
     parse_command,
     parse_identity,
+    parse_mat,
     parse_reply,
     parse_status,
     read_reply,
@@ -55,7 +59,7 @@ from drivers.harvester.driver import _is_reply
 from drivers.serial_link import split_line
 
 ALL_COMMANDS: list[Command] = [
-    Identify(), QueryStatus(), QueryAnomalies(), Prewet(10), Prewet(300), Aspirate(),
+    Identify(), QueryStatus(), QueryAnomalies(), QueryMat(), Prewet(10), Prewet(300), Aspirate(),
     Wash(3, 1.0), Wash(10, 0.1), Dry(30), Release(), Abort(),
 ]
 STATUS = Status("BUSY", "WS", 2, 45, -0.64, 87.5, 18.2, True, True, 0)
@@ -70,6 +74,9 @@ def test_byte_examples_from_the_protocol_document() -> None:
     assert format_reply(OkReply(format_status(STATUS))) == (
         b"OK BUSY,WS,2,45,-0.64,87.5,18.2,1,1,00*12")
     assert format_reply(error_reply(ErrorCode.WASTE_FULL)) == b"ER 13 Waste full*72"
+    assert encode_command(QueryMat()) == b"MT?*26"
+    assert format_reply(OkReply(format_mat(MatReport(True, True, True, 0, False, 4)))) == (
+        b"OK 1,1,1,0,0,4*0D")
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=repr)
@@ -132,7 +139,7 @@ def test_building_an_out_of_range_command_is_a_caller_bug() -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 PARSERS: list[Callable[[str], object]] = [
-    parse_reply, parse_command, parse_status, parse_identity, parse_anomalies,
+    parse_reply, parse_command, parse_status, parse_identity, parse_anomalies, parse_mat,
 ]
 printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
 
@@ -150,7 +157,8 @@ def _host_decode(line: bytes, parser: Callable[[str], Any]) -> object:
     return reply if isinstance(reply, ErrorReply) else parser(reply.data)
 
 
-reply_parsers: list[Callable[[str], Any]] = [parse_status, parse_identity, parse_anomalies, str]
+reply_parsers: list[Callable[[str], Any]] = [parse_status, parse_identity, parse_anomalies,
+                                             parse_mat, str]
 sealed_garbage = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E).filter(
     lambda c: c != "*"), max_size=80).map(lambda body: seal(body[: MAX_LINE - 3]))
 reply_frames = st.one_of(
@@ -159,7 +167,8 @@ reply_frames = st.one_of(
               st.integers(0, 99), printable),
 )
 lines = st.one_of(st.binary(max_size=MAX_LINE + 20), sealed_garbage, reply_frames,
-                  st.sampled_from([format_reply(OkReply(format_status(STATUS)))]))
+                  st.sampled_from([format_reply(OkReply(format_status(STATUS))),
+                                   format_reply(OkReply("1,1,1,2,0,17"))]))
 
 
 @settings(max_examples=400)
@@ -200,3 +209,20 @@ def test_anomalies_round_trip(wells: list[str]) -> None:
 ))
 def test_status_round_trips(status: Status) -> None:
     assert parse_status(open_frame(seal(format_status(status))).body) == status
+
+
+@given(st.builds(MatReport, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 99),
+                 st.booleans(), st.integers(0, 99999)))
+def test_mat_report_round_trips(report: MatReport) -> None:
+    assert parse_mat(open_frame(seal(format_mat(report))).body) == report
+
+
+def test_mat_report_bytes_and_meaning() -> None:
+    """``MT?*26`` -> ``OK 1,1,1,3,1,4``: seated, prewet, aspirated, 3 washes, dried, 4 made."""
+    assert encode_command(QueryMat()) == b"MT?*26"
+    report = parse_mat("1,1,1,3,1,4")
+    assert report == MatReport(True, True, True, 3, True, 4) and report.used
+    assert not parse_mat("1,1,0,0,0,4").used  # prewet only: no plate on it yet
+    for bad in ("1,1,1,3,1", "1,2,1,3,1,4", "1,1,1,100,1,4", "1,1,1,3,1,123456", "1,1,1,a,1,4"):
+        with pytest.raises(ProtocolError):
+            parse_mat(bad)

@@ -1,4 +1,5 @@
-"""The steps that drive bench instruments: incubate, harvest, count.
+"""The steps that drive bench instruments: incubate and count (the harvest, checked and
+judged from the harvester's report, is :mod:`.harvest`).
 
 Each is ``async def run_<type>(ctx, step, progress)`` (see :mod:`.context`). Which of them
 may be paused mid-way is :data:`PAUSABLE_MIDWAY` in :mod:`.runner`: an incubation holds its
@@ -17,14 +18,13 @@ import structlog
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.errors import InterlockError
 from acquisition.payloads import Progress, TemperatureReading, WellReading
-from acquisition.protocols import CountStep, HarvestStep, IncubateStep, expected_duration_s
+from acquisition.protocols import CountStep, IncubateStep
 from acquisition.run_recorder import utcnow
 from drivers.counter import CounterDriver, WellCount
 from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentTimeoutError
-from drivers.harvester import HarvesterDriver
 from drivers.incubator import IncubatorDriver
 
-__all__ = ["ALL_WELLS", "run_count", "run_harvest", "run_incubate"]
+__all__ = ["ALL_WELLS", "run_count", "run_incubate"]
 
 log = structlog.get_logger("acquisition.engine")
 ALL_WELLS = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
@@ -149,49 +149,6 @@ async def _time(
             )  # fmt: skip
             raise InterlockError(reason, step.on_excursion)
         await clock.sleep(min(interval, step.duration_s - progress.elapsed_s))
-
-
-# ------------------------------------------------------------------------------- harvest
-
-
-async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgress) -> None:
-    """One harvest cycle. Never resumed half-way: a retry filters the plate again."""
-    driver = ctx.handle("harvester").driver
-    assert isinstance(driver, HarvesterDriver)
-    planned = expected_duration_s(step)
-    ticker = asyncio.create_task(_tick(ctx, planned), name=f"harvest-progress:{ctx.index}")
-    try:
-        report = await driver.harvest(
-            prewet_s=step.prewet_s, washes=step.washes,
-            wash_volume_ml=step.wash_volume_ml, dry_s=step.dry_s,
-        )  # fmt: skip
-    except asyncio.CancelledError:
-        with contextlib.suppress(InstrumentError, OSError):
-            await asyncio.shield(driver.abort())  # vacuum off, pumps stopped
-        raise
-    finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-    progress.detail = {
-        "clogged_wells": list(report.clogged_wells),
-        "peak_vacuum_bar": report.peak_vacuum_bar,
-        "buffer_pct": report.buffer_pct,
-        "waste_pct": report.waste_pct,
-        "duration_s": round(report.duration_s, 1),
-    }
-    if report.clogged_wells:
-        log.warning("clogged wells", wells=list(report.clogged_wells))
-
-
-async def _tick(ctx: StepContext, planned_s: float, every_s: float = 5.0) -> None:
-    """Elapsed against the planned duration, for steps that report no progress themselves."""
-    start = ctx.clock.monotonic()
-    total = max(1, round(planned_s))
-    while True:
-        done = min(total, round(ctx.clock.monotonic() - start))
-        await ctx.progress(Progress(done=done, total=total, unit="s", eta_s=total - done))
-        await ctx.clock.sleep(every_s)
 
 
 # --------------------------------------------------------------------------------- count

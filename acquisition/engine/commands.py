@@ -77,6 +77,13 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
             assert isinstance(args, RecoverArgs)
             if state != "awaiting-recovery":
                 raise refuse(args.run, state, "recover")
+            offered = engine.recorder.prompt.options if engine.recorder.prompt else []
+            if offered and args.action not in offered:
+                raise CommandError(
+                    "conflict",
+                    f"run '{args.run}' offers {', '.join(offered)} here, not {args.action}: "
+                    f"{engine.recorder.message or ''}".rstrip(": "),
+                )
             control.recover(args.action)
             return {"run": args.run, "state": "recovering",
                     "message": f"{args.action} {_where(engine)}"}  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 
 from acquisition.analysis.layout import PlateLayout
 from acquisition.config import LabConfig
+from acquisition.engine.labware import BenchView
 from acquisition.instruments import InstrumentHandle
 from acquisition.journal import Journal
 from acquisition.payloads import Progress
@@ -37,6 +38,8 @@ class StepProgress:
     elapsed_s: float = 0.0  # incubate / wait: timer seconds done
     last_sample_at: datetime | None = None  # incubate: wall time of the newest sample
     detail: dict[str, Any] = field(default_factory=dict)  # what the finished document says
+    before: dict[str, Any] = field(default_factory=dict)  # facts the started document holds
+    release_stray: bool = False  # harvest: the operator was told a retry releases a stray mat
 
 
 @dataclass
@@ -51,6 +54,7 @@ class StepContext:
     index: int  # 1-based step number
     notify: Callable[[], None]  # wake the MQTT link
     harvested: bool = False  # an earlier step harvested this run's plate onto a mat
+    bench: BenchView | None = None  # a simulated bench's world, to check labware against
 
     def handle(self, kind: str) -> InstrumentHandle:
         return self.handles[kind]

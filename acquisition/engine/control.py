@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Answer", "RunControl"]
+__all__ = ["Answer", "Recovery", "RunControl"]
 
 RecoveryAction = Literal["retry", "skip", "abort"]
 
@@ -21,6 +21,14 @@ class Answer:
     prompt_id: str
     text: str
     by: str
+    note: str | None = None  # what the one who answered did
+
+
+@dataclass(frozen=True)
+class Recovery:
+    action: RecoveryAction
+    by: str = "operator"
+    note: str | None = None
 
 
 class RunControl:
@@ -31,7 +39,7 @@ class RunControl:
         self.pause_requested: Literal["now", "after-step"] | None = None
         self.resume_requested = False
         self.answer: Answer | None = None
-        self.recovery: RecoveryAction | None = None
+        self.recovery: Recovery | None = None
         self._event = asyncio.Event()
 
     def _wake(self) -> None:
@@ -57,19 +65,23 @@ class RunControl:
         self.resume_requested = True
         self._wake()
 
-    def give_answer(self, prompt_id: str, text: str, by: str) -> None:
-        self.answer = Answer(prompt_id, text, by)
+    def give_answer(
+        self, prompt_id: str, text: str, by: str, note: str | None = None
+    ) -> None:
+        self.answer = Answer(prompt_id, text, by, note)
         self._wake()
 
-    def recover(self, action: RecoveryAction) -> None:
-        self.recovery = action
+    def recover(
+        self, action: RecoveryAction, by: str = "operator", note: str | None = None
+    ) -> None:
+        self.recovery = Recovery(action, by, note)
         self._wake()
 
     def take_answer(self, prompt_id: str) -> Answer | None:
         answer, self.answer = self.answer, None
         return answer if answer is not None and answer.prompt_id == prompt_id else None
 
-    def take_recovery(self) -> RecoveryAction | None:
+    def take_recovery(self) -> Recovery | None:
         action, self.recovery = self.recovery, None
         return action
 

@@ -9,8 +9,8 @@ documents in, :class:`ResumePoint` out.
 What a resume does with each kind of step (:func:`decide`):
 
 - count: goes on from the next uncounted well (the operator asked for the resume);
-- harvest, if it had started: never re-run by itself; the operator chooses (retry = harvest
-  again, skip = keep the mat as it is, abort);
+- harvest, if it had started: never re-run by itself; the run reads the harvester once the
+  instruments are held and says which case it is (:func:`~.harvest.assess_harvest`);
 - incubate, if it had started: goes on with the elapsed time kept only if the last
   temperature sample is recent (the gap is within the step's grace period), else the
   operator chooses;
@@ -68,17 +68,19 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
             if phase in ("started", "resumed"):
                 current = index
                 prog.started = True
+                prog.before = {k: v for k, v in doc.get("detail", {}).items() if k != "index"}
             elif phase in ("finished", "skipped"):
                 point.completed.append(index)
                 current = None
         elif kind == "data" and current is not None:
             prog = point.progress.setdefault(current, StepProgress())
             reading = doc.get("reading", {})
-            if doc.get("stream", "well") == "well":
+            stream = doc.get("stream", "well")
+            if stream == "well":
                 well = str(reading.get("well"))
                 if well not in prog.counted:
                     prog.counted.append(well)
-            else:
+            elif stream == "temperature" and "sampled_at" in reading:
                 prog.elapsed_s = max(prog.elapsed_s, float(reading.get("elapsed_s", 0.0)))
                 prog.last_sample_at = datetime.fromisoformat(str(reading["sampled_at"]))
     done = set(point.completed)
@@ -101,11 +103,6 @@ def decide(
     prog = point.progress.get(index)
     if prog is None or not prog.started:
         return None
-    if step.type == "harvest":
-        return (
-            f"step {index} (harvest) was interrupted: the plate may be partly filtered. "
-            "retry = harvest it again, skip = keep the mat as it is, abort = end the run"
-        )
     if isinstance(step, IncubateStep):
         if prog.last_sample_at is None:
             return None  # it had not reached temperature yet: stabilising again is harmless

@@ -30,18 +30,22 @@ from typing import Any, Literal
 import structlog
 
 from acquisition.config import LabConfig
-from acquisition.engine.bench_steps import run_count, run_harvest, run_incubate
+from acquisition.engine.asking import Aborted, Asking, Outcome
+from acquisition.engine.bench_steps import run_count, run_incubate
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
+from acquisition.engine.harvest import run_harvest
+from acquisition.engine.hooks import STEP_HOOKS, StepHooks
+from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.leasing import AbortedWhileQueued, lease_all
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint, decide
-from acquisition.engine.safety import cancel_and_wait, make_safe, uninterruptible
+from acquisition.engine.safety import cancel_and_wait, clear_latch, make_safe, uninterruptible
 from acquisition.engine.simple_steps import run_analyze, run_wait
-from acquisition.errors import AnalysisError, InterlockError
+from acquisition.errors import AnalysisError, InterlockError, PreconditionError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
 from acquisition.journal import Journal
-from acquisition.payloads import ExitStatus, PromptState, RunStateName
+from acquisition.payloads import ExitStatus, RunStateName
 from acquisition.protocols import PromptStep, Protocol
 from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock
@@ -77,10 +81,6 @@ _EXECUTORS: dict[str, Callable[[StepContext, Any, StepProgress], Coroutine[Any, 
 }
 
 
-class _Aborted(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class RunSetup:
     """Everything a run is started with; its start document records all of it."""
@@ -96,13 +96,7 @@ class RunSetup:
     virtual_operator: VirtualOperator | None = None
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    kind: str  # done | paused | fault | interlock
-    error: BaseException | None = None
-
-
-class ProtocolRun:
+class ProtocolRun(Asking):
     """Runs ``setup.protocol`` from step ``start_index`` (1-based) with ``progress``."""
 
     def __init__(  # noqa: PLR0917 - the run's collaborators, each named at the call
@@ -131,11 +125,11 @@ class ProtocolRun:
         # decide before step start_index goes on is judged once the instruments are held.
         self._resume = resume
         self._decision: str | None = None
+        self._assess_restart = False  # the step to go on has hooks that judge it (harvest)
+        sim = config.simulation
+        self._bench = (BenchView(sim.control_host, sim.control_port)
+                       if sim.enabled and sim.control_port is not None else None)  # fmt: skip
         recorder.steps_total = len(setup.protocol.steps)
-
-    @property
-    def run_id(self) -> str:
-        return self.recorder.run
 
     @property
     def current_step_pausable(self) -> bool:
@@ -154,13 +148,14 @@ class ProtocolRun:
                 if self._resume is not None:  # decided now, when the step would go on
                     point, scale = self._resume
                     self._decision = decide(self.setup.protocol, point, utcnow(), scale)
+                    self._assess_restart = True
                 if self._fresh:
                     await self._start_document()
                 await self._steps()
                 n = len(self.setup.protocol.steps)
                 done = "the one step done" if n == 1 else f"all {n} steps done"
                 await uninterruptible(self._end("success", done, "completed"))
-            except _Aborted as exc:
+            except Aborted as exc:
                 await uninterruptible(self._end("abort", str(exc), "aborted"))
             except asyncio.CancelledError:
                 if self.control.abort_requested and not rec.stopped:
@@ -180,8 +175,17 @@ class ProtocolRun:
         rec = self.recorder
         rec.prompt = None
         await make_safe(self.handles, aborting=exit_status != "success")
+        if exit_status != "success" and not rec.stopped and rec.counts.get("start", 0):
+            await self._labware_left("at the end of the run")
         if not rec.stopped:
             await rec.stop(exit_status, reason, final)
+
+    async def _labware_left(self, when: str) -> None:
+        """An interruption document with where the labware is, for whoever comes next."""
+        found = await survey(self.handles, self._bench)
+        held = strays(found, "")
+        text = "; ".join(held) if held else "no plate or used mat left in an instrument"
+        await self.recorder.interruption(f"labware {when}: {text}", {"labware": found})
 
     async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
         """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
@@ -192,7 +196,7 @@ class ProtocolRun:
                 self.instruments, self.recorder, self.control, needed, stack
             )
         except AbortedWhileQueued as exc:
-            raise _Aborted(str(exc)) from None
+            raise Aborted(str(exc)) from None
 
     async def _start_document(self) -> None:
         s = self.setup
@@ -218,7 +222,7 @@ class ProtocolRun:
 
     async def _boundary(self) -> None:
         if self.control.abort_requested:
-            raise _Aborted("aborted by operator")
+            raise Aborted("aborted by operator")
         if self.control.pause_requested is not None:
             await self._paused("paused by operator")
 
@@ -229,30 +233,37 @@ class ProtocolRun:
         prog = self._progress.setdefault(index, StepProgress())
         rec = self.recorder
         rec.step_index = index
+        hooks = STEP_HOOKS.get(step.type)
         if self._decision is not None:
             text, self._decision = self._decision, None
             if await self._recovery(index, text, {"after": "daemon restart"}) == "skip":
                 await rec.step_phase(step.type, "skipped", {"index": index})
                 return
+        elif self._assess_restart and hooks is not None and hooks.assess is not None:
+            self._assess_restart = False
+            if prog.started and await self._after_fault(index, step, prog, None):
+                return
         while True:
             if self.control.pause_requested is not None:  # asked before a fault or a retry
                 await self._paused("paused by operator")
-            phase: Literal["started", "resumed"] = "resumed" if prog.started else "started"
-            prog.started = True
             rec.progress, rec.latest = None, None
             await rec.set_state("running", step=step.type, message=None)
-            await rec.step_phase(step.type, phase, {"index": index})
-            if isinstance(step, PromptStep):
-                outcome = await self._prompt(index, step)
-            else:
-                outcome = await self._execute(self._context(index), step, prog)
+            outcome = await self._prepare(index, step, prog, hooks)
+            if outcome is None:
+                phase: Literal["started", "resumed"] = "resumed" if prog.started else "started"
+                prog.started = True
+                await rec.step_phase(step.type, phase, {"index": index, **prog.before})
+                if isinstance(step, PromptStep):
+                    outcome = await self._prompt(index, step)
+                else:
+                    outcome = await self._execute(self._context(index), step, prog)
             if outcome.kind == "done":
                 await rec.step_phase(step.type, "finished", {"index": index, **prog.detail})
                 return
             if outcome.kind == "interlock":
                 assert isinstance(outcome.error, InterlockError)
                 if outcome.error.action == "abort":
-                    raise _Aborted(str(outcome.error))
+                    raise Aborted(str(outcome.error))
                 await rec.step_phase(step.type, "paused", {"index": index})
                 await self._paused(str(outcome.error))
                 continue
@@ -260,29 +271,96 @@ class ProtocolRun:
                 await rec.step_phase(step.type, "paused", {"index": index})
                 await self._paused(str(outcome.error) if outcome.error else "paused by operator")
                 continue
-            # an instrument fault, or an analysis that cannot be done
-            err = outcome.error
+            # an instrument fault, a precondition not met, or an analysis that cannot be done
+            if await self._after_fault(index, step, prog, outcome.error):
+                return
+
+    async def _prepare(
+        self, index: int, step: Any, prog: StepProgress, hooks: StepHooks | None
+    ) -> Outcome | None:
+        """The step's preconditions (None: met, the facts are in ``prog.before``)."""
+        if hooks is None or hooks.prepare is None:
+            return None
+        try:
+            prog.before = await hooks.prepare(self._context(index), step, prog)
+        except (InstrumentError, OSError) as exc:
+            return Outcome("fault", exc)
+        return None
+
+    async def _after_fault(
+        self, index: int, step: Any, prog: StepProgress, err: BaseException | None
+    ) -> bool:
+        """Record the fault (None: the daemon's restart), say where the step stands, and
+        wait for the operator. True if the step was skipped, False to try it again (a
+        latched fault cleared first); abort raises."""
+        rec = self.recorder
+        hooks = STEP_HOOKS.get(step.type)
+        options: tuple[str, ...] = ("retry", "skip", "abort")
+        if err is None:
+            what = f"step {index} ({step.type}) was interrupted by the daemon's restart"
+            detail: dict[str, Any] = {"step_index": index, "after": "daemon restart"}
+        else:
             what = f"step {index} ({step.type}): {err}"
-            detail: dict[str, Any] = {"step_index": index, "error": type(err).__name__}
+            detail = {"step_index": index, "error": type(err).__name__}
             if isinstance(err, InstrumentError):
                 detail["instrument"] = err.instrument
                 detail["fault"] = getattr(err, "fault", None)
             if step.type == "count":
                 detail["wells_done"] = len(prog.counted)
             await rec.interruption(what, detail)
-            if await self._recovery(index, what, detail) == "skip":
-                await rec.step_phase(step.type, "skipped", {"index": index, **prog.detail})
-                return
+        text = what
+        if isinstance(err, PreconditionError):
+            if hooks is not None and hooks.assess is not None:
+                options = ("retry", "abort")  # nothing was done: skipping leaves nothing
+            text = f"{what}. retry once done, abort = end the run" if len(options) == 2 else what
+        elif hooks is not None and hooks.assess is not None:
+            try:
+                found = await hooks.assess(self._context(index), step, prog)
+            except (InstrumentError, OSError) as exc:
+                text = f"{what}; its instrument cannot be read ({exc}): check it by hand"
+            else:
+                text = f"{what}{': ' if err is None else '; '}{found.text}"
+                options = found.options
+                detail = {**detail, "case": found.case, **found.facts}
+                await rec.interruption(found.text, {"step_index": index, "case": found.case,
+                                                    **found.facts})  # fmt: skip
+        while True:
+            action = await self._recovery(index, text, detail, options, err)
+            if action == "skip":
+                await self._skip(index, step, prog, hooks)
+                return True
+            still = await clear_latch(self.handles, err)
+            if still is None:
+                return False
+            text = (f"step {index} ({step.type}): {still}: fix the cause, then retry")
+            await rec.interruption(text, {"step_index": index, "after": "retry"})
+
+    async def _skip(
+        self, index: int, step: Any, prog: StepProgress, hooks: StepHooks | None
+    ) -> None:
+        """Skip the step; its instrument released (what it holds afterwards recorded)."""
+        rec = self.recorder
+        if hooks is not None and hooks.release is not None:
+            try:
+                held = await hooks.release(self._context(index))
+            except (InstrumentError, OSError) as exc:
+                held = {"error": str(exc)}
+            found = await survey(self.handles, self._bench)
+            await rec.interruption(
+                f"step {index} ({step.type}) skipped: its instrument released",
+                {"step_index": index, "released": held, "labware": found},
+            )  # fmt: skip
+        await rec.step_phase(step.type, "skipped", {"index": index, **prog.detail})
 
     def _context(self, index: int) -> StepContext:
         return StepContext(
             config=self.config, recorder=self.recorder, journal=self.journal, clock=self.clock,
             handles=self.handles, plate_id=self.setup.plate_id, plate_layout=self.setup.layout,
-            index=index, notify=self.notify,
+            index=index, notify=self.notify, bench=self._bench,
             harvested=any(s.type == "harvest" for s in self.setup.protocol.steps[: index - 1]),
         )  # fmt: skip
 
-    async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> _Outcome:
+    async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> Outcome:
         task = asyncio.create_task(_EXECUTORS[step.type](ctx, step, prog),
                                    name=f"step:{self.run_id}:{ctx.index}")  # fmt: skip
         asked: asyncio.Future[None] | None = None
@@ -295,124 +373,18 @@ class ProtocolRun:
                     return _outcome(task)
                 if self.control.abort_requested:
                     await cancel_and_wait(task)
-                    raise _Aborted("aborted by operator")
+                    raise Aborted("aborted by operator")
                 if self.control.pause_requested == "now":
                     if PAUSABLE_MIDWAY[step.type]:
                         self.control.pause_requested = None
                         await cancel_and_wait(task)
-                        return _Outcome("paused")
+                        return Outcome("paused")
                     self.control.pause_requested = "after-step"
         finally:
             if asked is not None:
                 asked.cancel()
             if not task.done():
                 await cancel_and_wait(task)
-
-    # ----------------------------------------------------------------- waiting for people
-
-    async def _wait_control(self, timeout_s: float | None = None) -> bool:
-        """Until something is asked (True) or ``timeout_s`` of run-clock time (False)."""
-        asked = asyncio.ensure_future(self.control.changed())
-        waits: set[asyncio.Future[None]] = {asked}
-        if timeout_s is not None:
-            waits.add(asyncio.ensure_future(self.clock.sleep(max(0.0, timeout_s))))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in waits:
-                fut.cancel()
-        return asked.done() and not asked.cancelled()
-
-    async def _paused(self, message: str) -> None:
-        self.control.pause_requested = None
-        self.control.resume_requested = False
-        await self.recorder.set_state("paused", message=message)
-        log.info("run paused", reason=message)
-        while True:
-            await self._wait_control()
-            if self.control.abort_requested:
-                raise _Aborted("aborted while paused")
-            if self.control.take_resume():
-                log.info("run resumed")
-                return
-
-    async def _prompt(self, index: int, step: PromptStep) -> _Outcome:
-        rec = self.recorder
-        prompt = PromptState(id=str(index), kind="operator", text=step.text,
-                             options=["done", "abort"], action=step.action)  # fmt: skip
-        self.control.answer = None
-        rec.prompt = prompt
-        await rec.prompt_event(prompt, "asked")
-        await rec.set_state("awaiting-operator", message=step.text)
-        helper = self._virtual_operator(prompt)
-        deadline = None if step.timeout_s is None else self.clock.monotonic() + step.timeout_s
-        try:
-            while True:
-                left = None if deadline is None else deadline - self.clock.monotonic()
-                if left is not None and left <= 0:
-                    await rec.prompt_event(prompt, "timed-out")
-                    return _Outcome("paused", TimeoutError(f"no answer to {step.text!r} "
-                                                           f"within {step.timeout_s:g} s"))
-                await self._wait_control(left)
-                if self.control.abort_requested:
-                    await rec.prompt_event(prompt, "withdrawn")
-                    raise _Aborted(f"aborted at the prompt {step.text!r}")
-                answer = self.control.take_answer(prompt.id)
-                if answer is not None:
-                    await rec.prompt_event(prompt, "answered", answer=answer.text, by=answer.by)
-                    if answer.text == "abort":
-                        raise _Aborted(f"aborted at the prompt {step.text!r}")
-                    await rec.set_state("running", message=None)
-                    return _Outcome("done")
-                if self.control.pause_requested is not None:
-                    await rec.prompt_event(prompt, "withdrawn")
-                    return _Outcome("paused")
-        finally:
-            if helper is not None:
-                await cancel_and_wait(helper)
-
-    def _virtual_operator(self, prompt: PromptState) -> asyncio.Task[None] | None:
-        operator = self.setup.virtual_operator
-        if operator is None:
-            return None
-
-        async def act() -> None:
-            try:
-                done = await operator.perform(prompt.action) if prompt.action else "nothing to do"
-            except Exception as exc:  # the bench refused: a person has to do it
-                log.warning("virtual operator could not act", action=prompt.action, error=str(exc))
-                if self.recorder.prompt is prompt:
-                    await self.recorder.set_state(
-                        "awaiting-operator",
-                        message=f"{prompt.text} (the virtual operator could not: {exc}; "
-                        "do it by hand, then answer)",
-                    )
-                return
-            log.info("virtual operator answered", did=done)
-            self.control.give_answer(prompt.id, "done", "virtual-operator")
-
-        return asyncio.create_task(act(), name=f"virtual-operator:{self.run_id}")
-
-    async def _recovery(self, index: int, text: str, detail: dict[str, Any]) -> str:
-        """``awaiting-recovery`` until the operator says retry, skip or abort."""
-        rec = self.recorder
-        prompt = PromptState(id=f"recover-{index}", kind="recovery", text=text,
-                             options=["retry", "skip", "abort"])  # fmt: skip
-        self.control.recovery = None
-        rec.prompt = prompt
-        await rec.prompt_event(prompt, "asked")
-        await rec.set_state("awaiting-recovery", message=text)
-        log.warning("run awaiting recovery", reason=text)
-        while True:
-            await self._wait_control()
-            action = "abort" if self.control.abort_requested else self.control.take_recovery()
-            if action is None:
-                continue
-            await rec.prompt_event(prompt, "answered", answer=action, by="operator")
-            if action == "abort":
-                raise _Aborted(f"aborted at recovery: {text}")
-            await rec.set_state("running", message=None)
-            return action
 
     # ------------------------------------------------------------------- instruments safe
 
@@ -455,12 +427,12 @@ def resume_hint(run: str, index: int | None, step: str | None) -> str:
     )
 
 
-def _outcome(task: asyncio.Task[None]) -> _Outcome:
+def _outcome(task: asyncio.Task[None]) -> Outcome:
     exc = task.exception()
     if exc is None:
-        return _Outcome("done")
+        return Outcome("done")
     if isinstance(exc, InterlockError):
-        return _Outcome("interlock", exc)
+        return Outcome("interlock", exc)
     if isinstance(exc, InstrumentError | AnalysisError):
-        return _Outcome("fault", exc)
+        return Outcome("fault", exc)
     raise exc

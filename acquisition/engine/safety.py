@@ -14,18 +14,20 @@ import structlog
 
 from acquisition.instruments import InstrumentHandle
 from drivers.counter import CounterDriver
-from drivers.errors import InstrumentError
+from drivers.errors import InstrumentError, InstrumentFaultError
 from drivers.harvester import HarvesterDriver
 from drivers.incubator import IncubatorDriver
 
-__all__ = ["cancel_and_wait", "make_safe", "uninterruptible"]
+__all__ = ["cancel_and_wait", "clear_latch", "make_safe", "uninterruptible"]
 
 log = structlog.get_logger("acquisition.engine")
 
 
 async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
-    """Counter stopped and harvester vacuum off (when aborting), incubator shaker off and
-    at its idle setpoint. Never raises: returns what could not be done, and logs it."""
+    """When aborting: counter stopped, harvester vacuum off, latch cleared and mat
+    released (the next run finds a fresh mat, not this plate's half-done one); always:
+    incubator shaker off and at its idle setpoint. Never raises: returns what could not
+    be done, and logs it."""
     problems: list[str] = []
     for kind, handle in handles.items():
         driver = handle.driver
@@ -34,12 +36,39 @@ async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> 
                 await driver.stop_shaking()
                 idle = getattr(handle.config, "idle_setpoint_c", 25.0)
                 await driver.set_temperature(idle)
-            elif aborting and isinstance(driver, CounterDriver | HarvesterDriver):
+            elif aborting and isinstance(driver, HarvesterDriver):
+                await driver.abort()
+                await driver.release_mat()
+            elif aborting and isinstance(driver, CounterDriver):
                 await driver.abort()
         except (InstrumentError, OSError) as exc:
             log.warning("could not make instrument safe", instrument=kind, error=str(exc))
             problems.append(f"{handle.config.id}: {exc}")
     return problems
+
+
+async def clear_latch(
+    handles: dict[str, InstrumentHandle], err: BaseException | None
+) -> str | None:
+    """A retry after an instrument fault: the operator says its cause is fixed. The
+    instrument's latch is cleared the way its manual says (its driver's ``clear_fault``:
+    the harvester's AB, the perfusion spill acknowledge, the counter's reset), then its
+    sensors are read again. Returns what it still reports (None: clear to go on)."""
+    if not isinstance(err, InstrumentFaultError):
+        return None
+    handle = next((h for h in handles.values() if h.config.id == err.instrument), None)
+    if handle is None:
+        return None
+    clear = getattr(handle.driver, "clear_fault", None)
+    try:
+        if clear is not None:
+            await clear()
+        readings = await handle.driver.readings()
+    except (InstrumentError, OSError) as exc:
+        return f"{handle.config.id} cannot be read after clearing its fault ({exc})"
+    if readings.fault is None:
+        return None
+    return f"{handle.config.id} still reports {readings.fault} after its latch was cleared"
 
 
 async def uninterruptible(coro: Coroutine[Any, Any, None]) -> None:

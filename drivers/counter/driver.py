@@ -26,6 +26,7 @@ from drivers.counter.codec import (
     QueryDoor,
     QueryPlate,
     QueryStatus,
+    Reset,
     SetCountTime,
     SetIsotope,
     SetPrecision,
@@ -219,6 +220,13 @@ class CounterDriver:
 
     async def abort(self) -> None:
         (reply,) = await self._ask(Abort())
+        self._parse(reply, parse_ok)
+
+    async def clear_fault(self) -> None:
+        """Leave a FAULT or ABORTED state as the manual says (``*RST``: back to IDLE, error
+        queue cleared), once the operator has fixed the cause. A door still open is not
+        cleared by this: ``readings()`` reports it until it is closed."""
+        (reply,) = await self._ask(Reset())
         self._parse(reply, parse_ok)
 
     # ------------------------------------------------------------------ streaming

@@ -5,6 +5,8 @@ from drivers.harvester.driver import (
     HarvesterIdentity,
     HarvesterStatus,
     HarvestReport,
+    MatReport,
 )
 
-__all__ = ["HarvestReport", "HarvesterDriver", "HarvesterIdentity", "HarvesterStatus"]
+__all__ = ["HarvestReport", "HarvesterDriver", "HarvesterIdentity", "HarvesterStatus",
+           "MatReport"]

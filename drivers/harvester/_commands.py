@@ -49,6 +49,11 @@ class QueryAnomalies:
 
 
 @dataclass(frozen=True)
+class QueryMat:
+    """``MT?``: what has been done to the filter mat now seated."""
+
+
+@dataclass(frozen=True)
 class Prewet:
     """``PW <s>``: pull PEI through the filter mat for ``seconds``."""
 
@@ -98,7 +103,8 @@ class Abort:
 
 
 Command = (
-    Identify | QueryStatus | QueryAnomalies | Prewet | Aspirate | Wash | Dry | Release | Abort
+    Identify | QueryStatus | QueryAnomalies | QueryMat | Prewet | Aspirate | Wash | Dry
+    | Release | Abort
 )
 STEP_COMMANDS: Final = (Prewet, Aspirate, Wash, Dry, Release)
 
@@ -112,6 +118,8 @@ def command_text(command: Command) -> str:
             return "ST?"
         case QueryAnomalies():
             return "AN?"
+        case QueryMat():
+            return "MT?"
         case Prewet(seconds):
             return f"PW {seconds}"
         case Aspirate():
@@ -133,8 +141,8 @@ def encode_command(command: Command) -> bytes:
 
 
 _NO_ARGS: Final[dict[str, Command]] = {
-    "ID?": Identify(), "ST?": QueryStatus(), "AN?": QueryAnomalies(), "AS": Aspirate(),
-    "RL": Release(), "AB": Abort(),
+    "ID?": Identify(), "ST?": QueryStatus(), "AN?": QueryAnomalies(), "MT?": QueryMat(),
+    "AS": Aspirate(), "RL": Release(), "AB": Abort(),
 }
 
 

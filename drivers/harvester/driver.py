@@ -49,21 +49,24 @@ from drivers.harvester.codec import (
     ErrorCode,
     ErrorReply,
     Identify,
+    MatReport,
     Prewet,
     QueryAnomalies,
+    QueryMat,
     QueryStatus,
     Release,
     Wash,
     encode_command,
     parse_anomalies,
     parse_identity,
+    parse_mat,
     parse_status,
     read_reply,
 )
 from drivers.serial_link import SerialLink
 
 __all__ = ["HarvestReport", "HarvesterDriver", "HarvesterIdentity", "HarvesterState",
-           "HarvesterStatus", "HarvesterStep"]
+           "HarvesterStatus", "HarvesterStep", "MatReport"]
 
 T = TypeVar("T")
 HarvesterState = Literal["idle", "busy", "fault"]
@@ -119,6 +122,8 @@ class HarvestReport:
     waste_pct: float
     started_s: float
     finished_s: float
+    mat: MatReport | None = None
+    """The harvester's report of the mat after the dry, before it was released."""
 
     @property
     def duration_s(self) -> float:
@@ -200,6 +205,10 @@ class HarvesterDriver(SerialInstrument):
             },
         )
 
+    async def mat(self) -> MatReport:
+        """What has been done to the filter mat now seated (``MT?``)."""
+        return await self._ask(QueryMat(), parse_mat)
+
     async def anomalies(self) -> list[str]:
         """The clogged wells of the last aspirate, in plate order."""
         return list(await self._ask(QueryAnomalies(), parse_anomalies))
@@ -234,6 +243,11 @@ class HarvesterDriver(SerialInstrument):
         """Stop the running step and clear a latched fault (the operator has fixed it)."""
         await self._ask(Abort(), _ok)
 
+    async def clear_fault(self) -> None:
+        """Clear a latched fault as the manual says (``AB``), once the operator has fixed
+        its cause; the sensors are read again by the next ``status()``."""
+        await self.abort()
+
     async def harvest(
         self,
         *,
@@ -242,18 +256,37 @@ class HarvesterDriver(SerialInstrument):
         wash_volume_ml: float = 1.0,
         dry_s: float = 30,
         release: bool = True,
+        resume: MatReport | None = None,
     ) -> HarvestReport:
         """The whole cycle: prewet with PEI (skipped if ``prewet_s`` is 0), aspirate,
         ``washes`` washes, dry, and release the mat. Every argument is checked before
-        anything is sent. Clogged wells do not stop the cycle: they are reported."""
+        anything is sent. Clogged wells do not stop the cycle: they are reported.
+
+        ``resume``: the report of the seated mat when a cycle stopped part-way (a fault,
+        a host that went away) is finished on the same mat: what it says was done is not
+        done again (no prewet or aspirate once aspirated, only the washes still missing),
+        the dry always. Without it the seated mat must be unused
+        (:class:`InstrumentFaultError` ``mat_in_use`` otherwise). The cycle must end with
+        the harvester reporting a newly harvested mat (``MT?``), else
+        :class:`InstrumentFaultError` ``no_mat``: a harvest never reports success without
+        its effect."""
         pw = _whole("prewet seconds", prewet_s) if prewet_s else 0
-        steps: list[tuple[Command, HarvesterStep, float]] = []
-        if pw:
-            steps.append((Prewet(pw), "prewet", pw))
-        steps.append((Aspirate(), "aspirate", 120.0))
-        if washes:
-            steps.append((Wash(washes, round(wash_volume_ml, 1)), "wash", 60.0 * washes))
         dr = _whole("dry seconds", dry_s)
+        before = await self.mat()
+        if resume is None and before.used:
+            raise InstrumentFaultError(
+                "the seated filter mat already holds a harvest: release it and take it out",
+                instrument=self.instrument_id, fault="mat_in_use",
+            )
+        done = resume if resume is not None else before
+        steps: list[tuple[Command, HarvesterStep, float]] = []
+        if pw and not (done.prewet or done.aspirated):
+            steps.append((Prewet(pw), "prewet", pw))
+        if not done.aspirated:
+            steps.append((Aspirate(), "aspirate", 120.0))
+        missing = max(0, washes - done.washes) if done.aspirated else washes
+        if missing:
+            steps.append((Wash(missing, round(wash_volume_ml, 1)), "wash", 60.0 * missing))
         steps.append((Dry(dr), "dry", dr))
         started = self._clock.monotonic()
         peak = 0.0
@@ -262,14 +295,22 @@ class HarvesterDriver(SerialInstrument):
             peak = min(peak, await self._step(command, step, nominal_s))
             if step == "aspirate":
                 clogged = tuple(await self.anomalies())
-        final = await self.status()
+        if not clogged and done.aspirated:
+            clogged = tuple(await self.anomalies())
+        final, after = await self.status(), await self.mat()
+        if not (after.dried and after.made != before.made) and not before.dried:
+            raise InstrumentFaultError(
+                "the harvest cycle ran but the harvester reports no harvested mat "
+                f"(mat: aspirated {int(after.aspirated)}, dried {int(after.dried)})",
+                instrument=self.instrument_id, fault="no_mat",
+            )
         if release:
             await self.release_mat()
         return HarvestReport(
             prewet_s=pw, washes=washes, wash_volume_ml=round(wash_volume_ml, 1) if washes else 0,
             dry_s=dr, clogged_wells=clogged, peak_vacuum_bar=peak,
             buffer_pct=final.buffer_pct, waste_pct=final.waste_pct,
-            started_s=started, finished_s=self._clock.monotonic(),
+            started_s=started, finished_s=self._clock.monotonic(), mat=after,
         )
 
     # ------------------------------------------------------------------ internals

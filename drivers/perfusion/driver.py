@@ -214,6 +214,11 @@ class PerfusionDriver(SerialInstrument):
         """Clear the spill latch (harmless when not latched). Valves stay closed."""
         await self._ok(AcknowledgeSpill(self.device_address))
 
+    async def clear_fault(self) -> None:
+        """Clear a latched fault as the manual says, once the operator has fixed its cause:
+        the spill latch is acknowledged (valves stay closed)."""
+        await self.acknowledge_spill()
+
     async def set_mode(
         self, mode: PerfusionMode, *, preselect: int | None = None, master: int | None = None
     ) -> ValveStatus:

@@ -1,0 +1,285 @@
+"""The harvest step: checked before it starts, run, and judged from the harvester's own
+report when it was interrupted.
+
+A harvest is destructive (the plate is filtered once, onto one mat), so nothing about it
+is assumed:
+
+- :func:`prepare_harvest` checks the preconditions before anything is sent: the harvester
+  neither busy nor faulted, a mat seated that holds no other plate's harvest, a plate in
+  place (on a simulated bench: this run's plate), waste trap and buffer reservoir able to
+  take this harvest. A failure is a :class:`PreconditionError` naming what to do. It
+  returns the facts the step's started document records, among them the harvester's count
+  of harvested mats (``MT?``'s ``made``) before this harvest;
+- :func:`run_harvest` runs the cycle, or finishes a cycle of this step stopped part-way on
+  the same mat; the driver checks that the cycle ended with a harvested mat;
+- :func:`assess_harvest` reads the harvester after a fault or a daemon restart and says
+  which case it is: the harvest had not begun, the plate is partly harvested, or the
+  harvester finished it (mat dried, released or not); only the choices that make sense
+  are offered;
+- :func:`release_harvester` is what skip and abort leave: vacuum off, latch cleared, mat
+  released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+
+from acquisition.config import HarvesterConfig
+from acquisition.engine.context import StepContext, StepProgress
+from acquisition.errors import PreconditionError
+from acquisition.payloads import Progress
+from acquisition.protocols import HarvestStep, expected_duration_s
+from drivers.errors import InstrumentError
+from drivers.harvester import HarvesterDriver, HarvesterStatus, MatReport
+
+__all__ = [
+    "Assessment",
+    "assess_harvest",
+    "prepare_harvest",
+    "release_harvester",
+    "run_harvest",
+]
+
+log = structlog.get_logger("acquisition.engine")
+
+WELLS = 96
+WELL_VOLUME_ML = 0.25  # liquid per well filtered by the aspirate
+PEI_ML_PER_WELL_S = 0.005  # prewet flow
+MARGIN = 1.05  # a harvest needs 5 % more room than its estimate
+BUSY_WAIT_S = 900.0  # at most this long (run clock) for a step left running to end
+_REMEDY = {"waste_full": "empty_waste", "buffer_empty": "refill_buffer",
+           "mat_not_seated": "seat_mat"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the operator is told after an interrupted step, and what they may answer."""
+
+    text: str
+    options: tuple[str, ...]
+    case: str
+    facts: dict[str, Any]
+
+
+def _driver(ctx: StepContext) -> tuple[HarvesterDriver, HarvesterConfig]:
+    handle = ctx.handle("harvester")
+    driver, config = handle.driver, handle.config
+    assert isinstance(driver, HarvesterDriver) and isinstance(config, HarvesterConfig)
+    return driver, config
+
+
+def _made_before(progress: StepProgress) -> int | None:
+    value = progress.before.get("harvester", {}).get("mats_made")
+    return int(value) if value is not None else None
+
+
+def _ours(progress: StepProgress, mat: MatReport) -> bool:
+    """The seated mat carries this step's own unfinished cycle."""
+    made = _made_before(progress)
+    return progress.started and mat.used and not mat.dried and made == mat.made
+
+
+def _finished(progress: StepProgress, mat: MatReport) -> bool:
+    """The harvester has harvested a mat since this step's cycle began: the step's."""
+    made = _made_before(progress)
+    return progress.started and made is not None and mat.made != made
+
+
+def _needs_ml(step: HarvestStep, mat: MatReport | None) -> tuple[float, float]:
+    """(waste, buffer) this harvest still adds / draws; ``mat``: a cycle to finish."""
+    washes = step.washes - (mat.washes if mat is not None else 0)
+    buffer = max(0, washes) * WELLS * step.wash_volume_ml
+    waste = buffer
+    if mat is None or not mat.aspirated:
+        waste += WELLS * WELL_VOLUME_ML
+        if mat is None or not mat.prewet:
+            waste += WELLS * PEI_ML_PER_WELL_S * step.prewet_s
+    return waste, buffer
+
+
+async def prepare_harvest(
+    ctx: StepContext, step: HarvestStep, progress: StepProgress
+) -> dict[str, Any]:
+    """The preconditions (see the module docstring); the facts to record."""
+    driver, config = _driver(ctx)
+    iid = driver.instrument_id
+    st, mat = await driver.status(), await driver.mat()
+    if st.state == "busy":
+        raise PreconditionError(
+            f"the harvester is running step {st.step} ({st.progress_pct}%) for no step of "
+            "this run: let it end or stop it at the harvester, then retry", instrument=iid,
+        )  # fmt: skip
+    if st.state == "fault":
+        raise PreconditionError(
+            f"the harvester reports {st.fault} (latched): fix the cause, then retry (retry "
+            "clears the latch and reads the sensors again)",
+            instrument=iid, action=_REMEDY.get(st.fault or ""),
+        )  # fmt: skip
+    made = _made_before(progress)
+    if _finished(progress, mat):  # the harvester finished it: run_harvest only releases
+        return _facts(made, mat, st)
+    ours = _ours(progress, mat)
+    if mat.used and not ours:
+        if progress.release_stray:
+            progress.release_stray = False
+            await driver.release_mat()
+            log.info("released a mat left from an earlier harvest", instrument=iid)
+            mat = await driver.mat()
+        else:
+            progress.release_stray = True
+            raise PreconditionError(
+                "the seated filter mat holds an earlier harvest, not this plate's: take "
+                "that mat away; retry releases it and goes on with a fresh mat",
+                instrument=iid, action="release_mat",
+            )  # fmt: skip
+    if not mat.seated:
+        raise PreconditionError(
+            "no filter mat is seated in the harvester: seat a fresh GF/B mat, then retry",
+            instrument=iid, action="seat_mat",
+        )  # fmt: skip
+    if not st.plate_present:
+        raise PreconditionError(
+            f"no plate in the harvester: put plate {ctx.plate_id} in, then retry",
+            instrument=iid, action="plate_to_harvester",
+        )  # fmt: skip
+    if ctx.bench is not None:
+        held = await ctx.bench.plate_at(f"harvester:{iid}")
+        if held is not None and held != ctx.plate_id:
+            raise PreconditionError(
+                f"the harvester holds plate {held}, not this run's {ctx.plate_id}: take it "
+                f"out, put {ctx.plate_id} in, then retry",
+                instrument=iid, action="plate_to_harvester",
+            )  # fmt: skip
+    waste_ml, buffer_ml = _needs_ml(step, mat if ours else None)
+    free_ml = (100.0 - st.waste_pct) / 100.0 * config.waste_capacity_ml
+    if waste_ml * MARGIN > free_ml:
+        raise PreconditionError(
+            f"the waste trap is {st.waste_pct:.0f}% full and this harvest adds about "
+            f"{100 * waste_ml / config.waste_capacity_ml:.0f}%: empty it, then retry",
+            instrument=iid, action="empty_waste",
+        )  # fmt: skip
+    left_ml = st.buffer_pct / 100.0 * config.buffer_capacity_ml
+    if buffer_ml * MARGIN > left_ml:
+        raise PreconditionError(
+            f"the wash buffer is at {st.buffer_pct:.0f}% and this harvest needs about "
+            f"{100 * buffer_ml / config.buffer_capacity_ml:.0f}%: refill it, then retry",
+            instrument=iid, action="refill_buffer",
+        )  # fmt: skip
+    return _facts(made if ours else None, mat, st)
+
+
+def _facts(made: int | None, mat: MatReport, st: HarvesterStatus) -> dict[str, Any]:
+    """What the started document records; ``mats_made``: the harvester's count of
+    harvested mats before this step's cycle (``made``, or now when it begins afresh)."""
+    return {"harvester": {
+        "mats_made": mat.made if made is None else made, "mat": asdict(mat),
+        "plate_present": st.plate_present, "waste_pct": st.waste_pct,
+        "buffer_pct": st.buffer_pct,
+    }}  # fmt: skip
+
+
+async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgress) -> None:
+    """One harvest cycle, or the rest of this step's own cycle stopped part-way."""
+    driver, _ = _driver(ctx)
+    mat = await driver.mat()
+    if _finished(progress, mat):
+        # The harvester finished this step's cycle by itself (the daemon had stopped).
+        if mat.dried:
+            await driver.release_mat()
+        progress.detail = {"finished_by_harvester": True, "mat": asdict(mat)}
+        return
+    resume = mat if _ours(progress, mat) else None
+    ticker = asyncio.create_task(_tick(ctx, expected_duration_s(step)),
+                                 name=f"harvest-progress:{ctx.index}")  # fmt: skip
+    try:
+        report = await driver.harvest(
+            prewet_s=step.prewet_s, washes=step.washes,
+            wash_volume_ml=step.wash_volume_ml, dry_s=step.dry_s, resume=resume,
+        )  # fmt: skip
+    except asyncio.CancelledError:
+        with contextlib.suppress(InstrumentError, OSError):
+            await asyncio.shield(driver.abort())  # vacuum off, pumps stopped
+        raise
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    progress.detail = {
+        "clogged_wells": list(report.clogged_wells),
+        "peak_vacuum_bar": report.peak_vacuum_bar,
+        "buffer_pct": report.buffer_pct,
+        "waste_pct": report.waste_pct,
+        "duration_s": round(report.duration_s, 1),
+        "mat": asdict(report.mat) if report.mat is not None else None,
+        **({"finished_from": asdict(resume)} if resume is not None else {}),
+    }
+    if report.clogged_wells:
+        log.warning("clogged wells", wells=list(report.clogged_wells))
+
+
+async def _tick(ctx: StepContext, planned_s: float, every_s: float = 5.0) -> None:
+    """Elapsed against the planned duration (the harvester reports no overall progress)."""
+    start = ctx.clock.monotonic()
+    total = max(1, round(planned_s))
+    while True:
+        done = min(total, round(ctx.clock.monotonic() - start))
+        await ctx.progress(Progress(done=done, total=total, unit="s", eta_s=total - done))
+        await ctx.clock.sleep(every_s)
+
+
+async def assess_harvest(
+    ctx: StepContext, step: HarvestStep, progress: StepProgress
+) -> Assessment:
+    """Which case an interrupted harvest is in, from the harvester's report (a step it was
+    still running is waited for first) and the made-count the started document recorded."""
+    driver, _ = _driver(ctx)
+    deadline = ctx.clock.monotonic() + BUSY_WAIT_S
+    st = await driver.status()
+    while st.state == "busy" and ctx.clock.monotonic() < deadline:
+        await ctx.clock.sleep(1.0)
+        st = await driver.status()
+    mat = await driver.mat()
+    made = _made_before(progress)
+    facts = {"harvester": {"state": st.state, "step": st.step, "progress_pct": st.progress_pct,
+                           "fault": st.fault, "plate_present": st.plate_present,
+                           "mat": asdict(mat), "mats_made_before": made}}  # fmt: skip
+    if _finished(progress, mat):
+        kept = "the mat is dried, not released yet" if mat.dried else "its mat was released"
+        return Assessment(
+            f"the harvester finished the cycle ({kept}). skip = keep this mat and go "
+            "on (the harvester releases it), abort = end the run",
+            ("skip", "abort"), "finished", facts,
+        )  # fmt: skip
+    if mat.used and (made is None or mat.made == made):
+        washes = f"{mat.washes} of {step.washes} washes done"
+        rest = max(0, step.washes - mat.washes)
+        todo = (f"{rest} more wash{'es' if rest != 1 else ''} and the dry" if rest
+                else "the dry")
+        latch = "clear the fault, then " if st.state == "fault" else ""
+        return Assessment(
+            f"the plate is partly harvested (aspirated onto the mat, {washes}, not "
+            f"dried). retry = {latch}finish it on the same mat ({todo}), abort = end the "
+            "run (the mat is released as it is)",
+            ("retry", "abort"), "partly", facts,
+        )  # fmt: skip
+    plate = "in the harvester" if st.plate_present else "not in the harvester"
+    return Assessment(
+        f"the harvest had not begun (the mat is unused, the plate {plate}). "
+        "retry = harvest it now, abort = end the run",
+        ("retry", "abort"), "not-begun", facts,
+    )  # fmt: skip
+
+
+async def release_harvester(ctx: StepContext) -> dict[str, Any]:
+    """Vacuum off, latch cleared, mat released: the harvester as skip and abort leave it.
+    Returns what it holds afterwards (for the interruption document)."""
+    driver, _ = _driver(ctx)
+    await driver.abort()
+    await driver.release_mat()
+    st, mat = await driver.status(), await driver.mat()
+    return {"state": st.state, "plate_present": st.plate_present, "mat": asdict(mat)}
