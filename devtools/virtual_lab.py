@@ -55,9 +55,11 @@ class VirtualLab:
     async def wait_state(
         self, run: str, states: Collection[str], *, timeout_s: float = 60.0,
         step: str | None = None, prompt: str | None = None,
+        until: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Poll the daemon (over MQTT) until the run is in one of ``states`` (and at
-        ``step``); real-time ``timeout_s`` as a safety net, AssertionError then."""
+        ``step``, and ``until(state)``); real-time ``timeout_s`` as a safety net,
+        AssertionError then."""
         deadline = time.monotonic() + timeout_s
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -66,6 +68,7 @@ class VirtualLab:
                 last["state"] in states
                 and (step is None or last.get("step") == step)
                 and (prompt is None or (last.get("prompt") or {}).get("id") == prompt)
+                and (until is None or until(last))
             ):
                 return last
             await asyncio.sleep(0.01)
