@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench schemas mosquitto clean
+.PHONY: demo test lint bench soak schemas mosquitto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/instrument_latency.py
 	$(BIN)/python bench/analysis_fit.py
 	$(BIN)/python bench/orchestrator.py
+
+# The chaos soak (issue 9): 20 full runs, daemon and broker SIGKILLs, figures (~6 min).
+soak: $(STAMP) mosquitto
+	$(BIN)/python bench/chaos_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

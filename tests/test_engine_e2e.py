@@ -375,15 +375,18 @@ async def test_the_count_refuses_a_plate_that_is_not_this_runs_mat(lab: VirtualL
     )
     run = await lab.start("forgot-the-mat", protocol_toml=protocol, plate_map=PLATE,
                           plate_id="PW1")  # fmt: skip
-    waiting = await lab.wait_state(run, {"awaiting-recovery", *ENDED})
-    assert waiting["state"] == "awaiting-recovery"
-    assert "not a mat of plate PW1" in waiting["message"]
-    assert _wells(await lab.documents(run)) == []
-    await lab.sim("place_plate", plate_id="PW1", location="bench")
-    await lab.sim("place_mat", mat_id="PW1-MAT1", location="counter:counter")
-    await lab.client.request("run.recover", {"run": run, "action": "retry"})
+    # the count's precondition names what to do, and the virtual operator does it
     assert (await lab.wait_state(run, ENDED))["state"] == "completed"
-    counted = {d["reading"]["plate_id"] for d in await lab.documents(run)
+    docs = await lab.documents(run)
+    asked = [d for d in _kinds(docs, "prompt")
+             if d["prompt_kind"] == "recovery" and d["phase"] == "asked"]  # fmt: skip
+    assert len(asked) == 1 and "not a mat of plate PW1" in asked[0]["text"], asked
+    assert asked[0]["options"] == ["retry", "skip", "abort"]
+    (answer,) = [d for d in _kinds(docs, "prompt")
+                 if d["prompt_kind"] == "recovery" and d["phase"] == "answered"]  # fmt: skip
+    assert (answer["answer"], answer["by"]) == ("retry", "virtual-operator")
+    assert "moved mat PW1-MAT1 to counter:counter" in answer["note"], answer
+    counted = {d["reading"]["plate_id"] for d in docs
                if d["kind"] == "data" and d["stream"] == "well"}  # fmt: skip
     assert counted == {"PW1-MAT1"}
 

@@ -16,7 +16,7 @@ import math
 import structlog
 
 from acquisition.engine.context import StepContext, StepProgress
-from acquisition.errors import InterlockError
+from acquisition.errors import InterlockError, PreconditionError
 from acquisition.payloads import Progress, TemperatureReading, WellReading
 from acquisition.protocols import CountStep, IncubateStep
 from acquisition.run_recorder import utcnow
@@ -172,10 +172,10 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
     if ctx.harvested and held != ctx.plate_id and not held.startswith(f"{ctx.plate_id}-"):
         # This run harvested its plate: the counter must hold that plate's mat, not
         # another (the last run's mat, the demo plate) that would count as ours.
-        raise InstrumentFaultError(
+        raise PreconditionError(
             f"the counter holds {status.plate_id or 'no plate'}, not a mat of plate "
             f"{ctx.plate_id}: put this run's mat in, then retry",
-            instrument=driver.instrument_id, fault="wrong plate",
+            instrument=driver.instrument_id, action="mat_to_counter",
         )  # fmt: skip
     if status.state == "counting":
         # A count left running (the link dropped, the daemon restarted): its records

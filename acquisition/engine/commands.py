@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
+from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.recovery import read_run
 from acquisition.engine.safety import make_safe
 from acquisition.engine.states import refuse
@@ -137,9 +138,17 @@ async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]
             except CommandError as exc:
                 problems.append(f"{iid} not made safe ({exc.message})")
         problems += [f"{p} (not made safe)" for p in await make_safe(handles, aborting=True)]
+        sim = daemon.config.simulation
+        bench = (BenchView(sim.control_host, sim.control_port)
+                 if sim.enabled and sim.control_port is not None else None)  # fmt: skip
+        # where the labware is, in the stop document (an await between the check below and
+        # the stop would let a resume in)
+        held = strays(await survey(handles, bench), "") if handles else []
         reason = "aborted by operator while interrupted"
         if problems:
             reason += "; " + "; ".join(problems)
+        if held:
+            reason += "; labware left: " + "; ".join(held)
         if record.run in daemon.active:  # resumed meanwhile by another command
             raise CommandError("conflict", f"run '{record.run}' was resumed; abort it again")
         await recorder.stop("abort", reason, "aborted")
