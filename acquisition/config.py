@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from acquisition.errors import ConfigError
+from drivers.addresses import (
+    AddressError,
+    check_host,
+    parse_modbus_address,
+    parse_socket_url,
+    parse_visa_socket,
+)
+from drivers.toml_file import TomlFileError, read_toml
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -36,13 +52,13 @@ __all__ = [
     "MqttConfig",
     "PerfusionConfig",
     "SimulationConfig",
+    "config_path",
     "load_config",
     "short_repr",
 ]
 
 DEFAULT_CONFIG_PATH = Path("config/lab.toml")
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_VISA_SOCKET = re.compile(r"^TCPIP\d*::[^:]+::\d{1,5}::SOCKET$")
 
 
 class _Strict(BaseModel):
@@ -65,6 +81,19 @@ class MqttConfig(_Strict):
     topic_prefix: str = "assay"
     keepalive_s: int = Field(15, ge=2, le=3600)
     publish_window: int = Field(32, ge=1, le=1000, description="QoS1 publishes in flight")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _checked(check_host, v)
+
+    @field_validator("tls_key")
+    @classmethod
+    def _key_needs_cert(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        # tls_cert is declared before tls_key, so it is validated (or missing) by now.
+        if v is not None and info.data.get("tls_cert") is None:
+            raise ValueError("tls_key only together with tls_cert (the client certificate)")
+        return v
 
     @field_validator("topic_prefix")
     @classmethod
@@ -107,8 +136,7 @@ class CounterConfig(_InstrumentBase):
     @field_validator("address")
     @classmethod
     def _visa_socket(cls, v: str) -> str:
-        if not _VISA_SOCKET.match(v):
-            raise ValueError("a VISA socket resource like TCPIP::127.0.0.1::5025::SOCKET")
+        _checked(parse_visa_socket, v)
         return v
 
 
@@ -128,8 +156,7 @@ class IncubatorConfig(_InstrumentBase):
     @field_validator("address")
     @classmethod
     def _modbus(cls, v: str) -> str:
-        if not re.match(r"^modbus-(tcp://[^:/]+:\d{1,5}|rtu://.+)$", v):
-            raise ValueError("modbus-tcp://host:port or modbus-rtu://<serial device or URL>")
+        _checked(parse_modbus_address, v)
         return v
 
 
@@ -141,7 +168,9 @@ class _SerialInstrument(_InstrumentBase):
     @field_validator("address")
     @classmethod
     def _serial(cls, v: str) -> str:
-        if not (v.startswith("/") or re.match(r"^socket://[^:/]+:\d{1,5}$", v)):
+        if v.startswith("socket://"):
+            _checked(parse_socket_url, v)
+        elif not v.startswith("/"):
             raise ValueError("a serial device path like /dev/ttyUSB0, or socket://host:port")
         return v
 
@@ -187,6 +216,11 @@ class SimulationConfig(_Strict):
     perfusion: dict[str, Any] = Field(default_factory=dict)
     world: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("control_host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _checked(check_host, v)
+
 
 class LabConfig(BaseSettings):
     """Everything one daemon needs to know about its lab."""
@@ -230,10 +264,7 @@ class LabConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("toml_file") is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls))
-        return tuple(sources)
+        return init_settings, env_settings  # load_config adds the file's settings last
 
     def topic(self, *parts: str) -> str:
         """``assay/{node}/...``"""
@@ -244,35 +275,66 @@ class LabConfig(BaseSettings):
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
+def config_path(path: Path | str | None = None) -> Path:
+    """The config file meant: ``path``, else ``$ASSAY_CONFIG``, else config/lab.toml."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get("ASSAY_CONFIG", str(DEFAULT_CONFIG_PATH)))
+
+
 def load_config(path: Path | str | None = None) -> LabConfig:
-    """Load and validate the lab config; raise ConfigError with a one-line message."""
-    cfg_path = (
-        Path(path)
-        if path is not None
-        else Path(os.environ.get("ASSAY_CONFIG", str(DEFAULT_CONFIG_PATH)))
-    )
+    """Load and validate the lab config; raise ConfigError with a one-line message.
+
+    Besides the settings themselves this checks the files the terminal and the daemon need
+    before they connect (the TLS certificates); the daemon checks its journal path itself
+    (:func:`acquisition.config_checks.check_journal_path`).
+    """
+    cfg_path = config_path(path)
     source = str(cfg_path)
-    if not cfg_path.is_file():
-        raise ConfigError(source, "(file)", "an existing TOML file (not found)")
     try:
-        with cfg_path.open("rb") as fh:
-            tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "(syntax)", f"valid TOML ({exc})") from exc
-    except OSError as exc:
-        raise ConfigError(source, "(file)", f"a readable file ({exc.strerror})") from exc
-    # pydantic-settings reads the TOML path from the class config: bind it per call.
-    bound = type(
-        "LabConfig",
-        (LabConfig,),
-        {"model_config": SettingsConfigDict(**{**LabConfig.model_config, "toml_file": cfg_path})},
-    )
+        data = read_toml(cfg_path)
+    except TomlFileError as exc:
+        raise ConfigError(source, exc.field, exc.expected) from exc
     try:
-        return bound()  # type: ignore[no-any-return]
+        config = _with_file(data)()
     except ValidationError as exc:
         raise _one_line(source, exc) from exc
     except ValueError as exc:  # pydantic-settings: env var that is not valid JSON
         raise ConfigError(source, "(environment)", str(exc)) from exc
+    from acquisition.config_checks import check_tls_files
+
+    problem = check_tls_files(config.mqtt)
+    if problem is not None:
+        raise ConfigError(source, *problem)
+    return config
+
+
+def _with_file(data: dict[str, Any]) -> type[LabConfig]:
+    """LabConfig reading ``data`` (the parsed file) below the environment and init values."""
+
+    class FromFile(LabConfig):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, data)
+
+    FromFile.__name__ = FromFile.__qualname__ = "LabConfig"
+    return FromFile
+
+
+def _checked(check: Callable[[str], object], value: str) -> str:
+    """Run an address check; its AddressError becomes the ValueError pydantic reports."""
+    try:
+        check(value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 def _one_line(source: str, exc: ValidationError) -> ConfigError:
@@ -290,6 +352,8 @@ def _one_line(source: str, exc: ValidationError) -> ConfigError:
         msg = "a value (this setting is required)"
     elif _is_secret(loc):
         pass  # never echo what was given for a secret
+    elif "(got " in msg:
+        pass  # the validator quoted the part of the input that is wrong
     elif "input" in err and err.get("type") not in {"missing", "union_tag_invalid"}:
         msg = f"{msg} (got {short_repr(err['input'])})"
     return ConfigError(source, loc or "(top level)", msg)

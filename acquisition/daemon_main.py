@@ -1,6 +1,9 @@
 """``assayd --config PATH``: the daemon in the foreground (systemd-friendly).
 
-SIGTERM and SIGINT stop it gracefully. A bad config prints one line and exits 2.
+SIGTERM and SIGINT stop it gracefully. A bad config prints one line and exits 2, and so
+does a journal that cannot be used, whether that is found before anything connects
+(:func:`~acquisition.config_checks.check_journal_path`) or only when SQLite opens or writes
+it: restarting would not fix either (the systemd unit does not restart on exit 2).
 """
 
 from __future__ import annotations
@@ -27,20 +30,49 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    from acquisition.config import load_config
-    from acquisition.errors import ConfigError
+    from acquisition.config import config_path, load_config
+    from acquisition.config_checks import check_journal_path
+    from acquisition.errors import ConfigError, JournalError
 
+    source = str(config_path(args.config))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"assayd: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    problem = check_journal_path(config.journal.path)
+    if problem is not None:
+        return _fail(str(ConfigError(source, *problem)))
     from acquisition.logs import configure_logging
 
     configure_logging(
         args.log_level or config.logging.level, args.log_format or config.logging.format
     )
-    return asyncio.run(_serve(config))
+    try:
+        return asyncio.run(_serve(config))
+    except (JournalError, ExceptionGroup) as exc:
+        # Opening it (a file that is no SQLite database, a newer schema) or writing it
+        # (disk full, file system gone read-only): the operator has to act.
+        journal_error = _journal_error(exc)
+        if journal_error is None:
+            raise
+        return _fail(f"{source}: journal.path: a usable SQLite journal ({journal_error})")
+
+
+def _journal_error(exc: BaseException) -> BaseException | None:
+    """``exc`` itself, or the first JournalError in it if it is a (nested) group."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    from acquisition.errors import JournalError
+
+    found: BaseException | None = exc.split(JournalError)[0]
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
+def _fail(message: str) -> int:
+    print(f"assayd: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 async def _serve(config: object) -> int:

@@ -71,6 +71,12 @@ class RunFollower:
             self._gap_since = None
             self._last_request = None
 
+    def replay_requested(self, now: float) -> None:
+        """The caller asked for a replay on its own (e.g. a history from seq 1): the next
+        :meth:`replay_due` waits ``retry_s`` from ``now`` before asking again."""
+        self._last_request = now
+        self.replays_requested += 1
+
     def replay_due(self, now: float) -> tuple[int, int] | None:
         """The (from_seq, to_seq) to request now, or None while no replay is needed yet."""
         if self._gap_since is None or now - self._gap_since < self.grace_s:

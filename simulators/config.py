@@ -7,13 +7,14 @@ expected) so the CLI can print one line.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers.addresses import AddressError, check_host, parse_modbus_address, parse_visa_socket
+from drivers.toml_file import TomlFileError, read_toml
 
 __all__ = [
     "BenchConfig",
@@ -26,8 +27,6 @@ __all__ = [
     "parse_socket_address",
 ]
 
-_SOCKET = re.compile(r"TCPIP\d*::([A-Za-z0-9.\-]+)::(\d{1,5})::SOCKET", re.IGNORECASE)
-_MODBUS_TCP = re.compile(r"modbus-tcp://([A-Za-z0-9.\-]+):(\d{1,5})")
 
 
 class _Model(BaseModel):
@@ -77,47 +76,87 @@ class ConfigProblem:
 def parse_socket_address(address: str) -> tuple[str, int] | None:
     """``TCPIP::host::port::SOCKET`` -> ``(host, port)``; None if not that form.
     Port 0 (any free port, reported at startup) is accepted for tests."""
-    match = _SOCKET.fullmatch(address.strip())
-    if match is None or int(match[2]) > 65535:
+    try:
+        return parse_visa_socket(address, allow_zero=True)
+    except AddressError:
         return None
-    return match[1], int(match[2])
 
 
 def parse_modbus_tcp_address(address: str) -> tuple[str, int] | None:
     """``modbus-tcp://host:port`` -> ``(host, port)``; None if not that form."""
-    match = _MODBUS_TCP.fullmatch(address.strip())
-    if match is None or int(match[2]) > 65535:
+    if not address.startswith("modbus-tcp://"):
         return None
-    return match[1], int(match[2])
+    try:
+        return parse_modbus_address(address, allow_zero=True)
+    except AddressError:
+        return None
 
 
 def load_bench_config(path: Path) -> BenchConfig | ConfigProblem:
+    """The bench part of the lab config at ``path``, or the first problem with it."""
+    source = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        return ConfigProblem(str(path), "file", f"a readable TOML file ({exc.strerror})")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return ConfigProblem(str(path), "syntax", f"valid TOML ({exc})")
+        data = read_toml(path)
+    except TomlFileError as exc:
+        return ConfigProblem(source, exc.field, exc.expected)
     try:
         config = BenchConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        return ConfigProblem(str(path), where, first["msg"])
+        first = exc.errors(include_url=False)[0]
+        return ConfigProblem(source, _where(first["loc"]), first["msg"])
+    try:
+        check_host(config.simulation.control_host)
+    except AddressError as exc:
+        return ConfigProblem(source, "simulation.control_host", str(exc))
     for i, inst in enumerate(config.instruments):
-        if inst.kind == "counter" and parse_socket_address(inst.address) is None:
-            return ConfigProblem(
-                str(path), f"instruments.{i}.address", "a VISA socket address like "
-                "TCPIP::127.0.0.1::5025::SOCKET",
-            )
-        if inst.kind == "incubator" and parse_modbus_tcp_address(inst.address) is None:
-            return ConfigProblem(
-                str(path), f"instruments.{i}.address",
-                "modbus-tcp://host:port (the simulator serves Modbus TCP)",
-            )
-        if inst.kind in ("harvester", "perfusion") and not inst.address.startswith("/"):
-            return ConfigProblem(
-                str(path), f"instruments.{i}.address",
-                "a path where the simulator links its pty, e.g. /tmp/assay-sim/harvester",
-            )
+        expected = _address_problem(inst)
+        if expected is not None:
+            return ConfigProblem(source, f"instruments[{i}].address", expected)
     return config
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``('instruments', 0, 'id')`` -> ``instruments[0].id``, as the daemon names fields."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _address_problem(inst: InstrumentEntry) -> str | None:
+    """What the address of ``inst`` should have been, or None if the bench can serve it."""
+    if inst.kind == "counter":
+        try:
+            parse_visa_socket(inst.address, allow_zero=True)
+        except AddressError as exc:
+            return str(exc)
+        return None
+    if inst.kind == "incubator":
+        if not inst.address.startswith("modbus-tcp://"):
+            return "modbus-tcp://host:port (the simulator serves Modbus TCP)"
+        try:
+            parse_modbus_address(inst.address, allow_zero=True)
+        except AddressError as exc:
+            return str(exc)
+        return None
+    if inst.kind in ("harvester", "perfusion"):
+        return _link_path_problem(Path(inst.address))
+    return f"an instrument the bench simulates (no simulator for kind {inst.kind!r})"
+
+
+def _link_path_problem(link: Path) -> str | None:
+    """The simulator makes ``link`` a symlink to its pty, creating missing directories; it
+    must not replace a real file, and what exists of its parents must be directories."""
+    form = "a path where the simulator links its pty, e.g. /tmp/assay-sim/harvester"
+    if not link.is_absolute():
+        return form
+    if link.exists() and not link.is_symlink():
+        return f"{form} ({link} exists and is not a symbolic link)"
+    parent = link.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            return f"{form} ({parent} is a broken symbolic link)"
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{form} ({parent} is not a directory)"
+    return None

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acquisition.config import load_config
 from acquisition.errors import ConfigError
+from drivers.addresses import AddressError, parse_modbus_address
 
 GOOD = Path(__file__).resolve().parent.parent / "config" / "lab.toml"
 BIN = Path(sys.executable).parent
@@ -77,6 +80,85 @@ BAD_CONFIGS = [
         "device_address = 12\n",
         "instruments[0].device_address",
         "less than or equal to 9",
+    ),
+    ("empty broker host", '[mqtt]\nhost = ""\n', "mqtt.host", "got an empty host"),
+    ("broker host with a space", '[mqtt]\nhost = "lab pc"\n', "mqtt.host", "'lab pc'"),
+    ("broker host not an IPv4", '[mqtt]\nhost = "300.1.1.1"\n', "mqtt.host", "IP address"),
+    (
+        "tls_key without tls_cert",
+        '[mqtt]\ntls_key = "client.key"\n',
+        "mqtt.tls_key",
+        "tls_key only together with tls_cert",
+    ),
+    (
+        "simulation control host empty",
+        '[simulation]\ncontrol_host = ""\n',
+        "simulation.control_host",
+        "host name",
+    ),
+    (
+        "counter port out of range",
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "TCPIP::h::70000::SOCKET"\n',
+        "instruments[0].address",
+        "a port 1-65535 (got '70000')",
+    ),
+    (
+        "counter port 0",
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "TCPIP::h::0::SOCKET"\n',
+        "instruments[0].address",
+        "a port 1-65535 (got '0')",
+    ),
+    (
+        "counter host empty",
+        '[[instruments]]\nid = "c"\nkind = "counter"\naddress = "TCPIP::::5025::SOCKET"\n',
+        "instruments[0].address",
+        "got an empty host",
+    ),
+    (
+        "modbus port out of range",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\n'
+        'address = "modbus-tcp://127.0.0.1:70000"\n',
+        "instruments[0].address",
+        "modbus-tcp://host:port with a port 1-65535 (got '70000')",
+    ),
+    (
+        "modbus host invalid",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\naddress = "modbus-tcp://a..b:502"\n',
+        "instruments[0].address",
+        "host name or IP address (got 'a..b')",
+    ),
+    (
+        "modbus RTU option unknown",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\n'
+        'address = "modbus-rtu:///dev/ttyS0?speed=9600"\n',
+        "instruments[0].address",
+        "serial options baud",
+    ),
+    (
+        "modbus RTU parity",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\n'
+        'address = "modbus-rtu:///dev/ttyS0?parity=X"\n',
+        "instruments[0].address",
+        "parity: one of N, E, O, M, S (got 'X')",
+    ),
+    (
+        "modbus RTU over a socket, port out of range",
+        '[[instruments]]\nid = "i"\nkind = "incubator"\n'
+        'address = "modbus-rtu://socket://10.0.0.5:65536"\n',
+        "instruments[0].address",
+        "a port 1-65535 (got '65536')",
+    ),
+    (
+        "serial socket port out of range",
+        '[[instruments]]\nid = "h"\nkind = "harvester"\naddress = "socket://ser2net:99999"\n',
+        "instruments[0].address",
+        "socket://host:port with a port 1-65535 (got '99999')",
+    ),
+    (
+        "serial socket without a port",
+        '[[instruments]]\nid = "h"\nkind = "harvester"\naddress = "socket://ser2net"\n',
+        "instruments[0].address",
+        "socket://host:port",
     ),
     (
         "bad journal mode",
@@ -160,3 +242,15 @@ def test_errors_never_echo_a_password(tmp_path: Path) -> None:
         load_config(path)
     assert "mqtt.password" in str(info.value)
     assert "123456789" not in str(info.value)
+
+
+@settings(max_examples=300)
+@given(st.from_regex(r"modbus-(tcp|rtu)://[a-z0-9.:\[\]/?=&_-]{0,30}", fullmatch=True))
+def test_every_modbus_address_the_config_accepts_the_driver_accepts(address: str) -> None:
+    from drivers.incubator.link import parse_address
+
+    try:
+        parse_modbus_address(address)
+    except AddressError:
+        return
+    parse_address(address)  # a ValueError here would be a traceback when the daemon starts

@@ -47,6 +47,15 @@ def test_a_lost_tail_is_detected_from_the_run_state() -> None:
     assert f.replay_due(0.2) == (2, 5)
 
 
+def test_a_history_asked_for_up_front_is_not_asked_again_within_retry_s() -> None:
+    f = RunFollower(next_seq=1, grace_s=0.5, retry_s=2.0)
+    f.saw_last_seq(300, 0.0)  # a watch begun late: documents 1-300 came before it
+    f.replay_requested(0.0)
+    assert f.replay_due(1.0) is None
+    f.offer(doc(1), 1.5)
+    assert f.replay_due(2.1) == (2, 300)  # still missing after retry_s: asked again
+
+
 def test_stop_document_marks_the_run_finished() -> None:
     f = RunFollower()
     f.offer(doc(1, "start"), 0)

@@ -1,9 +1,12 @@
 """``assay run watch RUN``: live progress of a run, healed of any gap by replay.
 
-The retained run state drives the display (step i/N, the progress in wells or seconds, the
-ETA, the newest well or the incubator temperature); run documents add a line each for
-interruptions, prompts and steps. A run waiting on a person is asked inline when stdin is a
-terminal, else the watch prints the command that answers it from another terminal.
+At a terminal the retained run state drives a live display (step i/N, the progress in
+wells or seconds, the ETA, the newest well or the incubator temperature); run documents add
+a line each for interruptions, prompts and steps. When the output is not a terminal (a log,
+a CI job) there is no live display: :class:`~acquisition.cli.watch_log.RunLog` writes plain
+lines, flushed, from the run's first document on (the history is replayed), with progress
+milestones. A run waiting on a person is asked inline when stdin is a terminal, else the
+watch prints the command that answers it from another terminal.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from acquisition.cli.client import DaemonClient
 from acquisition.cli.render import prompt_lines, run_state_fields
 from acquisition.cli.runs import steer_line
+from acquisition.cli.watch_log import RunLog
 from acquisition.config import LabConfig
 from acquisition.errors import BrokerError, CommandError
 from acquisition.follow import RunFollower
@@ -31,6 +35,7 @@ from acquisition.payloads import TERMINAL_STATES
 __all__ = ["read_line", "watch_run"]
 
 AWAITING = frozenset({"awaiting-operator", "awaiting-recovery"})
+_HELD = frozenset({"paused", "awaiting-recovery", "interrupted"})  # "running" again is news
 OPERATOR_QUESTION = "press Enter when done (or type abort): "
 RECOVERY_QUESTION = "retry / skip / abort? "
 
@@ -76,8 +81,9 @@ async def watch_run(
     (a terminal) a prompt is answered inline; without, the watch prints how to answer it.
     """
     session = _WatchSession(console, run, client, stdin_fd)
+    live = session.display.progress if session.display is not None else contextlib.nullcontext()
     try:
-        with session.display.progress:
+        with live:
             try:
                 await _follow_until_stopped(session, client, reconnect_s)
             finally:
@@ -85,19 +91,18 @@ async def watch_run(
     finally:
         await session.close()
     final = session.state["state"]
-    style = "green" if final == "completed" else "red"
-    message = escape(session.state.get("message") or "")
-    console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {message}")
+    message = session.state.get("message") or ""
+    if session.log is not None:
+        session.log.line(f"run {run}: {final} {message}".rstrip(), session.state.get("updated_at"))
+    else:
+        style = "green" if final == "completed" else "red"
+        console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {escape(message)}")
     if (
         final == "interrupted"
         and session.state.get("protocol") != "count-plate"
         and "assay run resume" not in message  # the daemon's message already says it
     ):
-        console.print(
-            f"resume it with `assay run resume {run}` (or `assay run abort {run}`)",
-            markup=False,
-            highlight=False,
-        )
+        session.say(f"resume it with `assay run resume {run}` (or `assay run abort {run}`)")
     return 0 if final == "completed" else 1
 
 
@@ -109,7 +114,7 @@ async def _follow_until_stopped(
             if await session.follow(client):
                 return
         except BrokerError as exc:
-            session.console.print(f"[yellow]{escape(str(exc))}; reconnecting[/yellow]")
+            session.say(f"{exc}; reconnecting", style="yellow")
         while True:
             await asyncio.sleep(reconnect_s)
             try:
@@ -172,7 +177,12 @@ class _WatchSession:
         self.run = run
         self.client = client  # the current connection (answers go through it)
         self.stdin_fd = stdin_fd
-        self.display = _Display(console, run)
+        # Not a terminal (a file, a pipe): plain lines instead of the live display.
+        self.log = None if console.is_terminal else RunLog(console.file, run)
+        self.display = _Display(console, run) if self.log is None else None
+        self.history_until = 0  # log: documents up to this seq happened before the watch
+        self._logged_state: str | None = None
+        self._pending_state: dict[str, Any] | None = None
         self.follower: RunFollower | None = None
         self.state: dict[str, Any] = {}
         self.owned: list[DaemonClient] = []
@@ -199,10 +209,19 @@ class _WatchSession:
         self._status_topic = cfg.topic("status")
         async with client.subscription(events, state_topic, self._status_topic) as queue:
             state = await client.request("run.get", {"run": self.run})
-            if self.follower is None:  # the first connection: only what comes from now on
-                self.follower = RunFollower(next_seq=int(state["last_seq"]) + 1)
+            last_seq = int(state["last_seq"])
+            if self.follower is None and self.log is None:  # live display: from now on
+                self.follower = RunFollower(next_seq=last_seq + 1)
+            elif self.follower is None:  # a log: from the run's first document
+                self.follower = RunFollower(next_seq=1)
+                self.history_until = last_seq
+                if last_seq >= 1:
+                    await client.request(
+                        "replay", {"run": self.run, "from_seq": 1, "to_seq": last_seq}
+                    )
+                    self.follower.replay_requested(time.monotonic())
             follower = self.follower
-            follower.saw_last_seq(int(state["last_seq"]), time.monotonic())
+            follower.saw_last_seq(last_seq, time.monotonic())
             self._on_state(state)
             while self.state["state"] not in TERMINAL_STATES or not _stop_seen(
                 follower, self.state
@@ -218,9 +237,8 @@ class _WatchSession:
                     self._take(msg, state_topic, now)
                 gap = follower.replay_due(now)
                 if gap is not None:
-                    self.console.print(
-                        f"[yellow]gap in documents {gap[0]}-{gap[1]}; asking for a replay"
-                    )
+                    self.say(f"gap in documents {gap[0]}-{gap[1]}; asking for a replay",
+                             style="yellow")  # fmt: skip
                     await client.request(
                         "replay", {"run": self.run, "from_seq": gap[0], "to_seq": gap[1]}
                     )
@@ -239,11 +257,20 @@ class _WatchSession:
             return
         for doc in self.follower.offer(data, now):
             self._on_document(doc)
+        if self.log is not None:
+            self._log_state()
 
     # ------------------------------------------------------------------ what is shown
 
-    def _say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    def say(self, text: str, *, ts: object = None, style: str | None = None) -> None:
+        """One line: timestamped and flushed in a log, else printed (in ``style``)."""
+        if self.log is not None:
+            self.log.line(text, ts)
+        else:
+            self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    def _say(self, text: str, ts: object = None) -> None:
+        self.say(text, ts=ts)
 
     def _on_daemon_status(self, status: dict[str, Any]) -> None:
         """The daemon going away (its Last Will) or coming back, said once each."""
@@ -258,8 +285,16 @@ class _WatchSession:
 
     def _on_state(self, state: dict[str, Any]) -> None:
         self.state = state
-        self.display.state(state)
         name = state["state"]
+        prompt = state.get("prompt") if name in AWAITING else None
+        if self.display is None:
+            self._pending_state = state
+            self._log_state()
+            self._settle_asker(prompt["id"] if prompt else None)
+            if prompt and self.stdin_fd is not None and prompt["id"] not in self._asked:
+                self._start_asking(prompt)
+            return
+        self.display.state(state)
         if name == "paused":
             if not self._paused_shown:
                 message = state.get("message") or "paused"
@@ -267,19 +302,48 @@ class _WatchSession:
                 self._paused_shown = True
         else:
             self._paused_shown = False
-        prompt = state.get("prompt") if name in AWAITING else None
         self._settle_asker(prompt["id"] if prompt else None)
         if prompt:
             self._show_prompt(prompt)
             if self.stdin_fd is not None and prompt["id"] not in self._asked:
                 self._start_asking(prompt)
 
+    def _log_state(self) -> None:
+        """Log the newest run state once every document it counts has been logged."""
+        state, follower = self._pending_state, self.follower
+        assert self.log is not None
+        if state is None or follower is None or follower.delivered_up_to < state["last_seq"]:
+            return
+        self._pending_state = None
+        name, message, ts = state["state"], state.get("message") or "", state.get("updated_at")
+        prompt = state.get("prompt") if name in AWAITING else None
+        if name != self._logged_state:
+            if name == "paused":
+                self._say(f"paused: {message or 'paused'} — `assay run resume {self.run}`", ts)
+            elif name == "awaiting-recovery":
+                options = ", ".join(str(o) for o in (prompt or {}).get("options") or [])
+                self._say(f"awaiting-recovery: {message or 'the run needs a decision'}"
+                          f"{'; options: ' + options if options else ''}", ts)  # fmt: skip
+            elif name == "queued" or (name == "running" and self._logged_state in _HELD):
+                self._say(f"run {self.run}: {name} {message}".rstrip(), ts)
+            self._logged_state = name
+        if prompt:
+            self._show_prompt(prompt, ts)
+        self.log.state(state)
+
     def _on_document(self, doc: dict[str, Any]) -> None:
-        kind = doc.get("kind")
+        kind, ts = doc.get("kind"), doc.get("ts")
         if kind == "interruption":
             detail = doc.get("detail") or {}
             extra = f" ({detail['message']})" if isinstance(detail.get("message"), str) else ""
-            self.console.print(f"[red]interruption:[/red] {escape(str(doc['reason']))}{extra}")
+            if self.log is not None:
+                self._say(f"interruption: {doc['reason']}{extra}", ts)
+            else:
+                self.console.print(
+                    f"[red]interruption:[/red] {escape(str(doc['reason']))}{escape(extra)}"
+                )
+        elif self.log is not None and kind in ("start", "step", "data"):
+            self.log.document(doc, live=int(doc["seq"]) > self.history_until)
         elif kind == "step":
             self._say(f"step {doc['step']} {doc['phase']}")
         elif kind == "prompt":
@@ -292,23 +356,31 @@ class _WatchSession:
                         "kind": doc.get("prompt_kind", "operator"),
                         "text": doc.get("text", ""),
                         "options": doc.get("options") or [],
-                    }
+                    },
+                    ts,
                 )
             elif phase in ("answered", "timed-out"):
                 if prompt_id == self._asking:
                     self._settle_asker(None)
                 if phase == "timed-out":
-                    self._say(f"prompt {prompt_id} timed out")
+                    self._say(f"prompt {prompt_id} timed out", ts)
                 else:
                     by = f" by {doc['by']}" if doc.get("by") else ""
-                    self._say(f"prompt {prompt_id} answered{by}: {doc.get('answer') or 'done'}")
+                    answer = doc.get("answer") or "done"
+                    self._say(f"prompt {prompt_id} answered{by}: {answer}", ts)
+            elif phase == "withdrawn" and self.log is not None:
+                self._say(f"prompt {prompt_id} withdrawn (asked again on resume)", ts)
 
-    def _show_prompt(self, prompt: dict[str, Any]) -> None:
+    def _show_prompt(self, prompt: dict[str, Any], ts: object = None) -> None:
         prompt_id = str(prompt["id"])
         if prompt_id in self._prompts_shown:
             return
         self._prompts_shown.add(prompt_id)
-        for line in prompt_lines(self.run, prompt, interactive=self.stdin_fd is not None):
+        lines = prompt_lines(self.run, prompt, interactive=self.stdin_fd is not None)
+        if self.log is not None:  # one line per prompt
+            self._say("; ".join(line.strip() for line in lines), ts)
+            return
+        for line in lines:
             style = "bold" if line[:1] != " " else None
             self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
@@ -344,7 +416,9 @@ class _WatchSession:
         recovery = prompt.get("kind") == "recovery"
         options = [str(o) for o in prompt.get("options") or []]
         request: tuple[str, dict[str, Any]] | None = None
-        self.display.progress.stop()  # the live bar would draw over what is typed
+        self._show_prompt(prompt)  # before its question, even if the log holds it back
+        if self.display is not None:
+            self.display.progress.stop()  # the live bar would draw over what is typed
         try:
             while request is None:
                 self.console.print(
@@ -370,7 +444,8 @@ class _WatchSession:
                     self._say(f"answer {choices}")
             self._sending = True
         finally:
-            self.display.progress.start()
+            if self.display is not None:
+                self.display.progress.start()
         try:
             reply = await self.client.request(*request)
             self._say(steer_line(reply))
