@@ -46,6 +46,7 @@ import structlog
 
 from acquisition.config import LabConfig
 from acquisition.errors import InstanceError, JournalError
+from acquisition.mqtt_link import broker_error
 from acquisition.mqtt_params import client_kwargs
 from drivers.backoff import Backoff, ReconnectBackoff
 
@@ -261,7 +262,7 @@ async def claim_node(
             await _claim_once(config, me, online=online, takeover=takeover, timeout_s=timeout_s)
             return True
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
-            error = f"broker {where}: {str(exc) or type(exc).__name__}"
+            error = str(broker_error(exc, where))
             if error != last_error:
                 log.warning(
                     "broker connect failed; the node's status is checked before anything starts",

@@ -59,7 +59,7 @@ from acquisition.outbox import OutboxDrainer
 from drivers.backoff import Backoff, ReconnectBackoff
 from drivers.clock import Clock, MonotonicClock
 
-__all__ = ["MAX_PACKET_BYTES", "MAX_QUEUED_INCOMING", "MqttLink"]
+__all__ = ["MAX_PACKET_BYTES", "MAX_QUEUED_INCOMING", "MqttLink", "broker_error"]
 
 log = structlog.get_logger(__name__)
 _PAHO_LOGGER = "acquisition.mqtt_link.paho"
@@ -79,6 +79,21 @@ class _GracefulStop(Exception):
 
 class _Superseded(Exception):
     """Raised by the status check: another live daemon of our node is online."""
+
+
+def broker_error(exc: BaseException, where: str) -> BrokerError:
+    """A connect or connection error as the one-line BrokerError the logs show."""
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(exc, MqttConnectError) and code in _NOT_AUTHORISED:
+        return BrokerError(
+            f"broker {where} refused the connection: not authorised"
+            " (check mqtt.username and mqtt.password)"
+        )
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc.__cause__, BaseException) and str(exc.__cause__):
+        detail = f"{detail} ({exc.__cause__})"
+    return BrokerError(f"broker {where}: {detail}")
 
 
 def _disconnect_reason(client: aiomqtt.Client) -> int | None:
@@ -454,17 +469,7 @@ class MqttLink:
     # -- logging of transitions --------------------------------------------------------
 
     def _error(self, exc: BaseException) -> BrokerError:
-        rc = getattr(exc, "rc", None)
-        code = getattr(rc, "value", rc)
-        if isinstance(exc, MqttConnectError) and code in _NOT_AUTHORISED:
-            return BrokerError(
-                f"broker {self._where} refused the connection: not authorised"
-                " (check mqtt.username and mqtt.password)"
-            )
-        detail = str(exc) or type(exc).__name__
-        if isinstance(exc.__cause__, BaseException) and str(exc.__cause__):
-            detail = f"{detail} ({exc.__cause__})"
-        return BrokerError(f"broker {self._where}: {detail}")
+        return broker_error(exc, self._where)
 
     def _failed(self, exc: BaseException) -> None:
         message = str(self._error(exc))

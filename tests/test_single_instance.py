@@ -25,15 +25,24 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from acquisition.cli.client import DaemonClient
 from acquisition.config import LabConfig, load_config
 from acquisition.errors import InstanceError
-from acquisition.instance import Identity, JournalLock, Rival, live_rival, stale_reason
+from acquisition.instance import (
+    Identity,
+    JournalLock,
+    Rival,
+    claim_node,
+    live_rival,
+    stale_reason,
+)
 from acquisition.journal import Journal
 from acquisition.mqtt_link import MqttLink
 from devtools.mosquitto import MosquittoBroker
 from devtools.stack import DaemonProcess, LabFiles, SimBenchProcess, write_lab_config
+from drivers.clock import VirtualClock
 
 T0 = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
 TIMEOUT_S = 30.0  # a safety net on a loaded machine, never the expected wait
@@ -105,6 +114,29 @@ def test_the_journal_lock_is_held_once_and_names_its_holder(tmp_path: Path) -> N
     second.release()
 
 
+async def test_the_start_up_check_waits_for_a_broker_that_refuses_until_stopped(
+    own_broker: Callable[..., MosquittoBroker], lab_config: Callable[..., LabConfig]
+) -> None:
+    broker = own_broker(users={"assayd": "right"})
+    cfg = lab_config(broker, username="assayd", password="wrong")
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(
+            claim_node(cfg, _me(), online=_status, takeover=False, stopped=stop)
+        )
+        async with asyncio.timeout(TIMEOUT_S):
+            while not logs:
+                await asyncio.sleep(0.01)
+        stop.set()
+        assert await asyncio.wait_for(task, TIMEOUT_S) is False
+    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["error"] == (
+        f"broker 127.0.0.1:{broker.port} refused the connection: not authorised"
+        " (check mqtt.username and mqtt.password)"
+    )
+    assert "wrong" not in str(logs)
+
+
 # --------------------------------------------------------- DISCONNECT 0x8E (fake broker)
 
 
@@ -159,6 +191,69 @@ async def test_a_session_taken_over_disconnect_stops_the_link_without_reconnecti
     finally:
         server.close()
         await server.wait_closed()
+
+
+# ------------------------------------- a link dropped for another daemon (Mosquitto 2.0.11)
+
+
+async def _ignore(_: aiomqtt.Message) -> None:
+    return None
+
+
+async def test_a_link_dropped_for_another_daemon_stops_at_the_reconnect_without_online(
+    broker: MosquittoBroker, lab_config: Callable[..., LabConfig], tmp_journal: Journal
+) -> None:
+    """Mosquitto 2.0.11 closes the connection it hands to a newer client with the same id
+    without a word; the link reconnects (taking the session back), reads the retained
+    status, finds the other daemon's ``online`` and stops before publishing its own."""
+    cfg = lab_config(broker)
+    me = await asyncio.to_thread(Identity.current, T0)
+    mine = {"node": cfg.node, "instance": me.instance, "host": me.host, "pid": me.pid}
+    other = _status(node=cfg.node, instance="i-other", host="pc-2", pid=99)
+
+    def rival(payload: bytes) -> str | None:
+        found = live_rival(payload, me)
+        return found.describe() if found is not None else None
+
+    clock = VirtualClock()  # the reconnect waits until the test moves time
+    link = MqttLink(
+        cfg, tmp_journal, on_command=_ignore, status_online=lambda: _status(**mine),
+        status_offline=lambda reason: _status("offline", reason=reason, **mine),
+        rival=rival, clock=clock,
+    )  # fmt: skip
+    task = asyncio.create_task(link.run(), name="link-run")
+    try:
+        assert await link.wait_connected(TIMEOUT_S)
+        impostor = aiomqtt.Client(
+            broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5,
+            identifier=link.client_id,
+        )  # fmt: skip
+        await impostor.__aenter__()
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                while link.connected:
+                    await asyncio.sleep(0.01)
+            await impostor.publish(cfg.topic("status"), other, qos=1, retain=True)
+            clock.advance(3600)  # the reconnect
+            with pytest.raises(InstanceError, match="another assayd is online") as stopped:
+                await asyncio.wait_for(task, TIMEOUT_S)
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await impostor.__aexit__(None, None, None)
+        assert "assayd pid 99 on host pc-2" in str(stopped.value)
+        assert link.connect_attempts == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, InstanceError):
+            await task
+    async with aiomqtt.Client(
+        broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as reader:
+        await reader.subscribe(cfg.topic("status"), qos=1)
+        async with asyncio.timeout(TIMEOUT_S):
+            async for message in reader.messages:
+                assert message.payload == other  # neither our online nor our will
+                break
 
 
 # ----------------------------------------------------------------- real processes
