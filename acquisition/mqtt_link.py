@@ -26,10 +26,11 @@ at most :data:`MAX_QUEUED_INCOMING` messages while every command handler slot is
 A lost connection ends the TaskGroup; the link reconnects and the drainer resends from the
 oldest undeleted row. The delays start over only after a connection that stayed up
 ``stable_s``; one that drops sooner makes the next delay grow
-(:class:`~drivers.backoff.ReconnectBackoff`). :meth:`MqttLink.shutdown` drains the outbox, publishes
-``status_offline("shutdown")`` and disconnects cleanly (a clean DISCONNECT suppresses the
-will). If ``run`` is cancelled instead, the link disconnects with reason 0x04 ("disconnect
-with will message"), so subscribers still learn that the daemon is gone.
+(:class:`~drivers.backoff.ReconnectBackoff`). :meth:`MqttLink.shutdown` drains the
+outbox, publishes ``status_offline("shutdown")`` and disconnects cleanly (a clean
+DISCONNECT suppresses the will). If ``run`` is cancelled instead, the link disconnects with
+reason 0x04 ("disconnect with will message"), so subscribers still learn that the daemon is
+gone.
 
 Credentials never reach a log line; paho's own logger is capped at WARNING so raw packet
 traces (topics, sizes, client ids) stay out of production logs.
