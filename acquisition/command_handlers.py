@@ -161,6 +161,8 @@ class CommandHandlers:
             "node": d.config.node,
             "version": __version__,
             "pid": os.getpid(),
+            "host": d.identity.host if d.identity else None,
+            "instance": d.identity.instance if d.identity else None,
             "started_at": d.started_at.isoformat(),
             "uptime_s": round((utcnow() - d.started_at).total_seconds(), 1),
             "simulated": d.config.simulation.enabled,

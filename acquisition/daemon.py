@@ -4,6 +4,14 @@ Structured concurrency: one TaskGroup owns the MQTT link, the instrument supervi
 every active run. ``stop`` (SIGTERM) shuts down in order: runs are interrupted and their
 counters stopped, their documents written; instruments are closed and their state
 published; the outbox is drained; ``offline`` is published; the broker connection closes.
+
+One daemon per journal and per node (:mod:`acquisition.instance`): before anything else
+the daemon locks its journal, then checks the node's retained status (waiting for the
+broker if need be); another daemon holding either makes ``run`` raise
+:class:`~acquisition.errors.InstanceError` with nothing started. If another daemon of the
+node takes over later, the link ends with that error: the daemon stops as it would at
+SIGTERM, except that the broker is gone (the outbox waits for the next start, and the
+status is the other daemon's), and ``run`` raises it once everything is closed.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from acquisition.count_run import run_count_plate
 from acquisition.engine.runner import ProtocolRun
 from acquisition.engine.runs import interrupt_open_run, protocol_run_from_args, resumed_protocol_run
 from acquisition.engine.states import OPEN
-from acquisition.errors import CommandError
+from acquisition.errors import CommandError, InstanceError
+from acquisition.instance import Identity, JournalLock, claim_node, live_rival
 from acquisition.instruments import InstrumentManager
 from acquisition.journal import Journal, OutboxMessage
 from acquisition.mqtt_link import MqttLink
@@ -50,10 +59,18 @@ class ActiveRun:
 
 
 class Daemon:
-    """One lab's daemon. ``await Daemon(config).run(stop_event)``."""
+    """One lab's daemon. ``await Daemon(config).run(stop_event)``.
 
-    def __init__(self, config: LabConfig, *, clock: Clock | None = None) -> None:
+    ``takeover``: start even though the node's retained status says another daemon is
+    online (a stale status after a crash or power cut on another PC); that daemon, if it
+    is alive after all, stops.
+    """
+
+    def __init__(
+        self, config: LabConfig, *, clock: Clock | None = None, takeover: bool = False
+    ) -> None:
         self.config = config
+        self._takeover = takeover
         # The run clock: what protocols time with and drivers wait on. Real time, or the
         # simulated bench's time scale, or (tests) a VirtualClock. The MQTT link, the
         # instrument status polls and the reply cache always run on real time.
@@ -65,6 +82,8 @@ class Daemon:
         self._stopping = False  # set at SIGTERM: no run starts or resumes any more
         self._resuming: set[str] = set()  # runs being read back for a resume
         self.started_at: datetime = utcnow()
+        self.identity: Identity | None = None  # set by run()
+        self._taken_over: InstanceError | None = None
         self.active: dict[str, ActiveRun] = {}
         self._journal: Journal | None = None
         self._link: MqttLink | None = None
@@ -97,6 +116,7 @@ class Daemon:
     # -- status payloads -------------------------------------------------------------------
 
     def _status(self, state: str, reason: str | None = None) -> bytes:
+        me = self.identity
         return (
             DaemonStatus(
                 node=self.config.node,
@@ -106,6 +126,9 @@ class Daemon:
                 started_at=self.started_at,
                 ts=utcnow(),
                 reason=reason,
+                instance=me.instance if me else None,
+                host=me.host if me else None,
+                boot_id=me.boot_id if me else None,
             )
             .model_dump_json(by_alias=True, exclude_none=True)
             .encode()
@@ -114,6 +137,41 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set. :class:`InstanceError` if another daemon holds the
+        journal or is online as this node (nothing started), or took the node over."""
+        cfg = self.config
+        self.identity = me = await asyncio.to_thread(Identity.current, self.started_at)
+        lock = await asyncio.to_thread(JournalLock.acquire, cfg.journal.path, me, cfg.node)
+        try:
+            claimed = await claim_node(
+                cfg,
+                me,
+                online=lambda: self._status("online"),
+                takeover=self._takeover,
+                stopped=stop,
+            )
+            if claimed:
+                await self._serve(stop)
+            else:
+                log.info("daemon stopped before the broker could be reached")
+        finally:
+            lock.release()
+        if self._taken_over is not None:
+            raise self._taken_over
+
+    def _live_rival(self, payload: bytes) -> str | None:
+        assert self.identity is not None
+        rival = live_rival(payload, self.identity)
+        return rival.describe() if rival is not None else None
+
+    async def _run_link(self, stop: asyncio.Event) -> None:
+        try:
+            await self.link.run()
+        except InstanceError as exc:  # another daemon took the node: stop, as at SIGTERM
+            self._taken_over = exc
+            stop.set()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         cfg = self.config
         self._journal = await Journal.open(cfg.journal.path, synchronous=cfg.journal.synchronous)
         try:
@@ -124,6 +182,7 @@ class Daemon:
                 status_online=lambda: self._status("online"),
                 status_offline=lambda reason: self._status("offline", reason),
                 on_connected=self._republish_retained,
+                rival=self._live_rival,
                 clock=self.wall,
             )
             self._instruments = InstrumentManager(
@@ -133,7 +192,7 @@ class Daemon:
             log.info("daemon started", node=cfg.node, version=__version__)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                link_task = tg.create_task(self._link.run(), name="mqtt-link")
+                link_task = tg.create_task(self._run_link(stop), name="mqtt-link")
                 inst_task = tg.create_task(self._instruments.run(), name="instruments")
                 await stop.wait()
                 log.info("daemon stopping")

@@ -1,9 +1,11 @@
 """``assayd --config PATH``: the daemon in the foreground (systemd-friendly).
 
-SIGTERM and SIGINT stop it gracefully. A bad config prints one line and exits 2, and so
-does a journal that cannot be used, whether that is found before anything connects
-(:func:`~acquisition.config_checks.check_journal_path`) or only when SQLite opens or writes
-it: restarting would not fix either (the systemd unit does not restart on exit 2).
+SIGTERM and SIGINT stop it gracefully. Exit codes: 0 after a stop; 2 (which the systemd
+unit does not restart) after one line on stderr for a bad config, a journal that cannot be
+used (found before anything connects, :func:`~acquisition.config_checks.check_journal_path`,
+or only when SQLite opens or writes it), or another assayd that holds the journal, is
+online as the node, or took the node over while this one ran
+(:class:`~acquisition.errors.InstanceError`): restarting would fix none of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["json", "console"])
+    parser.add_argument(
+        "--takeover",
+        action="store_true",
+        help="start even though the node's retained status says another assayd is online"
+        " (a stale status: that daemon died without the broker noticing yet, e.g. a power"
+        " cut on its PC); if it is alive after all, it stops",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log_level or config.logging.level, args.log_format or config.logging.format
     )
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, takeover=args.takeover))
     except (JournalError, ExceptionGroup) as exc:
         # Opening it (a file that is no SQLite database, a newer schema) or writing it
         # (disk full, file system gone read-only): the operator has to act.
@@ -75,16 +84,21 @@ def _fail(message: str) -> int:
     return 2
 
 
-async def _serve(config: object) -> int:
+async def _serve(config: object, *, takeover: bool) -> int:
     from acquisition.config import LabConfig
     from acquisition.daemon import Daemon
+    from acquisition.errors import InstanceError
 
     assert isinstance(config, LabConfig)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Daemon(config).run(stop)
+    try:
+        await Daemon(config, takeover=takeover).run(stop)
+    except InstanceError as exc:
+        print(f"assayd: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

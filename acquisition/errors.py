@@ -9,6 +9,7 @@ __all__ = [
     "BrokerError",
     "CommandError",
     "ConfigError",
+    "InstanceError",
     "InterlockError",
     "JournalError",
     "PreconditionError",
@@ -45,6 +46,13 @@ class BrokerError(AssayError):
     """The MQTT broker refused the connection or dropped it."""
 
     retryable = True
+
+
+class InstanceError(AssayError):
+    """Another instance of this daemon holds what this one needs: the journal (its lock),
+    the node id (its retained status says online), or the node's MQTT session (taken
+    over). Not retryable: two daemons would fight; ``assayd`` prints ``str(err)``, the one
+    line naming the other instance, and exits with code 2."""
 
 
 class AnalysisError(AssayError):

@@ -4,6 +4,13 @@
 
 * sets a Last Will (``status_offline("connection lost")``, retained, QoS1) on
   ``{prefix}/{node}/status`` and publishes ``status_online()`` there on connect;
+* with a ``rival`` callback, subscribes to that status topic first and publishes
+  ``online`` only once the retained status is in hand: a status that ``rival`` says is
+  another live daemon of the node, retained or arriving later, ends the link with
+  :class:`~acquisition.errors.InstanceError` (no reconnect; a clean DISCONNECT, so our
+  will does not overwrite the other's ``online``). So does a DISCONNECT with reason
+  0x8E "Session taken over" (sent by MQTT v5 brokers, Mosquitto from 2.0.15; older ones
+  just close the connection, which the status check then catches);
 * subscribes to ``{prefix}/{node}/cmd`` (QoS1) and hands each command to ``on_command`` in
   its own task (bounded; a failing handler is logged and never kills the link);
 * drains the journal's outbox (:class:`~acquisition.outbox.OutboxDrainer`);
@@ -17,10 +24,13 @@ at most :data:`MAX_QUEUED_INCOMING` messages while every command handler slot is
 :func:`acquisition.mqtt_params.client_kwargs`, the same builder the bench terminal uses.
 
 A lost connection ends the TaskGroup; the link reconnects and the drainer resends from the
-oldest undeleted row. :meth:`MqttLink.shutdown` drains the outbox, publishes
-``status_offline("shutdown")`` and disconnects cleanly (a clean DISCONNECT suppresses the
-will). If ``run`` is cancelled instead, the link disconnects with reason 0x04 ("disconnect
-with will message"), so subscribers still learn that the daemon is gone.
+oldest undeleted row. The delays start over only after a connection that stayed up
+``stable_s``; one that drops sooner makes the next delay grow
+(:class:`~drivers.backoff.ReconnectBackoff`). :meth:`MqttLink.shutdown` drains the
+outbox, publishes ``status_offline("shutdown")`` and disconnects cleanly (a clean
+DISCONNECT suppresses the will). If ``run`` is cancelled instead, the link disconnects with
+reason 0x04 ("disconnect with will message"), so subscribers still learn that the daemon is
+gone.
 
 Credentials never reach a log line; paho's own logger is capped at WARNING so raw packet
 traces (topics, sizes, client ids) stay out of production logs.
@@ -43,20 +53,21 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from acquisition.config import LabConfig
-from acquisition.errors import BrokerError
+from acquisition.errors import BrokerError, InstanceError
 from acquisition.journal import Journal
 from acquisition.mqtt_params import client_kwargs
 from acquisition.outbox import OutboxDrainer
-from drivers.backoff import Backoff
+from drivers.backoff import Backoff, ReconnectBackoff
 from drivers.clock import Clock, MonotonicClock
 
-__all__ = ["MAX_PACKET_BYTES", "MAX_QUEUED_INCOMING", "MqttLink"]
+__all__ = ["MAX_PACKET_BYTES", "MAX_QUEUED_INCOMING", "MqttLink", "broker_error"]
 
 log = structlog.get_logger(__name__)
 _PAHO_LOGGER = "acquisition.mqtt_link.paho"
 # v3.1.1 CONNACK 4/5; v5 0x86 bad user name or password, 0x87 not authorized
 _NOT_AUTHORISED = {4, 5, 0x86, 0x87}
 _DISCONNECT_WITH_WILL = 0x04
+_SESSION_TAKEN_OVER = 0x8E
 MAX_PACKET_BYTES = 4 * 1024 * 1024
 """CONNECT MaximumPacketSize: the broker drops larger packets instead of sending them."""
 MAX_QUEUED_INCOMING = 1000
@@ -65,6 +76,35 @@ MAX_QUEUED_INCOMING = 1000
 
 class _GracefulStop(Exception):
     """Raised by the shutdown watcher to end a session after publishing 'offline'."""
+
+
+class _Superseded(Exception):
+    """Raised by the status check: another live daemon of our node is online."""
+
+
+def broker_error(exc: BaseException, where: str) -> BrokerError:
+    """A connect or connection error as the one-line BrokerError the logs show."""
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(exc, MqttConnectError) and code in _NOT_AUTHORISED:
+        return BrokerError(
+            f"broker {where} refused the connection: not authorised"
+            " (check mqtt.username and mqtt.password)"
+        )
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc.__cause__, BaseException) and str(exc.__cause__):
+        detail = f"{detail} ({exc.__cause__})"
+    return BrokerError(f"broker {where}: {detail}")
+
+
+def _disconnect_reason(client: aiomqtt.Client) -> int | None:
+    """The reason code the connection ended with (a broker's DISCONNECT), if known."""
+    done = client._disconnected
+    if not done.done() or done.cancelled():
+        return None
+    rc = getattr(done.exception(), "rc", None)
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
 
 
 def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -87,12 +127,14 @@ class MqttLink:
         status_online: Callable[[], bytes],
         status_offline: Callable[[str], bytes],
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        rival: Callable[[bytes], str | None] | None = None,
         clock: Clock | None = None,
         client_id: str | None = None,
         backoff: Backoff | None = None,
         refused_backoff: Backoff | None = None,
         max_concurrent_commands: int = 8,
         timeout_s: float = 10.0,
+        stable_s: float = 10.0,
     ) -> None:
         self._config = config
         self._mqtt = config.mqtt
@@ -100,9 +142,11 @@ class MqttLink:
         self._status_online = status_online
         self._status_offline = status_offline
         self._on_connected = on_connected
+        self._rival = rival
         self._clock: Clock = clock or MonotonicClock()
         self.client_id = client_id or f"assayd-{config.node}"
         self._backoff = backoff or Backoff(base_s=0.1, factor=2.0, cap_s=5.0)
+        self._stable_s = stable_s
         self._timeout_s = timeout_s
         self._status_topic = config.topic("status")
         self._cmd_topic = config.topic("cmd")
@@ -121,6 +165,7 @@ class MqttLink:
         self._shutdown_deadline = 0.0
         self._run_task: asyncio.Task[None] | None = None
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._first_status: asyncio.Future[None] | None = None
         self._paho_logger = logging.getLogger(_PAHO_LOGGER)
         self._paho_logger.setLevel(logging.WARNING)
         self.last_error: str | None = None
@@ -182,26 +227,25 @@ class MqttLink:
     async def run(self) -> None:
         """Keep the connection up until cancelled or :meth:`shutdown` completes.
 
-        Broker trouble is retried forever; anything else (a JournalError from the outbox, an
-        exception from ``status_online``) ends ``run`` with that exception.
+        Broker trouble is retried forever; another daemon of the node (see the module
+        docstring) ends ``run`` with :class:`InstanceError`; anything else (a JournalError
+        from the outbox, an exception from ``status_online``) ends ``run`` with that
+        exception.
         """
         if self._run_task is not None:
             raise RuntimeError("MqttLink.run() is already running")
         self._run_task = asyncio.current_task()
         self._finished.clear()
-        attempt = 0
+        delays = ReconnectBackoff(self._backoff, stable_s=self._stable_s)
         try:
             while not self._stop_requested.is_set():
                 try:
-                    connected = await self._session()
+                    lasted_s = await self._session()
                 except ExceptionGroup as group:  # not MQTT: a JournalError or a callback bug
                     raise _leaf(group) from group
-                if connected:
-                    attempt = 0
                 if self._stop_requested.is_set():
                     break
-                await self._clock.sleep(self._backoff.delay(attempt))
-                attempt += 1
+                await self._clock.sleep(delays.next_delay(lasted_s))
         finally:
             handlers = list(self._handler_tasks)
             for task in handlers:
@@ -230,28 +274,34 @@ class MqttLink:
 
     # -- one connection ----------------------------------------------------------------
 
-    async def _session(self) -> bool:
-        """Connect, serve until the connection ends; True if it had become ready."""
+    async def _session(self) -> float | None:
+        """Connect, serve until the connection ends; how long it was ready (None: never)."""
         self.connect_attempts += 1
         try:  # reads certificate files when TLS is on: off the loop
             kwargs = await asyncio.to_thread(client_kwargs, self._mqtt)
         except (OSError, ssl.SSLError) as exc:
             self._failed(exc)
-            return False
+            return None
         client = self._make_client(kwargs)
         if not await self._connect(client):
-            return False
+            return None
         graceful = ready = False
+        ready_at = 0.0
+        superseded: str | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 # The consumer first: it is what notices a dead connection, even while
-                # the status publish or the subscribe below are waiting for their ack.
+                # the status publish or the subscribes below are waiting for their ack.
                 tg.create_task(self._consume(client), name="mqtt-consume")
+                if self._rival is not None:
+                    await self._subscribe_checking_status(client)
+                else:
+                    await client.subscribe(self._cmd_topic, qos=1)
                 await client.publish(self._status_topic, self._status_online(), qos=1, retain=True)
-                await client.subscribe(self._cmd_topic, qos=1)
                 self._client = client
                 self._connected.set()
                 ready = True
+                ready_at = self._clock.monotonic()
                 self.last_error = None  # logged once ready: commands are subscribed
                 log.info("broker connected", broker=self._where, client_id=self.client_id)
                 if self._on_connected is not None:
@@ -260,18 +310,58 @@ class MqttLink:
                 tg.create_task(self._watch_shutdown(client), name="mqtt-shutdown")
         except* _GracefulStop:
             graceful = True
+        except* _Superseded as group:
+            superseded = (
+                f"another assayd is online for node '{self._config.node}'"
+                f" ({group.exceptions[0]}): it has taken this daemon's place on broker"
+                f" {self._where}; stopping instead of reconnecting"
+            )
         except* aiomqtt.MqttError as group:
-            if ready:
+            if superseded is not None:
+                pass  # the connection went down with the takeover
+            elif _disconnect_reason(client) == _SESSION_TAKEN_OVER:
+                superseded = (
+                    f"broker {self._where} handed this daemon's MQTT session (client id"
+                    f" {self.client_id}) to another client (DISCONNECT 0x8E Session taken"
+                    f" over): another assayd runs as node '{self._config.node}';"
+                    " stopping instead of reconnecting"
+                )
+            elif ready:
                 self._lost(group.exceptions[0])
             else:  # it died before it was ready: a failed attempt, not a lost link
                 self._failed(group.exceptions[0])
         finally:
             self._client = None
             self._connected.clear()
-            await self._close(client, with_will=not graceful)
+            # After a takeover the status is the other daemon's: no will over it.
+            await self._close(client, with_will=not graceful and superseded is None)
+        if superseded is not None:
+            log.error("node taken over by another daemon", broker=self._where, error=superseded)
+            raise InstanceError(superseded)
         if graceful:
             log.info("broker disconnected", broker=self._where, reason="shutdown")
-        return ready
+        return self._clock.monotonic() - ready_at if ready else None
+
+    async def _subscribe_checking_status(self, client: aiomqtt.Client) -> None:
+        """Subscribe to our status topic, then to commands; wait for the consumer to have
+        checked the retained status (it raises _Superseded for a live rival).
+
+        The broker sends a retained message while it handles the SUBSCRIBE, before it
+        answers the next packet: once the commands' SUBACK is in, the retained status (if
+        any) is queued, ahead of every command.
+        """
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._first_status = first
+        try:
+            await client.subscribe(self._status_topic, qos=1)
+            await client.subscribe(self._cmd_topic, qos=1)
+            if not first.done() and len(client.messages) == 0:
+                first.set_result(None)  # nothing retained, or the consumer took it already
+            await first
+        finally:
+            self._first_status = None
+            if first.done() and not first.cancelled():
+                first.exception()  # retrieved: the consumer raises it too
 
     async def _connect(self, client: aiomqtt.Client) -> bool:
         attempt = asyncio.ensure_future(client.__aenter__())
@@ -334,6 +424,23 @@ class MqttLink:
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            # The first message of a session is the retained status, if there is one.
+            first = self._first_status
+            pending = first is not None and not first.done()
+            if self._rival is not None and message.topic.matches(self._status_topic):
+                payload = message.payload
+                other = (
+                    self._rival(bytes(payload)) if isinstance(payload, bytes | bytearray) else None
+                )
+                if other is not None:
+                    if first is not None and pending:  # before 'online' can go out
+                        first.set_exception(_Superseded(other))
+                    raise _Superseded(other)
+                if first is not None and pending:
+                    first.set_result(None)
+                continue
+            if first is not None and pending:
+                first.set_result(None)
             await self._command_slots.acquire()
             task = asyncio.create_task(self._handle(message), name="mqtt-command")
             self._handler_tasks.add(task)
@@ -363,17 +470,7 @@ class MqttLink:
     # -- logging of transitions --------------------------------------------------------
 
     def _error(self, exc: BaseException) -> BrokerError:
-        rc = getattr(exc, "rc", None)
-        code = getattr(rc, "value", rc)
-        if isinstance(exc, MqttConnectError) and code in _NOT_AUTHORISED:
-            return BrokerError(
-                f"broker {self._where} refused the connection: not authorised"
-                " (check mqtt.username and mqtt.password)"
-            )
-        detail = str(exc) or type(exc).__name__
-        if isinstance(exc.__cause__, BaseException) and str(exc.__cause__):
-            detail = f"{detail} ({exc.__cause__})"
-        return BrokerError(f"broker {self._where}: {detail}")
+        return broker_error(exc, self._where)
 
     def _failed(self, exc: BaseException) -> None:
         message = str(self._error(exc))

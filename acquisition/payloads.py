@@ -62,6 +62,14 @@ class DaemonStatus(_Payload):
     started_at: datetime | None = None
     ts: datetime
     reason: str | None = Field(None, description="why offline (shutdown, lost connection)")
+    instance: str | None = Field(
+        None, description="id of this daemon process, new at every start; "
+        "a status of the node with another instance id is another daemon"
+    )  # fmt: skip
+    host: str | None = Field(None, description="host name of the PC the daemon runs on")
+    boot_id: str | None = Field(
+        None, description="that PC's boot id (Linux): another boot id means it rebooted since"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

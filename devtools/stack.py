@@ -250,13 +250,13 @@ class SimBenchProcess(_Process):
 
 
 class DaemonProcess(_Process):
-    """``assayd --config PATH``; ready once it logs ``broker connected``."""
+    """``assayd --config PATH [ARGS]``; ready once it logs ``broker connected``."""
 
     name = "assayd"
 
-    def __init__(self, lab: LabFiles) -> None:
+    def __init__(self, lab: LabFiles, *args: str) -> None:
         super().__init__(
-            [str(VENV_BIN / "assayd"), "--config", str(lab.config_path)],
+            [str(VENV_BIN / "assayd"), "--config", str(lab.config_path), *args],
             lab.workdir / "assayd.log",
             lab.env,
         )
@@ -264,3 +264,28 @@ class DaemonProcess(_Process):
     def start(self) -> None:
         super().start()
         self.wait_for_log("broker connected")
+
+    def run_to_exit(self, timeout_s: float = 30.0) -> int:
+        """Start it and wait for it to exit by itself (a daemon expected to refuse to
+        start); its exit code. TimeoutError (after killing it) if it keeps running."""
+        super().start()
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(
+                f"{self.name} still running after {timeout_s} s:\n{self.tail()}"
+            ) from None
+        finally:
+            self._close_log()
+
+    def wait_exit(self, timeout_s: float = 30.0) -> int:
+        """Wait for the running daemon to exit by itself; its exit code."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{self.name} still running after {timeout_s} s:\n{self.tail()}"
+            ) from None

@@ -1,8 +1,9 @@
 """Jittered exponential backoff, as a pure calculation.
 
-The caller owns the attempt counter and the waiting (through its injected
-:class:`~drivers.clock.Clock`); this class only says how long attempt ``n`` should wait, so
-it can be tested without time and without sockets.
+The caller owns the waiting (through its injected :class:`~drivers.clock.Clock`);
+:class:`Backoff` only says how long attempt ``n`` should wait, and :class:`ReconnectBackoff`
+keeps the attempt counter of a link that can drop again once up, so both can be tested
+without time and without sockets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "ReconnectBackoff"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,32 @@ class Backoff:
         while True:
             yield self.delay(attempt)
             attempt += 1
+
+
+@dataclass
+class ReconnectBackoff:
+    """The delays of a link that, once up, may drop again (an MQTT connection).
+
+    A connection counts as a recovery, and the delays start over from attempt 0, only if it
+    stayed up at least ``stable_s``. One that drops sooner counts as a failed attempt: the
+    next delay grows (jittered, capped by ``backoff``) instead of resetting, so a flapping
+    link, or two clients that keep taking one client id from each other, back off instead
+    of reconnecting every few milliseconds.
+    """
+
+    backoff: Backoff
+    stable_s: float = 10.0
+    attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stable_s < 0:
+            raise ValueError("need stable_s >= 0")
+
+    def next_delay(self, lasted_s: float | None) -> float:
+        """The wait before the next connect; ``lasted_s``: how long the connection just
+        ended had been up, None if the attempt never got up."""
+        if lasted_s is not None and lasted_s >= self.stable_s:
+            self.attempt = 0
+        delay = self.backoff.delay(self.attempt)
+        self.attempt += 1
+        return delay

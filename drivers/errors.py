@@ -20,6 +20,7 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     ├── CommandError             an MQTT command was malformed or refused  (acquisition)
     ├── JournalError             the local journal could not be written    (acquisition)
     ├── BrokerError              the MQTT broker refused or dropped us     (acquisition)
+    ├── InstanceError            another daemon holds our journal or node  (acquisition)
     ├── AnalysisError            data that cannot be fitted or analysed    (acquisition)
     └── InterlockError           a run interlock tripped (pause or abort)  (acquisition)
 
