@@ -143,17 +143,27 @@ class Daemon:
         self.identity = me = await asyncio.to_thread(Identity.current, self.started_at)
         lock = await asyncio.to_thread(JournalLock.acquire, cfg.journal.path, me, cfg.node)
         try:
-            claimed = await claim_node(
-                cfg,
-                me,
-                online=lambda: self._status("online"),
-                takeover=self._takeover,
-                stopped=stop,
+            # The journal is opened before the broker is asked about the node: a journal
+            # SQLite cannot use is found at once, not after the broker can be reached.
+            self._journal = await Journal.open(
+                cfg.journal.path, synchronous=cfg.journal.synchronous
             )
+            try:
+                claimed = await claim_node(
+                    cfg,
+                    me,
+                    online=lambda: self._status("online"),
+                    takeover=self._takeover,
+                    stopped=stop,
+                )
+            except BaseException:
+                await self._journal.close()
+                raise
             if claimed:
-                await self._serve(stop)
+                await self._serve(stop)  # closes the journal
             else:
                 log.info("daemon stopped before the broker could be reached")
+                await self._journal.close()
         finally:
             lock.release()
         if self._taken_over is not None:
@@ -173,7 +183,7 @@ class Daemon:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        self._journal = await Journal.open(cfg.journal.path, synchronous=cfg.journal.synchronous)
+        assert self._journal is not None
         try:
             self._link = MqttLink(
                 cfg,

@@ -121,7 +121,7 @@ class Soak:
         self._stack = contextlib.AsyncExitStack()
         protocol, _ = parse_protocol(PROTOCOL, source="competition-binding.toml")
         self.step_s = {s.type: s.duration_s / args.time_scale for s in plan(protocol).steps}
-        self.step_s["prompt"] = 0.2  # the virtual operator answers within milliseconds
+        self.step_s["prompt"] = 0.0  # the virtual operator answers within milliseconds
 
     # ------------------------------------------------------------------ the terminal
 
@@ -183,6 +183,7 @@ class Soak:
         # whole run would hardly ever hit a harvest), then a random moment inside it.
         targets = sorted((self.rng.choice(TARGETS) for _ in range(kills)), key=TARGETS.index)
         kill_at: list[float] = []
+        missed = 0
         broker_at_wells = self.rng.randint(5, 90) if broker_kill else None
         asked: set[str] = set()
         state: dict[str, Any] = {}
@@ -205,7 +206,7 @@ class Soak:
                     self.tally.kill_points[where] += 1
                 else:  # the run had ended in between: aim again (this run or the next)
                     self.tally.missed_kills += 1
-                    targets.append(TARGETS[-1])
+                    missed += 1
                 continue
             try:
                 state = await self.request("run.get", {"run": run})
@@ -214,9 +215,14 @@ class Soak:
                 continue
             kind = state["state"]
             if kind in ENDED:
-                return len(targets) + len(kill_at)
-            if targets and not kill_at and _in(state, targets[0]):
-                step_s = self.step_s.get(targets.pop(0), 1.0)
+                return len(targets) + len(kill_at) + missed
+            hit = next((i for i, t in enumerate(targets) if _in(state, t)), None)
+            if hit is not None and not kill_at:
+                # the targets before it were passed by (a prompt answered between two looks):
+                # they go on to the next run
+                missed += hit
+                step_s = self.step_s.get(targets[hit], 1.0)
+                del targets[: hit + 1]
                 kill_at.append(now + self.rng.uniform(0.0, 0.9) * step_s)
             if kind == "interrupted":
                 await self.request("run.resume", {"run": run})

@@ -320,7 +320,10 @@ async def test_a_second_daemon_of_an_online_node_refuses_and_the_first_never_not
         assert await _retained_status(first_lab) == status
         assert _count(first, "broker connected") == 1
         assert _count(first, "broker lost") == 0, first.output()
-        assert not second_lab.journal_path.exists()  # nothing was started
+        # nothing was started: its journal (opened first, to find a bad one at once) is empty
+        with contextlib.closing(sqlite3.connect(second_lab.journal_path)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM documents").fetchone() == (0,)
+            assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
 
 
 @pytest.mark.slow
