@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference-data"  # shared/ beside the repo
+REF = Path(__file__).resolve().parent / "data" / "reference"  # copied from shared/reference-data
 ASSAY = str(Path(sys.executable).parent / "assay")
 
 

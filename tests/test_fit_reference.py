@@ -20,9 +20,7 @@ import pytest
 
 from acquisition.analysis import Array, IntArray, Model, fit
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
-if not REFERENCE.is_dir():  # the worktree layout differs; fall back to the shared mount
-    REFERENCE = Path("/work/shared/reference-data")
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # see its README.md
 
 SIGNIFICANT_DIGITS = 6
 

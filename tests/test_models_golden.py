@@ -1,5 +1,6 @@
 """Prism models (acquisition.analysis.models) against the noise-free golden file
-(../shared/reference-data/synthetic_prism_equation_golden.json): exact recovery of the
+(tests/data/reference/synthetic_prism_equation_golden.json, from shared/reference-data):
+exact recovery of the
 generating parameters, the naive model's bias on depleted data, the Cheng-Prusoff and
 counting-statistics tables; plus automatic initial values on noisy, real-looking data."""
 
@@ -26,11 +27,8 @@ from acquisition.analysis.reduce import (
 )
 from acquisition.errors import AnalysisError
 
-GOLDEN_PATH = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "reference-data"
-    / "synthetic_prism_equation_golden.json"
+GOLDEN_PATH = Path(__file__).resolve().parent / "data" / "reference" / (
+    "synthetic_prism_equation_golden.json"
 )
 REL = 1e-7  # exact recovery: far tighter than the 1e-6 the brief asks for
 
