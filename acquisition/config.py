@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -238,6 +238,9 @@ class LabConfig(BaseSettings):
     plates_dir: Path = Field(Path("config/plates"), description="run.start --plate-map NAME")
     simulation: SimulationConfig = SimulationConfig()
 
+    # The parsed config file, set on the subclass :func:`_with_file` makes.
+    _file_data: ClassVar[dict[str, Any] | None] = None
+
     @field_validator("node")
     @classmethod
     def _node_is_plain(cls, v: str) -> str:
@@ -264,7 +267,10 @@ class LabConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings  # load_config adds the file's settings last
+        # Init values first, then the environment, then the file's settings (load_config).
+        if cls._file_data is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, InitSettingsSource(settings_cls, cls._file_data)
 
     def topic(self, *parts: str) -> str:
         """``assay/{node}/...``"""
@@ -311,21 +317,7 @@ def load_config(path: Path | str | None = None) -> LabConfig:
 
 def _with_file(data: dict[str, Any]) -> type[LabConfig]:
     """LabConfig reading ``data`` (the parsed file) below the environment and init values."""
-
-    class FromFile(LabConfig):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, InitSettingsSource(settings_cls, data)
-
-    FromFile.__name__ = FromFile.__qualname__ = "LabConfig"
-    return FromFile
+    return type("LabConfig", (LabConfig,), {"_file_data": data, "__module__": __name__})
 
 
 def _checked(check: Callable[[str], object], value: str) -> str:

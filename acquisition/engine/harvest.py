@@ -157,19 +157,16 @@ async def prepare_harvest(
             )  # fmt: skip
     waste_ml, buffer_ml = _needs_ml(step, mat if ours else None)
     free_ml = (100.0 - st.waste_pct) / 100.0 * config.waste_capacity_ml
-    if waste_ml * MARGIN > free_ml:
-        raise PreconditionError(
-            f"the waste trap is {st.waste_pct:.0f}% full and this harvest adds about "
-            f"{100 * waste_ml / config.waste_capacity_ml:.0f}%: empty it, then retry",
-            instrument=iid, action="empty_waste",
-        )  # fmt: skip
     left_ml = st.buffer_pct / 100.0 * config.buffer_capacity_ml
-    if buffer_ml * MARGIN > left_ml:
-        raise PreconditionError(
-            f"the wash buffer is at {st.buffer_pct:.0f}% and this harvest needs about "
-            f"{100 * buffer_ml / config.buffer_capacity_ml:.0f}%: refill it, then retry",
-            instrument=iid, action="refill_buffer",
-        )  # fmt: skip
+    shortfalls = (
+        (waste_ml, free_ml, "empty_waste", f"the waste trap is {st.waste_pct:.0f}% full and "
+         f"this harvest adds about {100 * waste_ml / config.waste_capacity_ml:.0f}%: empty it"),
+        (buffer_ml, left_ml, "refill_buffer", f"the wash buffer is at {st.buffer_pct:.0f}% and "
+         f"this harvest needs about {100 * buffer_ml / config.buffer_capacity_ml:.0f}%: refill it"),
+    )  # fmt: skip
+    for need_ml, room_ml, action, what in shortfalls:
+        if need_ml * MARGIN > room_ml:
+            raise PreconditionError(f"{what}, then retry", instrument=iid, action=action)
     return _facts(made if ours else None, mat, st)
 
 
