@@ -333,6 +333,19 @@ class Journal:
 
         return await self._call(work)
 
+    async def runs_active_since(self, since: datetime) -> list[RunRecord]:
+        """Runs that wrote anything at or after ``since`` (an aware time), oldest first."""
+
+        def work(conn: sqlite3.Connection) -> list[RunRecord]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE updated_at >= ?"  # noqa: S608
+                " ORDER BY created_at, rowid",
+                (since.astimezone(UTC).isoformat(),),
+            ).fetchall()
+            return [_record(r) for r in rows]
+
+        return await self._call(work)
+
     # -- outbox ------------------------------------------------------------------------
 
     async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:

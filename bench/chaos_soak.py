@@ -224,7 +224,11 @@ class Soak:
                 step_s = self.step_s.get(targets[hit], 1.0)
                 del targets[: hit + 1]
                 kill_at.append(now + self.rng.uniform(0.0, 0.9) * step_s)
-            if kind == "interrupted":
+            if "virtual operator could not" in (state["message"] or ""):
+                # a precondition or a prompt it should have handled, whatever the state
+                self.tally.needed_person.append(f"{run}: {state['message']}")
+                await self.request("run.abort", {"run": run})
+            elif kind == "interrupted":
                 await self.request("run.resume", {"run": run})
                 self.tally.resumes += 1
             elif kind == "awaiting-recovery" and state["prompt"]:
@@ -240,11 +244,6 @@ class Soak:
                         with contextlib.suppress(CommandError):
                             await self.request("run.recover", {"run": run, "action": action})
                             self.tally.answers[f"{action}: {_case(state['message'])}"] += 1
-            elif kind == "awaiting-operator" and "virtual operator could not" in (
-                state["message"] or ""
-            ):
-                self.tally.needed_person.append(f"{run}: {state['message']}")
-                await self.request("run.abort", {"run": run})
             elif (broker_at_wells is not None and kind == "running" and state["step"] == "count"
                   and (state["progress"] or {}).get("done", 0) >= broker_at_wells):  # fmt: skip
                 broker_at_wells = None

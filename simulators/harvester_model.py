@@ -65,6 +65,7 @@ class Cycle:
     """What has been done to the mat now seated (reset when it is released)."""
 
     prewet: bool = False
+    began: bool = False  # an aspirate started on this mat (the plate's liquid reached it)
     aspirated: bool = False
     washes: int = 0
     wash_volume_ml: float = 0.0
@@ -166,6 +167,8 @@ class HarvesterModel:
         self._start, self._duration = now, self._duration_of(command)
         if self.step in _VACUUM_STEPS:
             self._pull(self._target())
+        if isinstance(command, Aspirate):
+            self.cycle.began = True
         if isinstance(command, Prewet):
             self.cycle.prewet = True
         if self._duration <= 0:
@@ -197,7 +200,7 @@ class HarvesterModel:
         c = self.cycle
         return MatReport(seated=self.mat_seated, prewet=c.prewet, aspirated=c.aspirated,
                          washes=min(99, c.washes), dried=c.harvested,
-                         made=self.mats_made % 100000)
+                         made=self.mats_made % 100000, began=c.began)
 
     def vacuum_bar(self, now: float) -> float:
         start, target, since = self._vac

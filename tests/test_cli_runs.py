@@ -382,6 +382,37 @@ async def test_watch_on_a_terminal_asks_and_sends_the_answer(
     assert "run R-0042: running" in out
 
 
+async def test_watch_asks_only_the_recovery_choices_offered(
+    broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
+) -> None:
+    prompt = {"id": "recover-4-31", "kind": "recovery", "options": ["retry", "abort"],
+              "text": "the harvest had not begun"}  # fmt: skip
+
+    async def get(d: FakeDaemon, args: dict[str, Any]) -> Any:
+        return d.state("awaiting-recovery", step="harvest", prompt=prompt)
+
+    async def recover(d: FakeDaemon, args: dict[str, Any]) -> Any:
+        await d.doc("prompt", prompt_id=prompt["id"], phase="answered", prompt_kind="recovery",
+                    text=prompt["text"], answer=args["action"], by="terminal")  # fmt: skip
+        await _finish(d)
+        return {"run": RUN, "state": "recovering"}
+
+    main_fd, term_fd = os.openpty()
+    try:
+        os.write(main_fd, b"skip\nr\n")  # skip is not offered here; r is retry
+        code, out, daemon = await watch(
+            lab_config(broker), {"run.get": get, "run.recover": recover}, stdin_fd=term_fd
+        )
+    finally:
+        os.close(main_fd)
+        os.close(term_fd)
+    assert code == 0, out
+    assert "retry / abort? " in out and "retry / skip / abort" not in out
+    assert "answer retry or abort" in out
+    assert [args for verb, args in daemon.received if verb == "run.recover"] == [
+        {"run": RUN, "action": "retry"}]
+
+
 async def test_watch_on_a_terminal_gives_up_a_prompt_answered_elsewhere(
     broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
 ) -> None:

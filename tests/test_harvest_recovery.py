@@ -158,8 +158,13 @@ async def test_an_interrupted_harvest_is_judged_from_the_harvester_and_the_next_
             counted = {d["reading"]["plate_id"] for d in _kinds(docs, "data")}
             assert counted == {now_mats[0]}
             harvest = [p for p in _phases(docs[restarted_at:]) if p[0] == "harvest"]
+            # skip of a cycle the harvester finished: the step is its harvest, finished
             assert harvest == ([("harvest", "resumed"), ("harvest", "finished")]
-                               if action == "retry" else [("harvest", "skipped")])  # fmt: skip
+                               if action == "retry" else [("harvest", "finished")])  # fmt: skip
+            if action == "skip":
+                (done,) = [d for d in _kinds(docs[restarted_at:], "step")
+                           if d["step"] == "harvest"]  # fmt: skip
+                assert done["detail"]["finished_by_harvester"] and done["detail"]["mat"]["dried"]
         if action == "skip":
             (released,) = [d for d in _kinds(docs, "interruption")
                            if "skipped" in d["reason"]]  # fmt: skip
@@ -168,7 +173,7 @@ async def test_an_interrupted_harvest_is_judged_from_the_harvester_and_the_next_
         nxt = await _next_run_harvests_its_own_plate(lab)
         if action == "abort":  # the aborted run's plate was still in the harvester
             first = next(d for d in _kinds(nxt, "prompt") if d["phase"] == "asked")
-            assert f"the harvester harvester holds plate {plate_id}" in first["text"], first
+            assert f"the harvester holds plate {plate_id}" in first["text"], first
             moved = [d["note"] for d in _kinds(nxt, "prompt") if d["phase"] == "answered"
                      and f"moved plate {plate_id}" in (d["note"] or "")]  # fmt: skip
             assert moved, _kinds(nxt, "prompt")
@@ -202,3 +207,35 @@ async def test_waste_full_mid_wash_is_cleared_and_the_retry_finishes_on_the_same
                        if d["step"] == "harvest" and d["phase"] == "finished"]  # fmt: skip
         assert finished["detail"]["finished_from"]["aspirated"], finished  # not re-aspirated
         await _next_run_harvests_its_own_plate(lab)
+
+
+async def test_a_harvest_another_run_made_meanwhile_is_not_taken_for_this_plates(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Killed mid-wash, not resumed; another run then releases the half-done mat and
+    harvests its own plate, so the harvester's count of mats grows by one, as if this
+    run's cycle had finished. The resumed run must not say so: the journal shows the other
+    run's harvest, and the prompt says it cannot tell."""
+    plate_id = f"PA-{uuid.uuid4().hex[:6]}"
+    async with lab_stack(tmp_path, broker, time_scale=50.0) as lab:
+        run = await lab.start(HARVEST_THEN_COUNT, plate_id=plate_id)
+        await _first_prompt(lab, run)
+        await _harvester_busy_in(lab, run, {"WS"})
+        await lab.restart(signal.SIGKILL)
+        await _harvester_idle(lab)
+        other = await lab.start(HARVEST_THEN_COUNT, plate_id=f"PB-{uuid.uuid4().hex[:6]}")
+        assert (await lab.wait_ended(other))["state"] == "completed", lab.daemon.tail()
+
+        await lab.client.request("run.resume", {"run": run})
+        waiting = await lab.wait(run, lambda s: s["state"] not in ("interrupted", "running"),
+                                 "the recovery prompt")  # fmt: skip
+        assert waiting["state"] == "awaiting-recovery", waiting
+        prompt = waiting["prompt"]
+        assert prompt["options"] == ["retry", "skip", "abort"], prompt
+        assert "cannot tell" in prompt["text"] and other in prompt["text"], prompt["text"]
+        (judged,) = [d for d in _kinds(lab.documents(run), "interruption")
+                     if d["detail"].get("case")]  # fmt: skip
+        assert judged["detail"]["case"] == "unknown"
+        assert judged["detail"]["harvester"]["harvested_since_by"] == [other], judged
+        await lab.client.request("run.recover", {"run": run, "action": "abort"})
+        assert (await lab.wait_ended(run))["state"] == "aborted"

@@ -75,8 +75,8 @@ def test_byte_examples_from_the_protocol_document() -> None:
         b"OK BUSY,WS,2,45,-0.64,87.5,18.2,1,1,00*12")
     assert format_reply(error_reply(ErrorCode.WASTE_FULL)) == b"ER 13 Waste full*72"
     assert encode_command(QueryMat()) == b"MT?*26"
-    assert format_reply(OkReply(format_mat(MatReport(True, True, True, 0, False, 4)))) == (
-        b"OK 1,1,1,0,0,4*0D")
+    assert format_reply(OkReply(format_mat(MatReport(True, True, True, 0, False, 4, True)))) == (
+        b"OK 1,1,1,0,0,4,1*10")
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=repr)
@@ -212,17 +212,21 @@ def test_status_round_trips(status: Status) -> None:
 
 
 @given(st.builds(MatReport, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 99),
-                 st.booleans(), st.integers(0, 99999)))
+                 st.booleans(), st.integers(0, 99999), st.booleans()))
 def test_mat_report_round_trips(report: MatReport) -> None:
     assert parse_mat(open_frame(seal(format_mat(report))).body) == report
 
 
 def test_mat_report_bytes_and_meaning() -> None:
-    """``MT?*26`` -> ``OK 1,1,1,3,1,4``: seated, prewet, aspirated, 3 washes, dried, 4 made."""
+    """``MT?*26`` -> ``OK 1,1,1,3,1,4,1``: seated, prewet, aspirated, 3 washes, dried, 4
+    made, an aspirate began."""
     assert encode_command(QueryMat()) == b"MT?*26"
-    report = parse_mat("1,1,1,3,1,4")
-    assert report == MatReport(True, True, True, 3, True, 4) and report.used
-    assert not parse_mat("1,1,0,0,0,4").used  # prewet only: no plate on it yet
-    for bad in ("1,1,1,3,1", "1,2,1,3,1,4", "1,1,1,100,1,4", "1,1,1,3,1,123456", "1,1,1,a,1,4"):
+    report = parse_mat("1,1,1,3,1,4,1")
+    assert report == MatReport(True, True, True, 3, True, 4, True) and report.used
+    assert not parse_mat("1,1,0,0,0,4,0").used  # prewet only: no plate on it yet
+    cut_short = parse_mat("1,1,0,0,0,4,1")  # an aspirate stopped part-way
+    assert cut_short.used and not cut_short.aspirated
+    for bad in ("1,1,1,3,1,4", "1,2,1,3,1,4,1", "1,1,1,100,1,4,1", "1,1,1,3,1,123456,1",
+                "1,1,1,a,1,4,1", "1,1,1,3,1,4,2"):
         with pytest.raises(ProtocolError):
             parse_mat(bad)

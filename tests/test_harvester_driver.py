@@ -211,6 +211,28 @@ async def test_busy_then_abort(tmp_path: Path) -> None:
         assert st.progress_pct < 100
 
 
+async def test_an_aspirate_cut_short_is_reported_and_finished_on_the_same_mat(
+    driver: HarvesterDriver, sim: HarvesterSimulator
+) -> None:
+    """A fault part-way through AS leaves the plate partly on the mat: ``MT?`` says an
+    aspirate began though none completed; a new cycle is refused that mat, and the resumed
+    one aspirates again, washes and dries it (one harvest, not two)."""
+    when(sim, lambda line, _: line.startswith(b"AS"), "mat_not_seated", after=True)
+    with pytest.raises(InstrumentFaultError):
+        await driver.harvest(prewet_s=5, washes=2, wash_volume_ml=1.0, dry_s=10)
+    sim.inject_fault("clear")
+    await driver.clear_fault()
+    mat = await driver.mat()
+    assert (mat.began, mat.aspirated, mat.used, mat.dried) == (True, False, True, False)
+    with pytest.raises(InstrumentFaultError) as refused:
+        await driver.harvest(prewet_s=5, washes=2, wash_volume_ml=1.0, dry_s=10)
+    assert refused.value.fault == "mat_in_use"
+    report = await driver.harvest(prewet_s=5, washes=2, wash_volume_ml=1.0, dry_s=10,
+                                  resume=mat)
+    assert report.mat is not None and report.mat.dried and report.mat.washes == 2
+    assert report.mat.made == mat.made + 1 and len(sim.cycles) == 1
+
+
 # --------------------------------------------------------------------------- transport faults
 
 

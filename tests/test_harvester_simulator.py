@@ -170,7 +170,7 @@ def test_dry_after_aspirate_completes_the_cycle_once() -> None:
     t = run(m, Wash(1, 0.5), t)
     t = run(m, Dry(20), t)
     run(m, Dry(5), t)  # drying again harvests nothing new
-    assert done == [Cycle(prewet=True, aspirated=True, washes=3, wash_volume_ml=0.5,
+    assert done == [Cycle(prewet=True, began=True, aspirated=True, washes=3, wash_volume_ml=0.5,
                           wash_s=12.0, clogged=("A3", "H12"), harvested=True)]
 
 

@@ -37,7 +37,11 @@ __all__ = ["read_line", "watch_run"]
 AWAITING = frozenset({"awaiting-operator", "awaiting-recovery"})
 _HELD = frozenset({"paused", "awaiting-recovery", "interrupted"})  # "running" again is news
 OPERATOR_QUESTION = "press Enter when done (or type abort): "
-RECOVERY_QUESTION = "retry / skip / abort? "
+
+
+def recovery_question(options: list[str]) -> str:
+    """``retry / abort? ``: the choices this recovery prompt offers."""
+    return " / ".join(options or ["retry", "skip", "abort"]) + "? "
 
 
 class _Display:
@@ -422,7 +426,7 @@ class _WatchSession:
         try:
             while request is None:
                 self.console.print(
-                    RECOVERY_QUESTION if recovery else OPERATOR_QUESTION,
+                    recovery_question(options) if recovery else OPERATOR_QUESTION,
                     end="",
                     markup=False,
                     highlight=False,
@@ -440,7 +444,8 @@ class _WatchSession:
                     return
                 request = _answer_request(self.run, prompt_id, recovery, options, line)
                 if request is None:
-                    choices = "retry, skip or abort" if recovery else "Enter (done) or abort"
+                    choices = (" or ".join(options or ["retry", "skip", "abort"]) if recovery
+                               else "Enter (done) or abort")  # fmt: skip
                     self._say(f"answer {choices}")
             self._sending = True
         finally:

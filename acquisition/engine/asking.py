@@ -173,8 +173,10 @@ class Asking:
     ) -> str:  # fmt: skip
         """``awaiting-recovery`` until the operator gives one of ``options``."""
         rec = self.recorder
-        prompt = PromptState(id=f"recover-{index}", kind="recovery", text=text,
-                             options=list(options))  # fmt: skip
+        # One id per question asked (the next document's number): a terminal that showed
+        # one recovery prompt of a step still shows the step's next.
+        prompt = PromptState(id=f"recover-{index}-{rec.last_seq + 1}", kind="recovery",
+                             text=text, options=list(options))  # fmt: skip
         self.control.recovery = None
         rec.prompt = prompt
         await rec.prompt_event(prompt, "asked")

@@ -80,10 +80,10 @@ async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]
                 raise refuse(args.run, state, "recover")
             offered = engine.recorder.prompt.options if engine.recorder.prompt else []
             if offered and args.action not in offered:
+                why = f": {engine.recorder.message}" if engine.recorder.message else ""
                 raise CommandError(
                     "conflict",
-                    f"run '{args.run}' offers {', '.join(offered)} here, not {args.action}: "
-                    f"{engine.recorder.message or ''}".rstrip(": "),
+                    f"run '{args.run}' offers {', '.join(offered)} here, not {args.action}{why}",
                 )
             control.recover(args.action)
             return {"run": args.run, "state": "recovering",

@@ -40,6 +40,8 @@ class StepProgress:
     detail: dict[str, Any] = field(default_factory=dict)  # what the finished document says
     before: dict[str, Any] = field(default_factory=dict)  # facts the started document holds
     release_stray: bool = False  # harvest: the operator was told a retry releases a stray mat
+    assessed: str | None = None  # the case the last assessment found (harvest: "partly", ...)
+    done_by_instrument: bool = False  # on skip: the instrument had done the step by itself
 
 
 @dataclass

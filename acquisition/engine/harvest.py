@@ -13,17 +13,19 @@ is assumed:
 - :func:`run_harvest` runs the cycle, or finishes a cycle of this step stopped part-way on
   the same mat; the driver checks that the cycle ended with a harvested mat;
 - :func:`assess_harvest` reads the harvester after a fault or a daemon restart and says
-  which case it is: the harvest had not begun, the plate is partly harvested, or the
-  harvester finished it (mat dried, released or not); only the choices that make sense
-  are offered;
-- :func:`release_harvester` is what skip and abort leave: vacuum off, latch cleared, mat
-  released.
+  which case it is: the harvest had not begun, the plate is partly harvested, the
+  harvester finished it (its count of harvested mats grew by one: mat dried, released or
+  not), or it cannot tell (the count went down or grew by more, or another run harvested
+  on it since, as this journal shows); only the choices that make sense are offered;
+- :func:`release_harvester` is what skip leaves: vacuum off, latch cleared, a used mat
+  released (:func:`~.safety.make_safe` does the same on abort).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,15 +81,39 @@ def _made_before(progress: StepProgress) -> int | None:
 
 
 def _ours(progress: StepProgress, mat: MatReport) -> bool:
-    """The seated mat carries this step's own unfinished cycle."""
-    made = _made_before(progress)
-    return progress.started and mat.used and not mat.dried and made == mat.made
+    """The seated mat carries this step's own unfinished cycle: as the last assessment
+    found it, else as the started document's made-count says (a fault within the run)."""
+    if not (progress.started and mat.used and not mat.dried):
+        return False
+    if progress.assessed is not None:
+        return progress.assessed == "partly"
+    return _made_before(progress) == mat.made
 
 
-def _finished(progress: StepProgress, mat: MatReport) -> bool:
-    """The harvester has harvested a mat since this step's cycle began: the step's."""
-    made = _made_before(progress)
-    return progress.started and made is not None and mat.made != made
+async def _harvests_since(ctx: StepContext, iid: str, made: int | None) -> list[str]:
+    """Other runs of this journal whose harvest on harvester ``iid`` began after this
+    step's did: at a made-count of at least ``made`` (None, a started document older than
+    the count: any harvest of a run active since this one was created)."""
+    me = await ctx.journal.get_run(ctx.recorder.run)
+    if me is None:
+        return []
+    found: list[str] = []
+    for other in await ctx.journal.runs_active_since(me.created_at):
+        if other.run == me.run:
+            continue
+        docs = [json.loads(raw) for raw in await ctx.journal.documents(other.run)]
+        start: dict[str, Any] = next((d for d in docs if d.get("kind") == "start"), {})
+        if (start.get("instruments", {}).get(iid) or {}).get("kind") != "harvester":
+            continue
+        for doc in docs:
+            if (doc.get("kind"), doc.get("step")) != ("step", "harvest") or doc.get(
+                "phase") not in ("started", "resumed"):
+                continue
+            theirs = (doc.get("detail", {}).get("harvester") or {}).get("mats_made")
+            if made is None or theirs is None or int(theirs) >= made:
+                found.append(other.run)
+                break
+    return found
 
 
 def _needs_ml(step: HarvestStep, mat: MatReport | None) -> tuple[float, float]:
@@ -121,8 +147,6 @@ async def prepare_harvest(
             instrument=iid, action=_REMEDY.get(st.fault or ""),
         )  # fmt: skip
     made = _made_before(progress)
-    if _finished(progress, mat):  # the harvester finished it: run_harvest only releases
-        return _facts(made, mat, st)
     ours = _ours(progress, mat)
     if mat.used and not ours:
         if progress.release_stray:
@@ -184,12 +208,6 @@ async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgres
     """One harvest cycle, or the rest of this step's own cycle stopped part-way."""
     driver, _ = _driver(ctx)
     mat = await driver.mat()
-    if _finished(progress, mat):
-        # The harvester finished this step's cycle by itself (the daemon had stopped).
-        if mat.dried:
-            await driver.release_mat()
-        progress.detail = {"finished_by_harvester": True, "mat": asdict(mat)}
-        return
     resume = mat if _ours(progress, mat) else None
     ticker = asyncio.create_task(_tick(ctx, expected_duration_s(step)),
                                  name=f"harvest-progress:{ctx.index}")  # fmt: skip
@@ -237,46 +255,84 @@ async def assess_harvest(
     driver, _ = _driver(ctx)
     deadline = ctx.clock.monotonic() + BUSY_WAIT_S
     st = await driver.status()
+    if st.state == "busy" and ctx.recorder.state == "running":
+        await ctx.recorder.set_state("running", message=(
+            f"waiting for the harvester to end step {st.step} before saying where the "
+            "harvest stands (abort ends the run)"))  # fmt: skip
     while st.state == "busy" and ctx.clock.monotonic() < deadline:
         await ctx.clock.sleep(1.0)
         st = await driver.status()
     mat = await driver.mat()
     made = _made_before(progress)
+    others = await _harvests_since(ctx, driver.instrument_id, made)
     facts = {"harvester": {"state": st.state, "step": st.step, "progress_pct": st.progress_pct,
                            "fault": st.fault, "plate_present": st.plate_present,
-                           "mat": asdict(mat), "mats_made_before": made}}  # fmt: skip
-    if _finished(progress, mat):
+                           "mat": asdict(mat), "mats_made_before": made,
+                           "harvested_since_by": others}}  # fmt: skip
+    progress.assessed = case = _case(made, mat, others)
+    if case == "unknown":
+        why = (f"run {', '.join(others)} harvested on it since" if others else
+               f"its count of harvested mats went from {made} to {mat.made}" if made is not
+               None and mat.made != made else "its mat report does not match this step")
+        return Assessment(
+            f"the harvester cannot tell whether this plate was harvested ({why}): check the "
+            "plate and the mats by hand. retry = harvest it afresh (a used mat seated is "
+            "released first), skip = go on (only if this plate's mat is in hand), abort = "
+            "end the run", ("retry", "skip", "abort"), case, facts,
+        )  # fmt: skip
+    if case == "finished":
         kept = "the mat is dried, not released yet" if mat.dried else "its mat was released"
         return Assessment(
             f"the harvester finished the cycle ({kept}). skip = keep this mat and go "
             "on (the harvester releases it), abort = end the run",
-            ("skip", "abort"), "finished", facts,
+            ("skip", "abort"), case, facts,
         )  # fmt: skip
-    if mat.used and (made is None or mat.made == made):
+    if case == "partly":
         washes = f"{mat.washes} of {step.washes} washes done"
         rest = max(0, step.washes - mat.washes)
         todo = (f"{rest} more wash{'es' if rest != 1 else ''} and the dry" if rest
                 else "the dry")
+        if not mat.aspirated:
+            washes, todo = "its aspirate cut short", f"the aspirate again, {todo}"
         latch = "clear the fault, then " if st.state == "fault" else ""
         return Assessment(
-            f"the plate is partly harvested (aspirated onto the mat, {washes}, not "
+            f"the plate is partly harvested (filtered onto the mat, {washes}, not "
             f"dried). retry = {latch}finish it on the same mat ({todo}), abort = end the "
             "run (the mat is released as it is)",
-            ("retry", "abort"), "partly", facts,
+            ("retry", "abort"), case, facts,
         )  # fmt: skip
     plate = "in the harvester" if st.plate_present else "not in the harvester"
     return Assessment(
         f"the harvest had not begun (the mat is unused, the plate {plate}). "
         "retry = harvest it now, abort = end the run",
-        ("retry", "abort"), "not-begun", facts,
+        ("retry", "abort"), case, facts,
     )  # fmt: skip
 
 
-async def release_harvester(ctx: StepContext) -> dict[str, Any]:
-    """Vacuum off, latch cleared, mat released: the harvester as skip and abort leave it.
+def _case(made: int | None, mat: MatReport, others: list[str]) -> str:
+    """not-begun, partly, finished or unknown, from the made-count before the step
+    (None: a started document older than it), the mat report now and other runs that
+    harvested on the harvester since."""
+    if others or (made is not None and not made <= mat.made <= made + 1):
+        return "unknown"  # power-cycled (the count went down), or someone else's cycles
+    if made is not None and mat.made == made + 1:
+        return "finished"
+    if mat.used and not mat.dried:
+        return "partly"
+    return "unknown" if mat.used else "not-begun"
+
+
+async def release_harvester(ctx: StepContext, progress: StepProgress) -> dict[str, Any]:
+    """Vacuum off, latch cleared, a used mat released: the harvester as skip leaves it.
+    A cycle the harvester finished by itself is this step's harvest (recorded finished).
     Returns what it holds afterwards (for the interruption document)."""
     driver, _ = _driver(ctx)
+    mat = await driver.mat()
     await driver.abort()
-    await driver.release_mat()
+    if mat.used:
+        await driver.release_mat()
+    if progress.assessed == "finished":
+        progress.done_by_instrument = True
+        progress.detail = {"finished_by_harvester": True, "mat": asdict(mat)}
     st, mat = await driver.status(), await driver.mat()
     return {"state": st.state, "plate_present": st.plate_present, "mat": asdict(mat)}

@@ -24,7 +24,7 @@ __all__ = ["STEP_HOOKS", "StepHooks"]
 
 Prepare = Callable[[StepContext, Any, StepProgress], Awaitable[dict[str, Any]]]
 Assess = Callable[[StepContext, Any, StepProgress], Awaitable[Assessment]]
-Release = Callable[[StepContext], Awaitable[dict[str, Any]]]
+Release = Callable[[StepContext, StepProgress], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class StepHooks:
     assess: Assess | None = None
     """After a fault or a daemon restart: where the step stands, and the choices."""
     release: Release | None = None
-    """On skip: leave the instrument free (what it holds afterwards is recorded)."""
+    """On skip: leave the instrument free (what it holds afterwards is recorded); sets
+    ``done_by_instrument`` if the instrument had done the step (recorded as finished)."""
 
 
 STEP_HOOKS: dict[str, StepHooks] = {

@@ -94,14 +94,19 @@ def strays(found: Mapping[str, Any], plate_id: str) -> list[str]:
         if info["kind"] == "harvester":
             held = [p for p, where in plates.items() if where == f"harvester:{iid}"]
             if held and held[-1] != plate_id:
-                out.append(f"the harvester {iid} holds plate {held[-1]}")
+                out.append(f"{_the('harvester', iid)} holds plate {held[-1]}")
             elif info["plate_present"] and not held and not world:
-                out.append(f"the harvester {iid} holds a plate")
+                out.append(f"{_the('harvester', iid)} holds a plate")
             mat = info["mat"]
-            if mat["seated"] and (mat["aspirated"] or mat["dried"]):
-                out.append(f"the harvester {iid}'s seated filter mat holds an earlier harvest")
+            if mat["seated"] and (mat.get("began") or mat["aspirated"] or mat["dried"]):
+                out.append(f"{_the('harvester', iid)}'s seated filter mat holds an earlier harvest")
         elif info["kind"] == "counter":
             held_id = info.get("plate_id")
             if held_id and held_id != plate_id and not str(held_id).startswith(f"{plate_id}-"):
-                out.append(f"the counter {iid} holds {held_id}")
+                out.append(f"{_the('counter', iid)} holds {held_id}")
     return out
+
+
+def _the(kind: str, iid: str) -> str:
+    """"the counter" for the instrument whose id is its kind, else "the counter c2"."""
+    return f"the {kind}" if iid == kind else f"the {kind} {iid}"

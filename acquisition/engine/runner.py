@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("acquisition.engine")
+_T = TypeVar("_T")
 
 PAUSABLE_MIDWAY: dict[str, bool] = {
     "incubate": True,  # the timer stops, the temperature is held
@@ -315,7 +316,7 @@ class ProtocolRun(Asking):
             text = f"{what}. retry once done, abort = end the run" if len(options) == 2 else what
         elif hooks is not None and hooks.assess is not None:
             try:
-                found = await hooks.assess(self._context(index), step, prog)
+                found = await self._abortable(hooks.assess(self._context(index), step, prog))
             except (InstrumentError, OSError) as exc:
                 text = f"{what}; its instrument cannot be read ({exc}): check it by hand"
             else:
@@ -329,7 +330,7 @@ class ProtocolRun(Asking):
             if action == "skip":
                 await self._skip(index, step, prog, hooks)
                 return True
-            still = await clear_latch(self.handles, err)
+            still = await clear_latch(self._step_handles(step, err))
             if still is None:
                 return False
             text = (f"step {index} ({step.type}): {still}: fix the cause, then retry")
@@ -342,7 +343,7 @@ class ProtocolRun(Asking):
         rec = self.recorder
         if hooks is not None and hooks.release is not None:
             try:
-                held = await hooks.release(self._context(index))
+                held = await hooks.release(self._context(index), prog)
             except (InstrumentError, OSError) as exc:
                 held = {"error": str(exc)}
             found = await survey(self.handles, self._bench)
@@ -350,7 +351,29 @@ class ProtocolRun(Asking):
                 f"step {index} ({step.type}) skipped: its instrument released",
                 {"step_index": index, "released": held, "labware": found},
             )  # fmt: skip
-        await rec.step_phase(step.type, "skipped", {"index": index, **prog.detail})
+        phase: Literal["finished", "skipped"] = (
+            "finished" if prog.done_by_instrument else "skipped")
+        await rec.step_phase(step.type, phase, {"index": index, **prog.detail})
+
+    async def _abortable(self, coro: Awaitable[_T]) -> _T:
+        """``coro``'s result; an abort asked meanwhile cancels it and raises Aborted."""
+        task = asyncio.ensure_future(coro)
+        while True:
+            asked = asyncio.ensure_future(self.control.changed())
+            await asyncio.wait({task, asked}, return_when=asyncio.FIRST_COMPLETED)
+            asked.cancel()
+            if task.done():
+                return task.result()
+            if self.control.abort_requested:
+                await cancel_and_wait(task)
+                raise Aborted("aborted by operator")
+
+    def _step_handles(self, step: Any, err: BaseException | None) -> list[InstrumentHandle]:
+        """The instruments a retry of ``step`` clears latches on: its own and the one that
+        faulted (a fault met before or after a daemon restart alike)."""
+        faulted = err.instrument if isinstance(err, InstrumentError) else None
+        return [h for kind, h in self.handles.items()
+                if kind == INSTRUMENT_KIND.get(step.type) or h.config.id == faulted]  # fmt: skip
 
     def _context(self, index: int) -> StepContext:
         return StepContext(

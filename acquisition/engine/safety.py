@@ -7,14 +7,14 @@ Shared by the run loop (:mod:`.runner`) and the commands that end a run outside 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import structlog
 
 from acquisition.instruments import InstrumentHandle
 from drivers.counter import CounterDriver
-from drivers.errors import InstrumentError, InstrumentFaultError
+from drivers.errors import InstrumentError
 from drivers.harvester import HarvesterDriver
 from drivers.incubator import IncubatorDriver
 
@@ -24,8 +24,8 @@ log = structlog.get_logger("acquisition.engine")
 
 
 async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
-    """When aborting: counter stopped, harvester vacuum off, latch cleared and mat
-    released (the next run finds a fresh mat, not this plate's half-done one); always:
+    """When aborting: counter stopped, harvester vacuum off, latch cleared and a used mat
+    released (the next run finds no plate's half-done mat; an unused one stays); always:
     incubator shaker off and at its idle setpoint. Never raises: returns what could not
     be done, and logs it."""
     problems: list[str] = []
@@ -37,8 +37,10 @@ async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> 
                 idle = getattr(handle.config, "idle_setpoint_c", 25.0)
                 await driver.set_temperature(idle)
             elif aborting and isinstance(driver, HarvesterDriver):
+                used = (await driver.mat()).used  # read first: an unused mat stays seated
                 await driver.abort()
-                await driver.release_mat()
+                if used:
+                    await driver.release_mat()
             elif aborting and isinstance(driver, CounterDriver):
                 await driver.abort()
         except (InstrumentError, OSError) as exc:
@@ -47,28 +49,27 @@ async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> 
     return problems
 
 
-async def clear_latch(
-    handles: dict[str, InstrumentHandle], err: BaseException | None
-) -> str | None:
-    """A retry after an instrument fault: the operator says its cause is fixed. The
-    instrument's latch is cleared the way its manual says (its driver's ``clear_fault``:
-    the harvester's AB, the perfusion spill acknowledge, the counter's reset), then its
-    sensors are read again. Returns what it still reports (None: clear to go on)."""
-    if not isinstance(err, InstrumentFaultError):
-        return None
-    handle = next((h for h in handles.values() if h.config.id == err.instrument), None)
-    if handle is None:
-        return None
-    clear = getattr(handle.driver, "clear_fault", None)
-    try:
-        if clear is not None:
+async def clear_latch(handles: Iterable[InstrumentHandle]) -> str | None:
+    """A retry: the operator says the cause of a fault is fixed. Each of ``handles`` that
+    reports a latched fault has it cleared the way its manual says (its driver's
+    ``clear_fault``: the harvester's AB, the perfusion spill acknowledge, the counter's
+    reset), then its sensors are read again; one with no fault is not touched (a
+    harvester still running a step is not aborted). Returns what one still reports (None:
+    clear to go on)."""
+    for handle in handles:
+        clear = getattr(handle.driver, "clear_fault", None)
+        if clear is None:
+            continue
+        try:
+            if (await handle.driver.readings()).fault is None:
+                continue
             await clear()
-        readings = await handle.driver.readings()
-    except (InstrumentError, OSError) as exc:
-        return f"{handle.config.id} cannot be read after clearing its fault ({exc})"
-    if readings.fault is None:
-        return None
-    return f"{handle.config.id} still reports {readings.fault} after its latch was cleared"
+            readings = await handle.driver.readings()
+        except (InstrumentError, OSError) as exc:
+            return f"{handle.config.id} cannot be read after clearing its fault ({exc})"
+        if readings.fault is not None:
+            return f"{handle.config.id} still reports {readings.fault} after its latch was cleared"
+    return None
 
 
 async def uninterruptible(coro: Coroutine[Any, Any, None]) -> None:

@@ -223,13 +223,15 @@ _COUNT = re.compile(r"\d{1,5}", re.ASCII)
 
 @dataclass(frozen=True)
 class MatReport:
-    """``MT?``: ``seated,prewet,aspirated,washes,dried,made``.
+    """``MT?``: ``seated,prewet,aspirated,washes,dried,made,began``.
 
     What has been done to the filter mat now seated (all zero for a fresh one; reset by
     ``RL``): PEI pulled through it, a plate aspirated onto it, wash cycles completed on it
     (a wash stopped by a fault counts the cycles it finished), and whether it was dried
     after an aspirate (a complete harvest). ``made`` counts the complete harvests since
-    power-on, so a host can tell whether a cycle it ran produced a mat.
+    power-on, so a host can tell whether a cycle it ran produced a mat. ``began``: an
+    aspirate has started on this mat (with ``aspirated`` 0: one cut short by a fault or an
+    abort, the plate partly filtered onto it).
     """
 
     seated: bool
@@ -238,6 +240,7 @@ class MatReport:
     washes: int
     dried: bool
     made: int
+    began: bool = False
 
     def __post_init__(self) -> None:
         if not (0 <= self.washes <= 99 and 0 <= self.made <= 99999):
@@ -246,26 +249,27 @@ class MatReport:
     @property
     def used(self) -> bool:
         """A plate has been filtered onto this mat (it is some plate's harvest)."""
-        return self.aspirated or self.dried
+        return self.began or self.aspirated or self.dried
 
 
 def format_mat(report: MatReport) -> str:
     bits = (report.seated, report.prewet, report.aspirated)
     return ",".join([*(str(int(b)) for b in bits), str(report.washes),
-                     str(int(report.dried)), str(report.made)])
+                     str(int(report.dried)), str(report.made),
+                     str(int(report.began))])
 
 
 def parse_mat(data: str) -> MatReport:
     fields = data.split(",")
-    if len(fields) != 6:
-        raise ProtocolError(f"mat report wants 6 fields, got {len(fields)}: {data[:60]!r}")
-    seated, prewet, aspirated, washes, dried, made = fields
-    if any(b not in _BITS for b in (seated, prewet, aspirated, dried)) or not (
+    if len(fields) != 7:
+        raise ProtocolError(f"mat report wants 7 fields, got {len(fields)}: {data[:60]!r}")
+    seated, prewet, aspirated, washes, dried, made, began = fields
+    if any(b not in _BITS for b in (seated, prewet, aspirated, dried, began)) or not (
         _UINT.fullmatch(washes) and _COUNT.fullmatch(made)
     ):
         raise ProtocolError(f"bad mat report: {data[:60]!r}")
     try:
         return MatReport(seated == "1", prewet == "1", aspirated == "1", int(washes),
-                         dried == "1", int(made))
+                         dried == "1", int(made), began == "1")
     except ValueError as exc:
         raise ProtocolError(f"mat report out of range: {data[:60]!r}") from exc
