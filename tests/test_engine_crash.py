@@ -7,7 +7,10 @@ waits for points in the run by polling the daemon, never by sleeping a fixed tim
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -116,3 +119,27 @@ async def test_abort_of_an_interrupted_run_writes_one_stop_document(
         assert _wells(docs) == counted  # nothing counted after the crash
         results = await lab.client.request("results", {"run": run})
         assert results["state"] == "aborted" and results["stop"]["exit_status"] == "abort"
+
+
+async def test_a_run_killed_after_its_last_step_before_its_stop_completes_on_resume(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Every step finished, the stop document not yet written: the resumed run has no step
+    left and ends completed (it used to stay interrupted, crashing on each resume)."""
+    async with lab_stack(tmp_path, broker, time_scale=50.0) as lab:
+        run = await lab.start(COUNT_ONLY)
+        assert (await lab.wait_ended(run))["state"] == "completed"
+        await asyncio.to_thread(lab.daemon.kill)
+        # the journal as a SIGKILL between the last step's document and the stop leaves it
+        with contextlib.closing(sqlite3.connect(lab.files.journal_path)) as conn, conn:
+            conn.execute("DELETE FROM documents WHERE run = ? AND kind = 'stop'", (run,))
+            conn.execute("UPDATE runs SET state = 'running', last_seq = last_seq - 1"
+                         " WHERE run = ?", (run,))  # fmt: skip
+        await asyncio.to_thread(lab.daemon.start)
+        await lab.wait_connected()
+        await lab.wait(run, lambda s: s["state"] == "interrupted", "interrupted")
+        await lab.client.request("run.resume", {"run": run})
+        final = await lab.wait_ended(run)
+        assert final["state"] == "completed", (final, lab.daemon.tail())
+        stops = _kinds(lab.documents(run), "stop")
+        assert [s["exit_status"] for s in stops] == ["success"], stops

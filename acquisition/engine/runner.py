@@ -152,6 +152,9 @@ class ProtocolRun(Asking):
                     self._assess_restart = True
                 if self._fresh:
                     await self._start_document()
+                elif self._start_index > len(self.setup.protocol.steps) and rec.state != "running":
+                    # the daemon stopped after the last step, before the stop document
+                    await rec.set_state("running", message=None)
                 await self._steps()
                 n = len(self.setup.protocol.steps)
                 done = "the one step done" if n == 1 else f"all {n} steps done"

@@ -42,7 +42,8 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
         {"running", "awaiting-operator", "paused", "aborted", "interrupted", "failed"}
     ),
     "awaiting-recovery": frozenset({"running", "aborted", "interrupted", "failed"}),
-    "interrupted": frozenset({"running", "queued", "awaiting-recovery", "aborted"}),
+    # failed: a resume that crashed (a bug) ends the run, never leaves it to be resumed again
+    "interrupted": frozenset({"running", "queued", "awaiting-recovery", "aborted", "failed"}),
     "completed": frozenset(),
     "aborted": frozenset(),
     "failed": frozenset(),
