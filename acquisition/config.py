@@ -59,6 +59,7 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("config/lab.toml")
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class _Strict(BaseModel):
@@ -237,6 +238,11 @@ class LabConfig(BaseSettings):
     protocols_dir: Path = Field(Path("config/protocols"), description="run.start PROTOCOL")
     plates_dir: Path = Field(Path("config/plates"), description="run.start --plate-map NAME")
     simulation: SimulationConfig = SimulationConfig()
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported at start; each registers step types "
+        "(acquisition.steps) of its own",
+    )
 
     # The parsed config file, set on the subclass :func:`_with_file` makes.
     _file_data: ClassVar[dict[str, Any] | None] = None
@@ -246,6 +252,14 @@ class LabConfig(BaseSettings):
     def _node_is_plain(cls, v: str) -> str:
         if not _NODE_ID.match(v):
             raise ValueError("1-64 letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _MODULE.match(name):
+                raise ValueError(f"Python module names like 'lab_steps.soak' (got {name!r})")
         return v
 
     @field_validator("instruments")
@@ -312,7 +326,21 @@ def load_config(path: Path | str | None = None) -> LabConfig:
     problem = check_tls_files(config.mqtt)
     if problem is not None:
         raise ConfigError(source, *problem)
+    _load_plugins(source, config.plugins)
     return config
+
+
+def _load_plugins(source: str, modules: list[str]) -> None:
+    """Import each plug-in module (it registers its step types); ConfigError naming the one
+    that cannot be imported."""
+    import importlib
+
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a plug-in's own error, whatever it is, is the config's
+            why = f"an importable module ({type(exc).__name__}: {exc})"
+            raise ConfigError(source, f"plugins[{i}]", why) from exc
 
 
 def _with_file(data: dict[str, Any]) -> type[LabConfig]:

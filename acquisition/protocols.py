@@ -14,46 +14,27 @@ Quantities carry units in the file (``"90 min"``, ``"37 C"``, ``"1 mL"``, ``"2 %
 
 from __future__ import annotations
 
-import math
 import sys
 import tomllib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictInt,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from acquisition.commands import CompetitionModel
 from acquisition.config import short_repr as _short
 from acquisition.errors import ConfigError
-from acquisition.quantities import (
-    DURATION,
-    PERCENT,
-    SPEED,
-    TEMPERATURE,
-    TEMPERATURE_TOLERANCE,
-    VOLUME,
-    format_duration,
-    parse_quantity,
-    quantity,
-)
+from acquisition.quantities import format_duration
+from acquisition.steps.analyze import AnalyzeStep
+from acquisition.steps.count import CountStep
+from acquisition.steps.harvest import HarvestStep
+from acquisition.steps.incubate import IncubateStep
+from acquisition.steps.prompt import PromptAction, PromptStep
+from acquisition.steps.registry import StepModel, registry_version, step_type, step_types
+from acquisition.steps.wait import WaitStep
 
 __all__ = [
-    "AMBIENT_C",
-    "COUNTER_DETECTORS",
-    "COUNT_OVERHEAD_S",
-    "HARVEST_OVERHEAD_S",
-    "HARVEST_WASH_S",
-    "PLATE_WELLS",
-    "STABILISE_RATE_C_PER_MIN",
     "AnalyzeStep",
     "CountStep",
     "HarvestStep",
@@ -73,142 +54,30 @@ __all__ = [
     "parse_protocol",
     "plan",
     "protocol_from_data",
-    "stabilisation_s",
 ]
 
-# ---------------------------------------------------------------- planning assumptions
-AMBIENT_C = 22.0  # an incubation starts from room temperature
-STABILISE_RATE_C_PER_MIN = 2.0  # how fast the incubator approaches its setpoint
-HARVEST_WASH_S = 20.0  # one wash cycle of the harvester
-HARVEST_OVERHEAD_S = 20.0  # aspirate, vacuum up and down
-PLATE_WELLS = 96
-COUNTER_DETECTORS = 12  # 96 wells / 12 detectors = 8 plate positions
-COUNT_OVERHEAD_S = 2.0  # plate movement and settling per position
-
-_HOUR = 3600.0
+Step = StepModel  # any registered step type's model
 
 
 class ProtocolError(ConfigError):
     """A protocol file is invalid; ``str(err)`` is ``<file>: <location>: <expected>``."""
 
 
-class _Strict(BaseModel):
+class Protocol(BaseModel):
+    """A validated protocol; ``steps`` are the registered step types' models."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _shaking(value: object) -> float | None:
-    if value == "off":
-        return None
-    try:
-        return parse_quantity(SPEED, value, lo=100, hi=1500)
-    except ValueError:
-        raise ValueError("'off' or a shaking speed from 100 to 1500 rpm, like '300 rpm'") from None
-
-
-class IncubateStep(_Strict):
-    """Bring the plate to temperature, wait until stable, then time the incubation."""
-
-    type: Literal["incubate"]
-    instrument: str | None = Field(
-        None, max_length=64, description="instrument id; default: the config's only one"
-    )
-    temperature_c: Annotated[float, quantity(TEMPERATURE, lo=4, hi=60)] = Field(alias="temperature")
-    duration_s: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=72 * _HOUR)] = Field(
-        alias="duration"
-    )
-    shaking_rpm: Annotated[float | None, BeforeValidator(_shaking)] = Field(
-        None, alias="shaking", description="'off' (default) or e.g. '300 rpm'"
-    )
-    tolerance_c: Annotated[float, quantity(TEMPERATURE_TOLERANCE, lo=0, lo_open=True, hi=5)] = (
-        Field(0.5, alias="tolerance", description="stable means within +/- this of the setpoint")
-    )
-    hold_s: Annotated[float, quantity(DURATION, lo=0, hi=_HOUR)] = Field(
-        300.0, alias="hold", description="stable this long before the timer starts"
-    )
-    on_excursion: Literal["pause", "abort"] = "pause"
-    grace_s: Annotated[float, quantity(DURATION, lo=0, hi=_HOUR)] = Field(
-        120.0, alias="grace", description="out of tolerance this long before on_excursion acts"
-    )
-
-
-class HarvestStep(_Strict):
-    """Filter the plate onto a mat: prewet the filter, wash, dry."""
-
-    type: Literal["harvest"]
-    instrument: str | None = Field(
-        None, max_length=64, description="instrument id; default: the config's only one"
-    )
-    prewet_s: Annotated[float, quantity(DURATION, lo=0, hi=600)] = Field(alias="prewet")
-    washes: StrictInt = Field(ge=1, le=10)
-    wash_volume_ml: Annotated[float, quantity(VOLUME, lo=0, lo_open=True, hi=5)] = Field(
-        alias="wash_volume", description="per well and wash"
-    )
-    dry_s: Annotated[float, quantity(DURATION, lo=0, hi=600)] = Field(alias="dry")
-    buffer: str | None = Field(None, max_length=200, description="free text, e.g. 'ice-cold'")
-
-
-class CountStep(_Strict):
-    """Count the filter mat: each well for count_time, or less once precision is reached."""
-
-    type: Literal["count"]
-    instrument: str | None = Field(
-        None, max_length=64, description="instrument id; default: the config's only one"
-    )
-    isotope: Literal["H3", "C14", "P32", "I125"]
-    count_time_s: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=24 * _HOUR)] = Field(
-        alias="count_time", description="per well"
-    )
-    precision_pct: Annotated[float | None, quantity(PERCENT, lo=0, lo_open=True, hi=100)] = Field(
-        None, alias="precision", description="stop a well early at this %2-sigma"
-    )
-
-
-PromptAction = Literal["plate_to_incubator", "plate_to_harvester", "mat_to_counter"]
-
-
-class PromptStep(_Strict):
-    """Ask the operator to do something (load the plate, move the mat) and wait for them.
-
-    ``action`` names the physical step, so that on a simulated bench the virtual operator
-    can do it (acquisition/engine/operator.py); a prompt without one is only answered.
-    """
-
-    type: Literal["prompt"]
-    text: str = Field(min_length=1, max_length=500)
-    action: PromptAction | None = None
-    timeout_s: Annotated[float | None, quantity(DURATION, lo=0, lo_open=True)] = Field(
-        None, alias="timeout", description="no answer by then: the run pauses"
-    )
-
-
-class AnalyzeStep(_Strict):
-    """Fit the last count (acquisition/analysis), constants named as in Prism."""
-
-    type: Literal["analyze"]
-    model: CompetitionModel
-    competitor: str = Field(min_length=1, max_length=100)
-    constants: dict[str, StrictFloat] = Field(default_factory=dict)
-    rate: Literal["ccpm", "cpm"] = "ccpm"
-
-
-class WaitStep(_Strict):
-    type: Literal["wait"]
-    duration_s: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=72 * _HOUR)] = Field(
-        alias="duration"
-    )
-
-
-Step = Annotated[
-    IncubateStep | HarvestStep | CountStep | PromptStep | AnalyzeStep | WaitStep,
-    Field(discriminator="type"),
-]
-_STEP_TYPES = ("incubate", "harvest", "count", "prompt", "analyze", "wait")
-
-
-class Protocol(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     description: str = Field("", max_length=2000)
-    steps: list[Step] = Field(min_length=1)
+    steps: list[StepModel] = Field(min_length=1)
+
+
+@cache
+def _validator(version: int) -> type[Protocol]:
+    """Protocol with its steps as the union of the step types registered (at ``version``)."""
+    models = tuple(t.model for t in step_types().values())
+    union: Any = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+    return create_model("Protocol", __base__=Protocol, steps=(list[union], Field(min_length=1)))
 
 
 # --------------------------------------------------------------------------- loading
@@ -241,7 +110,7 @@ def parse_protocol(text: str, *, source: str = "protocol") -> tuple[Protocol, di
 
 def protocol_from_data(data: dict[str, Any], *, source: str = "protocol") -> Protocol:
     try:
-        protocol = Protocol.model_validate(data)
+        protocol = _validator(registry_version()).model_validate(data)
     except ValidationError as exc:
         raise _one_line(source, exc) from exc
     _check_steps(source, protocol)
@@ -249,36 +118,12 @@ def protocol_from_data(data: dict[str, Any], *, source: str = "protocol") -> Pro
 
 
 def _check_steps(source: str, protocol: Protocol) -> None:
-    """What a single step cannot know: order, and the analysis model's constants."""
-    counted = False
+    """What a single step cannot know: each step type's rules given the steps before it."""
     for i, step in enumerate(protocol.steps):
-        if isinstance(step, CountStep):
-            counted = True
-        elif isinstance(step, AnalyzeStep):
-            if not counted:
-                raise ProtocolError(
-                    source, f"steps[{i}]", "an analyze step after a count step (nothing counted)"
-                )
-            _check_constants(source, f"steps[{i}].constants", step)
-
-
-def _check_constants(source: str, loc: str, step: AnalyzeStep) -> None:
-    from acquisition.analysis.models import MODELS
-
-    needed = MODELS[step.model].constants
-    for name, value in step.constants.items():
-        if name not in needed:
-            known = ", ".join(needed) if needed else "none"
-            raise ProtocolError(
-                source, f"{loc}.{name}", f"a constant of {step.model} (known: {known})"
-            )
-        if not (math.isfinite(value) and value > 0):
-            raise ProtocolError(source, f"{loc}.{name}", f"a positive number (got {value!r})")
-    missing = [c for c in needed if c not in step.constants]
-    if missing:
-        raise ProtocolError(
-            source, loc, f"{', '.join(needed)} for {step.model} (missing {', '.join(missing)})"
-        )
+        check = step_type(step.type).check
+        problem = check(step, protocol.steps[:i]) if check is not None else None
+        if problem is not None:
+            raise ProtocolError(source, f"steps[{i}]{problem[0]}", problem[1])
 
 
 def _one_line(source: str, exc: ValidationError) -> ProtocolError:
@@ -291,10 +136,10 @@ def _one_line(source: str, exc: ValidationError) -> ProtocolError:
     if kind == "union_tag_invalid":
         loc = f"{loc}.type"
         tag = err.get("ctx", {}).get("tag")
-        msg = f"a step type: one of {', '.join(_STEP_TYPES)} (got {_short(tag)})"
+        msg = f"a step type: one of {', '.join(step_types())} (got {_short(tag)})"
     elif kind == "union_tag_not_found":
         loc = f"{loc}.type"
-        msg = f"a step type: one of {', '.join(_STEP_TYPES)} (this key is required)"
+        msg = f"a step type: one of {', '.join(step_types())} (this key is required)"
     elif kind == "extra_forbidden":
         msg = "no such setting (check the spelling)"
     elif kind == "missing":
@@ -313,7 +158,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for n, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _STEP_TYPES and n >= 2 and isinstance(loc[n - 1], int):
+        elif part in step_types() and n >= 2 and isinstance(loc[n - 1], int):
             continue  # the discriminated-union tag adds noise to the path
         else:
             out += f".{part}" if out else str(part)
@@ -330,6 +175,8 @@ class PlanStep:
     settings: str
     duration_s: float  # expected; 0 for operator time and the analysis
     note: str
+    expected: str | None = None  # shown instead of "~<duration>"
+    operator_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -343,72 +190,23 @@ class Plan:
 
     @property
     def prompts(self) -> int:
-        return sum(1 for s in self.steps if s.type == "prompt")
+        return sum(1 for s in self.steps if s.operator_time)
 
 
 def plan(protocol: Protocol) -> Plan:
-    """Each step's settings and expected duration, from the planning assumptions above."""
+    """Each step's settings and expected duration, as its step type estimates them."""
     return Plan(protocol, tuple(_plan_step(i + 1, s) for i, s in enumerate(protocol.steps)))
 
 
-def expected_duration_s(step: Step) -> float:
+def expected_duration_s(step: StepModel) -> float:
     """One step's expected duration (0 for operator time and the analysis), as planned."""
     return _plan_step(1, step).duration_s
 
 
-def stabilisation_s(step: IncubateStep) -> float:
-    """Estimated time to reach the setpoint from ambient plus the stability hold."""
-    ramp_s = abs(step.temperature_c - AMBIENT_C) / STABILISE_RATE_C_PER_MIN * 60.0
-    return ramp_s + step.hold_s
-
-
-def _plan_step(number: int, step: IncubateStep | HarvestStep | CountStep | PromptStep |
-               AnalyzeStep | WaitStep) -> PlanStep:  # fmt: skip
-    d = format_duration
-    match step:
-        case IncubateStep():
-            shaking = "no shaking" if step.shaking_rpm is None else f"{step.shaking_rpm:g} rpm"
-            settings = (
-                f"{step.temperature_c:g} C for {d(step.duration_s)}, {shaking}; timer starts "
-                f"once within +/-{step.tolerance_c:g} C for {d(step.hold_s)}; out of tolerance "
-                f"for {d(step.grace_s)}: {step.on_excursion}"
-            )
-            stab = stabilisation_s(step)
-            note = f"stabilisation ~{d(stab)} + {d(step.duration_s)}"
-            return PlanStep(number, step.type, settings, stab + step.duration_s, note)
-        case HarvestStep():
-            settings = (
-                f"prewet {d(step.prewet_s)}, {step.washes} x {_volume(step.wash_volume_ml)}"
-                f"{' ' + step.buffer if step.buffer else ''}, dry {d(step.dry_s)}"
-            )
-            total = step.prewet_s + step.washes * HARVEST_WASH_S + step.dry_s + HARVEST_OVERHEAD_S
-            return PlanStep(number, step.type, settings, total, "")
-        case CountStep():
-            positions = math.ceil(PLATE_WELLS / COUNTER_DETECTORS)
-            stop = "" if step.precision_pct is None else f" or {step.precision_pct:g} % 2-sigma"
-            settings = f"{step.isotope}, {d(step.count_time_s)} per well{stop}"
-            total = positions * (step.count_time_s + COUNT_OVERHEAD_S)
-            note = (
-                f"{positions} positions x ({d(step.count_time_s)} + {COUNT_OVERHEAD_S:g} s), "
-                f"{COUNTER_DETECTORS}-detector counter"
-            )
-            if step.precision_pct is not None:
-                note += "; at most (precision may stop wells early)"
-            return PlanStep(number, step.type, settings, total, note)
-        case PromptStep():
-            timeout = "" if step.timeout_s is None else f" (timeout {d(step.timeout_s)})"
-            return PlanStep(number, step.type, f"{step.text!r}{timeout}", 0.0, "not counted")
-        case AnalyzeStep():
-            consts = ", ".join(f"{k}={v:g}" for k, v in step.constants.items())
-            settings = f"{step.model} on {step.competitor}" + (f" ({consts})" if consts else "")
-            return PlanStep(number, step.type, settings, 0.0, "not counted")
-        case WaitStep():
-            return PlanStep(number, step.type, d(step.duration_s), step.duration_s, "")
-    raise AssertionError(step)  # pragma: no cover - the union is exhaustive
-
-
-def _volume(ml: float) -> str:
-    return f"{ml:g} mL" if ml >= 1 else f"{ml * 1000:g} uL"
+def _plan_step(number: int, step: StepModel) -> PlanStep:
+    line = step_type(step.type).plan(step)
+    return PlanStep(number, step.type, line.settings, line.duration_s, line.note,
+                    line.expected, line.operator_time)  # fmt: skip
 
 
 def format_plan(p: Plan, source: str) -> str:
@@ -417,11 +215,7 @@ def format_plan(p: Plan, source: str) -> str:
         lines.append(f"  {p.protocol.description}")
     width = max(len(s.type) for s in p.steps)
     for s in p.steps:
-        expected = f"~{format_duration(s.duration_s)}"
-        if s.type == "prompt":
-            expected = "operator time"
-        elif s.type == "analyze":
-            expected = "a few seconds"
+        expected = s.expected or f"~{format_duration(s.duration_s)}"
         lines.append(f"  {s.number:>2}. {s.type:<{width}}  {s.settings}")
         lines.append(f"      {'':<{width}}  expected {expected}" + (f" ({s.note})" if s.note
                                                                        else ""))  # fmt: skip

@@ -22,7 +22,9 @@ Fixtures
 ``tmp_journal``
     An open :class:`~acquisition.journal.Journal` in ``tmp_path`` (closed afterwards).
 
-Autouse: every async test (function-scoped loop) fails if it leaves asyncio tasks pending:
+Autouse: a test that registers step types of its own (a plug-in) leaves the step-type
+registry as it found it. Every async test (function-scoped loop) fails if it leaves asyncio
+tasks pending:
 after the test and its fixtures are torn down, the loop gets a few iterations (and up to
 2 s for tasks already finishing) to settle; the leaked tasks are named in the error and then
 cancelled.
@@ -85,6 +87,15 @@ async def _no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None
         task.cancel()
     await asyncio.gather(*left, return_exceptions=True)
     pytest.fail(f"{request.node.name} left {len(left)} asyncio task(s) pending: {names}")
+
+
+@pytest.fixture(autouse=True)
+def _step_types_restored() -> Iterator[None]:
+    from acquisition.steps.registry import restore_step_types, step_types
+
+    saved = dict(step_types())
+    yield
+    restore_step_types(saved)
 
 
 def _slug(text: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -24,6 +25,7 @@ from devtools.mosquitto import MosquittoBroker
 from devtools.stack import DaemonProcess, LabFiles, SimBenchProcess, write_lab_config
 
 KINDS = ("counter", "incubator", "harvester")
+REPO = Path(__file__).resolve().parents[1]
 ALL_WELLS = {f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13)}
 ENDED = {"completed", "aborted", "failed"}
 POLL_S = 0.01  # between two looks at the daemon or the bench
@@ -155,12 +157,15 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def lab_stack(
-    tmp_path: Path, broker: MosquittoBroker, time_scale: float
+    tmp_path: Path, broker: MosquittoBroker, time_scale: float, top_extra: str = ""
 ) -> AsyncIterator[Lab]:
     files = write_lab_config(
         tmp_path, broker_port=broker.port, node=f"crash-{uuid.uuid4().hex[:8]}", kinds=KINDS,
-        time_scale=time_scale, counter_poll_s=0.5,
+        time_scale=time_scale, counter_poll_s=0.5, top_extra=top_extra,
     )  # fmt: skip
+    repo = str(REPO)  # tests.* importable by the daemon (plug-in modules of a test)
+    files.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH"))
+                                              if p)  # fmt: skip
     bench, daemon = SimBenchProcess(files), DaemonProcess(files)
     with bench, daemon:
         async with DaemonClient(load_config(files.config_path), timeout_s=10.0) as client:

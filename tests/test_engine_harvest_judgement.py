@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from acquisition.config import HarvesterConfig
-from acquisition.engine.harvest import _case
 from acquisition.engine.safety import clear_latch
 from acquisition.instruments import InstrumentHandle
+from acquisition.steps.harvest import _case
 from drivers.base import Readings
 from drivers.harvester import MatReport
 

@@ -230,15 +230,18 @@ class RunLog:
 
 
 def _timed_steps(definition: dict[str, Any]) -> dict[int, float]:
-    """Step index -> planned seconds of the incubations in a start document's protocol."""
-    from acquisition.protocols import IncubateStep, ProtocolError, protocol_from_data
+    """Step index -> planned seconds of the timed steps (incubations) in a start
+    document's protocol."""
+    from acquisition.protocols import ProtocolError, protocol_from_data
+    from acquisition.steps import step_type
 
     try:
         protocol = protocol_from_data(definition)
     except (ProtocolError, ValueError, TypeError):
         return {}  # milestones then wait for the run state to give the total
-    return {
-        i: step.duration_s
-        for i, step in enumerate(protocol.steps, start=1)
-        if isinstance(step, IncubateStep)
-    }
+    out: dict[int, float] = {}
+    for i, step in enumerate(protocol.steps, start=1):
+        timed = step_type(step.type).timed_s
+        if timed is not None:
+            out[i] = timed(step)
+    return out

@@ -3,7 +3,7 @@
 - :mod:`.states`: the run states and the transitions allowed between them.
 - :mod:`.control`: what the terminal asks of a running run (pause, resume, abort, answers).
 - :mod:`.context`: what a step gets to work with (and keeps as its progress).
-- :mod:`.bench_steps` / :mod:`.simple_steps`: one executor per step type.
+- the step types themselves are plug-ins: :mod:`acquisition.steps`.
 - :mod:`.runner`: :class:`~.runner.ProtocolRun`, the loop over the steps.
 - :mod:`.leasing`: a run takes all its instruments at once, or waits in line.
 - :mod:`.safety`: instruments left safe, endings a cancellation cannot cut short.

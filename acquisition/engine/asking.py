@@ -26,7 +26,6 @@ from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.safety import cancel_and_wait
 from acquisition.errors import PreconditionError
 from acquisition.payloads import PromptState
-from acquisition.protocols import PromptStep
 from acquisition.run_recorder import RunRecorder
 from drivers.clock import Clock
 
@@ -91,18 +90,19 @@ class Asking:
                 log.info("run resumed")
                 return
 
-    async def _prompt_text(self, step: PromptStep) -> str:
+    async def _prompt_text(self, step: Any) -> str:
         """The prompt's text; the run's first prompt also names labware left in an
         instrument by an earlier run, since the operator is at the bench now."""
         if not self._fresh or self._first_prompt_asked:
-            return step.text
+            return str(step.text)
         self._first_prompt_asked = True
         found = strays(await survey(self.handles, self._bench), self.setup.plate_id)
         if not found:
-            return step.text
+            return str(step.text)
         return f"{step.text} (first take out what an earlier run left: {'; '.join(found)})"
 
-    async def _prompt(self, index: int, step: PromptStep) -> Outcome:
+    async def _prompt(self, index: int, step: Any) -> Outcome:
+        """Ask a step without an executor (``text``, ``action``, ``timeout_s``)."""
         rec = self.recorder
         prompt = PromptState(id=str(index), kind="operator", text=await self._prompt_text(step),
                              options=["done", "abort"], action=step.action)  # fmt: skip

@@ -125,9 +125,11 @@ async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]
     documents = [json.loads(p) for p in await daemon.journal.documents(record.run)]
     problems: list[str] = []
     try:
-        instruments = read_run(documents).instruments
+        point = read_run(documents)
+        instruments = point.instruments
+        step_names = [str(st.get("type")) for st in point.protocol_definition.get("steps", [])]
     except ValueError:
-        instruments = {}
+        instruments, step_names = {}, []
     async with contextlib.AsyncExitStack() as stack:
         handles = {}
         for kind, iid in instruments.items():
@@ -137,7 +139,7 @@ async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]
                 )
             except CommandError as exc:
                 problems.append(f"{iid} not made safe ({exc.message})")
-        problems += [f"{p} (not made safe)" for p in await make_safe(handles, aborting=True)]
+        problems += [f"{p} (not made safe)" for p in await make_safe(step_names, handles, "abort")]
         sim = daemon.config.simulation
         bench = (BenchView(sim.control_host, sim.control_port)
                  if sim.enabled and sim.control_port is not None else None)  # fmt: skip

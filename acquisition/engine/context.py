@@ -55,7 +55,7 @@ class StepContext:
     plate_layout: PlateLayout | None
     index: int  # 1-based step number
     notify: Callable[[], None]  # wake the MQTT link
-    harvested: bool = False  # an earlier step harvested this run's plate onto a mat
+    steps_before: tuple[Any, ...] = ()  # the protocol's steps before this one
     bench: BenchView | None = None  # a simulated bench's world, to check labware against
 
     def handle(self, kind: str) -> InstrumentHandle:

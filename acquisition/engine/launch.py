@@ -16,10 +16,11 @@ from acquisition.commands import ProtocolRunArgs
 from acquisition.config import LabConfig
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint
-from acquisition.engine.runner import INSTRUMENT_KIND, RunSetup
+from acquisition.engine.runner import RunSetup
 from acquisition.errors import CommandError, ConfigError
 from acquisition.plate_maps import layout_from_data, parse_plate_map
-from acquisition.protocols import AnalyzeStep, Protocol, parse_protocol, protocol_from_data
+from acquisition.protocols import Protocol, parse_protocol, protocol_from_data
+from acquisition.steps import step_type
 
 __all__ = ["setup_from_args", "setup_from_resume"]
 
@@ -63,23 +64,19 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
-    if layout is None and any(isinstance(s, AnalyzeStep) for s in protocol.steps):
+    needs_map = [s.type for s in protocol.steps if step_type(s.type).needs_plate_map]
+    if layout is None and needs_map:
         raise CommandError(
             "bad_request",
-            f"protocol '{protocol.name}' analyses the count: give the run a plate map "
-            "(run start ... --plate-map NAME_OR_FILE)",
+            f"protocol '{protocol.name}' has a step that needs the plate map ({needs_map[0]}): "
+            "give the run a plate map (run start ... --plate-map NAME_OR_FILE)",
         )
     for i, step in enumerate(protocol.steps):
-        if (
-            isinstance(step, AnalyzeStep)
-            and layout is not None
-            and step.competitor not in layout.competitors
-        ):
-            raise CommandError(
-                "bad_request",
-                f"{source}: steps[{i}].competitor: a competitor of the plate map "
-                f"{plate_source} ({', '.join(layout.competitors)}), got {step.competitor!r}",
-            )
+        check = step_type(step.type).check_setup
+        problem = check(step, layout) if check is not None else None
+        if problem is not None:
+            raise CommandError("bad_request", f"{source}: steps[{i}]{problem[0]}: {problem[1]}"
+                               f" (plate map {plate_source})")  # fmt: skip
     instruments = _instruments(config, protocol, source)
     plate_id = args.plate_id or f"P{run_hint[-6:]}"
     return RunSetup(
@@ -106,38 +103,40 @@ def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
 
 
 def _instruments(config: LabConfig, protocol: Protocol, source: str) -> dict[str, str]:
-    """kind -> instrument id for every step that drives one."""
+    """kind -> instrument id for every role of every step."""
     out: dict[str, str] = {}
     for i, step in enumerate(protocol.steps):
-        kind = INSTRUMENT_KIND.get(step.type)
-        if kind is None:
-            continue
-        wanted = getattr(step, "instrument", None)
-        of_kind = [c.id for c in config.instruments if c.kind == kind]
-        if wanted is not None:
-            match = next((c for c in config.instruments if c.id == wanted), None)
-            if match is None or match.kind != kind:
-                raise CommandError(
-                    "bad_request",
-                    f"{source}: steps[{i}].instrument: a {kind} of the lab config "
-                    f"({', '.join(of_kind) or 'none configured'}), got {wanted!r}",
-                )
-            chosen = wanted
-        elif len(of_kind) == 1:
-            chosen = of_kind[0]
-        else:
+        for kind in step_type(step.type).roles:
+            out[kind] = _one_of_kind(config, kind, getattr(step, "instrument", None),
+                                     out.get(kind), f"{source}: steps[{i}]")  # fmt: skip
+    return out
+
+
+def _one_of_kind(
+    config: LabConfig, kind: str, wanted: str | None, chosen_before: str | None, where: str
+) -> str:
+    """The instrument of ``kind`` a step names (or the config's only one); one per run."""
+    of_kind = [c.id for c in config.instruments if c.kind == kind]
+    if wanted is not None:
+        match = next((c for c in config.instruments if c.id == wanted), None)
+        if match is None or match.kind != kind:
             raise CommandError(
                 "bad_request",
-                f"{source}: steps[{i}]: the lab config has "
-                f"{'no' if not of_kind else len(of_kind)} {kind}s"
-                + (f" ({', '.join(of_kind)}): name one with instrument = ..." if of_kind else ""),
+                f"{where}.instrument: a {kind} of the lab config "
+                f"({', '.join(of_kind) or 'none configured'}), got {wanted!r}",
             )
-        if out.get(kind, chosen) != chosen:
-            raise CommandError(
-                "bad_request", f"{source}: steps[{i}].instrument: one {kind} per run"
-            )
-        out[kind] = chosen
-    return out
+        chosen = wanted
+    elif len(of_kind) == 1:
+        chosen = of_kind[0]
+    else:
+        raise CommandError(
+            "bad_request",
+            f"{where}: the lab config has {'no' if not of_kind else len(of_kind)} {kind}s"
+            + (f" ({', '.join(of_kind)}): name one with instrument = ..." if of_kind else ""),
+        )
+    if chosen_before not in (None, chosen):
+        raise CommandError("bad_request", f"{where}.instrument: one {kind} per run")
+    return chosen
 
 
 def _operator(

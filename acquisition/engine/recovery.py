@@ -6,15 +6,14 @@ were run; step documents (``detail.index``) say which steps started and finished
 documents say which wells were counted and how far the incubation timer got. Pure code:
 documents in, :class:`ResumePoint` out.
 
-What a resume does with each kind of step (:func:`decide`):
-
-- count: goes on from the next uncounted well (the operator asked for the resume);
-- harvest, if it had started: never re-run by itself; the run reads the harvester once the
-  instruments are held and says which case it is (:func:`~.harvest.assess_harvest`);
-- incubate, if it had started: goes on with the elapsed time kept only if the last
-  temperature sample is recent (the gap is within the step's grace period), else the
-  operator chooses;
-- prompt, wait, analyze: done again (a wait restarts its timer).
+What a resume does with a started step is its type's to say (:func:`decide`,
+:class:`~acquisition.steps.StepType`): a step with an assessment (the harvest) is never
+re-run by itself, the run reads its instrument once held and says which case it is; a
+step with a resume policy (the incubation: is the temperature known over the gap?) may put
+a question to the operator; any other goes on from its progress as its data documents
+rebuilt it (a count from the next uncounted well) or is simply done again (a prompt, a
+wait, the analysis). Data documents are folded into the progress by the step type's
+``rebuild``; one it does not know (a stream of a newer version) is left alone.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from acquisition.engine.context import StepProgress
-from acquisition.protocols import IncubateStep, Protocol
+from acquisition.protocols import Protocol
+from acquisition.steps import step_types
 
 __all__ = ["ResumePoint", "decide", "read_run"]
 
@@ -57,6 +57,8 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
         next_index=1,
     )
     current: int | None = None
+    steps = proto["definition"].get("steps", [])
+    types = step_types()
     for doc in documents:
         kind = doc.get("kind")
         if kind == "step":
@@ -72,17 +74,10 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
             elif phase in ("finished", "skipped"):
                 point.completed.append(index)
                 current = None
-        elif kind == "data" and current is not None:
-            prog = point.progress.setdefault(current, StepProgress())
-            reading = doc.get("reading", {})
-            stream = doc.get("stream", "well")
-            if stream == "well":
-                well = str(reading.get("well"))
-                if well not in prog.counted:
-                    prog.counted.append(well)
-            elif stream == "temperature" and "sampled_at" in reading:
-                prog.elapsed_s = max(prog.elapsed_s, float(reading.get("elapsed_s", 0.0)))
-                prog.last_sample_at = datetime.fromisoformat(str(reading["sampled_at"]))
+        elif kind == "data" and current is not None and current <= len(steps):
+            entry = types.get(str(steps[current - 1].get("type")))
+            if entry is not None and entry.rebuild is not None:
+                entry.rebuild(point.progress.setdefault(current, StepProgress()), doc)
     done = set(point.completed)
     point.next_index = next(
         (i for i in range(1, len(proto["definition"].get("steps", [])) + 2) if i not in done),
@@ -101,18 +96,8 @@ def decide(
         return None
     step = protocol.steps[index - 1]
     prog = point.progress.get(index)
-    if prog is None or not prog.started:
+    policy = step_types()[step.type].resume
+    if prog is None or not prog.started or policy is None:
         return None
-    if isinstance(step, IncubateStep):
-        if prog.last_sample_at is None:
-            return None  # it had not reached temperature yet: stabilising again is harmless
-        gap_s = (now - prog.last_sample_at).total_seconds() * time_scale
-        if gap_s <= step.grace_s:
-            return None
-        return (
-            f"step {index} (incubate) was interrupted for {gap_s:.0f} s (grace "
-            f"{step.grace_s:g} s) after {prog.elapsed_s:.0f} of {step.duration_s:.0f} s: the "
-            "temperature in between is unknown. retry = go on timing the rest, skip = "
-            "end the incubation here, abort = end the run"
-        )
-    return None
+    question = policy(step, prog, now, time_scale)
+    return None if question is None else f"step {index} ({step.type}) {question}"

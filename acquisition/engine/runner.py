@@ -4,9 +4,10 @@ The loop leases every instrument the protocol needs (``queued`` until they are f
 runs asking for one counter are serialised while runs on different instruments proceed at
 once), then runs each step as a task while listening to :class:`~.control.RunControl`:
 
-- pause ``now`` cancels a step that may be paused mid-way (:data:`PAUSABLE_MIDWAY`) and
-  keeps its progress; otherwise, and for ``after-step``, the run pauses at the next step
-  boundary. ``resume`` goes on from the step's progress;
+- pause ``now`` cancels a step whose type may be paused mid-way (``pausable_midway`` of its
+  :class:`~acquisition.steps.StepType`) and keeps its progress; otherwise, and for
+  ``after-step``, the run pauses at the next step boundary. ``resume`` goes on from the
+  step's progress;
 - an instrument error puts the run in ``awaiting-recovery`` (retry / skip / abort), with an
   interruption document; nothing is invented to fill the gap;
 - an interlock pauses or aborts as the protocol says;
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -31,31 +32,24 @@ import structlog
 
 from acquisition.config import LabConfig
 from acquisition.engine.asking import Aborted, Asking, Outcome
-from acquisition.engine.bench_steps import run_count, run_incubate
 from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
-from acquisition.engine.harvest import run_harvest
-from acquisition.engine.hooks import STEP_HOOKS, StepHooks
 from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.leasing import AbortedWhileQueued, lease_all
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint, decide
 from acquisition.engine.safety import cancel_and_wait, clear_latch, make_safe, uninterruptible
-from acquisition.engine.simple_steps import run_analyze, run_wait
 from acquisition.errors import AnalysisError, InterlockError, PreconditionError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
 from acquisition.journal import Journal
 from acquisition.payloads import ExitStatus, RunStateName
-from acquisition.protocols import PromptStep, Protocol
+from acquisition.protocols import Protocol
 from acquisition.run_recorder import RunRecorder, utcnow
+from acquisition.steps import StepType, step_type
 from drivers.clock import Clock
-from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
-from drivers.harvester import HarvesterDriver
 
 __all__ = [
-    "INSTRUMENT_KIND",
-    "PAUSABLE_MIDWAY",
     "ProtocolRun",
     "RunSetup",
     "resume_hint",
@@ -63,24 +57,6 @@ __all__ = [
 
 log = structlog.get_logger("acquisition.engine")
 _T = TypeVar("_T")
-
-PAUSABLE_MIDWAY: dict[str, bool] = {
-    "incubate": True,  # the timer stops, the temperature is held
-    "harvest": False,  # a plate half filtered cannot wait
-    "count": True,  # the counter stops; the wells not counted yet are counted on resume
-    "prompt": True,
-    "wait": True,
-    "analyze": False,
-}
-INSTRUMENT_KIND = {"incubate": "incubator", "harvest": "harvester", "count": "counter"}
-_EXECUTORS: dict[str, Callable[[StepContext, Any, StepProgress], Coroutine[Any, Any, None]]] = {
-    "incubate": run_incubate,
-    "harvest": run_harvest,
-    "count": run_count,
-    "wait": run_wait,
-    "analyze": run_analyze,
-}
-
 
 @dataclass(frozen=True)
 class RunSetup:
@@ -137,7 +113,7 @@ class ProtocolRun(Asking):
         index = self.recorder.step_index
         if index is None:
             return True
-        return PAUSABLE_MIDWAY[self.setup.protocol.steps[index - 1].type]
+        return step_type(self.setup.protocol.steps[index - 1].type).pausable_midway
 
     # -------------------------------------------------------------------- the whole run
 
@@ -178,7 +154,8 @@ class ProtocolRun(Asking):
         """Instruments safe, then the stop document (once)."""
         rec = self.recorder
         rec.prompt = None
-        await make_safe(self.handles, aborting=exit_status != "success")
+        await make_safe(self._step_names(), self.handles,
+                        "end" if exit_status == "success" else "abort")  # fmt: skip
         if exit_status != "success" and not rec.stopped and rec.counts.get("start", 0):
             await self._labware_left("at the end of the run")
         if not rec.stopped:
@@ -193,8 +170,8 @@ class ProtocolRun(Asking):
 
     async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
         """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
-        needed = {INSTRUMENT_KIND[s.type]: self.setup.instruments[INSTRUMENT_KIND[s.type]]
-                  for s in self.setup.protocol.steps if s.type in INSTRUMENT_KIND}  # fmt: skip
+        needed = {kind: self.setup.instruments[kind] for s in self.setup.protocol.steps
+                  for kind in step_type(s.type).roles}  # fmt: skip
         try:
             self.handles = await lease_all(
                 self.instruments, self.recorder, self.control, needed, stack
@@ -237,13 +214,13 @@ class ProtocolRun(Asking):
         prog = self._progress.setdefault(index, StepProgress())
         rec = self.recorder
         rec.step_index = index
-        hooks = STEP_HOOKS.get(step.type)
+        hooks = step_type(step.type)
         if self._decision is not None:
             text, self._decision = self._decision, None
             if await self._recovery(index, text, {"after": "daemon restart"}) == "skip":
                 await rec.step_phase(step.type, "skipped", {"index": index})
                 return
-        elif self._assess_restart and hooks is not None and hooks.assess is not None:
+        elif self._assess_restart and hooks.assess is not None:
             self._assess_restart = False
             if prog.started and await self._after_fault(index, step, prog, None):
                 return
@@ -257,10 +234,10 @@ class ProtocolRun(Asking):
                 phase: Literal["started", "resumed"] = "resumed" if prog.started else "started"
                 prog.started = True
                 await rec.step_phase(step.type, phase, {"index": index, **prog.before})
-                if isinstance(step, PromptStep):
+                if hooks.run is None:  # an operator prompt
                     outcome = await self._prompt(index, step)
                 else:
-                    outcome = await self._execute(self._context(index), step, prog)
+                    outcome = await self._execute(self._context(index), step, prog, hooks)
             if outcome.kind == "done":
                 await rec.step_phase(step.type, "finished", {"index": index, **prog.detail})
                 return
@@ -280,10 +257,10 @@ class ProtocolRun(Asking):
                 return
 
     async def _prepare(
-        self, index: int, step: Any, prog: StepProgress, hooks: StepHooks | None
+        self, index: int, step: Any, prog: StepProgress, hooks: StepType
     ) -> Outcome | None:
         """The step's preconditions (None: met, the facts are in ``prog.before``)."""
-        if hooks is None or hooks.prepare is None:
+        if hooks.prepare is None:
             return None
         try:
             prog.before = await hooks.prepare(self._context(index), step, prog)
@@ -298,7 +275,7 @@ class ProtocolRun(Asking):
         wait for the operator. True if the step was skipped, False to try it again (a
         latched fault cleared first); abort raises."""
         rec = self.recorder
-        hooks = STEP_HOOKS.get(step.type)
+        hooks = step_type(step.type)
         options: tuple[str, ...] = ("retry", "skip", "abort")
         if err is None:
             what = f"step {index} ({step.type}) was interrupted by the daemon's restart"
@@ -309,15 +286,15 @@ class ProtocolRun(Asking):
             if isinstance(err, InstrumentError):
                 detail["instrument"] = err.instrument
                 detail["fault"] = getattr(err, "fault", None)
-            if step.type == "count":
-                detail["wells_done"] = len(prog.counted)
+            if hooks.interrupted is not None:
+                detail.update(hooks.interrupted(prog)[0])
             await rec.interruption(what, detail)
         text = what
         if isinstance(err, PreconditionError):
-            if hooks is not None and hooks.assess is not None:
+            if hooks.assess is not None:
                 options = ("retry", "abort")  # nothing was done: skipping leaves nothing
             text = f"{what}. retry once done, abort = end the run" if len(options) == 2 else what
-        elif hooks is not None and hooks.assess is not None:
+        elif hooks.assess is not None:
             try:
                 found = await self._abortable(hooks.assess(self._context(index), step, prog))
             except (InstrumentError, OSError) as exc:
@@ -340,11 +317,11 @@ class ProtocolRun(Asking):
             await rec.interruption(text, {"step_index": index, "after": "retry"})
 
     async def _skip(
-        self, index: int, step: Any, prog: StepProgress, hooks: StepHooks | None
+        self, index: int, step: Any, prog: StepProgress, hooks: StepType
     ) -> None:
         """Skip the step; its instrument released (what it holds afterwards recorded)."""
         rec = self.recorder
-        if hooks is not None and hooks.release is not None:
+        if hooks.release is not None:
             try:
                 held = await hooks.release(self._context(index), prog)
             except (InstrumentError, OSError) as exc:
@@ -375,19 +352,26 @@ class ProtocolRun(Asking):
         """The instruments a retry of ``step`` clears latches on: its own and the one that
         faulted (a fault met before or after a daemon restart alike)."""
         faulted = err.instrument if isinstance(err, InstrumentError) else None
+        roles = step_type(step.type).roles
         return [h for kind, h in self.handles.items()
-                if kind == INSTRUMENT_KIND.get(step.type) or h.config.id == faulted]  # fmt: skip
+                if kind in roles or h.config.id == faulted]  # fmt: skip
+
+    def _step_names(self) -> list[str]:
+        return [s.type for s in self.setup.protocol.steps]
 
     def _context(self, index: int) -> StepContext:
         return StepContext(
             config=self.config, recorder=self.recorder, journal=self.journal, clock=self.clock,
             handles=self.handles, plate_id=self.setup.plate_id, plate_layout=self.setup.layout,
             index=index, notify=self.notify, bench=self._bench,
-            harvested=any(s.type == "harvest" for s in self.setup.protocol.steps[: index - 1]),
+            steps_before=tuple(self.setup.protocol.steps[: index - 1]),
         )  # fmt: skip
 
-    async def _execute(self, ctx: StepContext, step: Any, prog: StepProgress) -> Outcome:
-        task = asyncio.create_task(_EXECUTORS[step.type](ctx, step, prog),
+    async def _execute(
+        self, ctx: StepContext, step: Any, prog: StepProgress, hooks: StepType
+    ) -> Outcome:
+        assert hooks.run is not None
+        task = asyncio.create_task(hooks.run(ctx, step, prog),
                                    name=f"step:{self.run_id}:{ctx.index}")  # fmt: skip
         asked: asyncio.Future[None] | None = None
         try:
@@ -401,7 +385,7 @@ class ProtocolRun(Asking):
                     await cancel_and_wait(task)
                     raise Aborted("aborted by operator")
                 if self.control.pause_requested == "now":
-                    if PAUSABLE_MIDWAY[step.type]:
+                    if hooks.pausable_midway:
                         self.control.pause_requested = None
                         await cancel_and_wait(task)
                         return Outcome("paused")
@@ -418,10 +402,7 @@ class ProtocolRun(Asking):
         """The daemon is stopping: the counter and harvester stop, the incubator keeps the
         plate at temperature; the run waits, interrupted, for a resume after the restart."""
         rec = self.recorder
-        for handle in self.handles.values():
-            if isinstance(handle.driver, CounterDriver | HarvesterDriver):
-                with contextlib.suppress(InstrumentError, OSError):
-                    await handle.driver.abort()
+        await make_safe(self._step_names(), self.handles, "shutdown")
         if rec.stopped:
             return
         if self._fresh and rec.counts.get("start", 0) == 0:
@@ -436,8 +417,9 @@ class ProtocolRun(Asking):
         if index is not None:
             detail["last_completed_step"] = index - 1 if index > 1 else None
         prog = self._progress.get(index) if index is not None else None
-        if prog is not None and rec.step == "count":
-            detail["wells_done"] = len(prog.counted)
+        told = step_type(rec.step).interrupted if rec.step in self._step_names() else None
+        if prog is not None and told is not None:
+            detail.update(told(prog)[0])
         await rec.interruption("daemon shutting down", detail)
         if rec.progress is not None:
             rec.progress = rec.progress.model_copy(update={"eta_s": None})

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from acquisition.commands import ProtocolRunArgs
-from acquisition.engine.bench_steps import ALL_WELLS
 from acquisition.engine.launch import setup_from_args, setup_from_resume
 from acquisition.engine.recovery import read_run
 from acquisition.engine.runner import ProtocolRun, resume_hint
 from acquisition.errors import CommandError, ConfigError
 from acquisition.journal import Journal, RunRecord
-from acquisition.payloads import Progress
 from acquisition.run_recorder import RunRecorder
+from acquisition.steps import step_types
 
 if TYPE_CHECKING:
     from acquisition.daemon import Daemon
@@ -102,9 +101,11 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
         recorder.step = str(steps[index - 1].get("type"))
         detail["step"] = recorder.step
         prog = point.progress.get(index)
-        if prog is not None and recorder.step == "count":
-            detail["wells_done"] = len(prog.counted)
-            recorder.progress = Progress(done=len(prog.counted), total=len(ALL_WELLS))
+        entry = step_types().get(recorder.step)
+        if prog is not None and entry is not None and entry.interrupted is not None:
+            told, shown = entry.interrupted(prog)
+            detail.update(told)
+            recorder.progress = shown
     if recorder.prompt is not None:  # open when the daemon died: asked again on resume
         await recorder.prompt_event(recorder.prompt, "withdrawn")
     await recorder.interruption("daemon restarted", detail)

@@ -7,45 +7,42 @@ Shared by the run loop (:mod:`.runner`) and the commands that end a run outside 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 import structlog
 
 from acquisition.instruments import InstrumentHandle
-from drivers.counter import CounterDriver
+from acquisition.steps import SafeHow, step_types
 from drivers.errors import InstrumentError
-from drivers.harvester import HarvesterDriver
-from drivers.incubator import IncubatorDriver
 
 __all__ = ["cancel_and_wait", "clear_latch", "make_safe", "uninterruptible"]
 
 log = structlog.get_logger("acquisition.engine")
 
 
-async def make_safe(handles: dict[str, InstrumentHandle], *, aborting: bool) -> list[str]:
-    """When aborting: counter stopped, harvester vacuum off, latch cleared and a used mat
-    released (the next run finds no plate's half-done mat; an unused one stays); always:
-    incubator shaker off and at its idle setpoint. Never raises: returns what could not
-    be done, and logs it."""
+async def make_safe(
+    step_names: Iterable[str], handles: Mapping[str, InstrumentHandle], how: SafeHow
+) -> list[str]:
+    """Each step type of the run leaves the instruments of its roles safe, as it declares
+    (``make_safe`` of :class:`~acquisition.steps.StepType`): the counter stopped, the
+    harvester's vacuum off and a used mat released on abort, the incubator's shaker off at
+    its idle setpoint at the end. Never raises: returns what could not be done, and logs it."""
     problems: list[str] = []
-    for kind, handle in handles.items():
-        driver = handle.driver
+    types = step_types()
+    for name in dict.fromkeys(step_names):
+        entry = types.get(name)
+        if entry is None or entry.make_safe is None:
+            continue
+        mine = {kind: h for kind, h in handles.items() if kind in entry.roles}
+        if not mine:
+            continue
         try:
-            if isinstance(driver, IncubatorDriver):
-                await driver.stop_shaking()
-                idle = getattr(handle.config, "idle_setpoint_c", 25.0)
-                await driver.set_temperature(idle)
-            elif aborting and isinstance(driver, HarvesterDriver):
-                used = (await driver.mat()).used  # read first: an unused mat stays seated
-                await driver.abort()
-                if used:
-                    await driver.release_mat()
-            elif aborting and isinstance(driver, CounterDriver):
-                await driver.abort()
+            await entry.make_safe(mine, how)
         except (InstrumentError, OSError) as exc:
-            log.warning("could not make instrument safe", instrument=kind, error=str(exc))
-            problems.append(f"{handle.config.id}: {exc}")
+            ids = ", ".join(h.config.id for h in mine.values())
+            log.warning("could not make instrument safe", instrument=ids, error=str(exc))
+            problems.append(f"{ids}: {exc}")
     return problems
 
 

@@ -18,7 +18,7 @@ is assumed:
   not), or it cannot tell (the count went down or grew by more, or another run harvested
   on it since, as this journal shows); only the choices that make sense are offered;
 - :func:`release_harvester` is what skip leaves: vacuum off, latch cleared, a used mat
-  released (:func:`~.safety.make_safe` does the same on abort).
+  released (the step type's ``make_safe`` does the same on abort).
 """
 
 from __future__ import annotations
@@ -26,21 +26,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import structlog
+from pydantic import Field, StrictInt
 
 from acquisition.config import HarvesterConfig
-from acquisition.engine.context import StepContext, StepProgress
 from acquisition.errors import PreconditionError
 from acquisition.payloads import Progress
-from acquisition.protocols import HarvestStep, expected_duration_s
+from acquisition.quantities import DURATION, VOLUME, format_duration, quantity
+from acquisition.steps.registry import (
+    Assessment,
+    PlanLine,
+    SafeHow,
+    StepModel,
+    StepType,
+    register_step_type,
+)
 from drivers.errors import InstrumentError
 from drivers.harvester import HarvesterDriver, HarvesterStatus, MatReport
 
+if TYPE_CHECKING:
+    from acquisition.engine.context import StepContext, StepProgress
+    from acquisition.instruments import InstrumentHandle
+
 __all__ = [
-    "Assessment",
+    "HarvestStep",
     "assess_harvest",
     "prepare_harvest",
     "release_harvester",
@@ -54,18 +67,28 @@ WELL_VOLUME_ML = 0.25  # liquid per well filtered by the aspirate
 PEI_ML_PER_WELL_S = 0.005  # prewet flow
 MARGIN = 1.05  # a harvest needs 5 % more room than its estimate
 BUSY_WAIT_S = 900.0  # at most this long (run clock) for a step left running to end
+HARVEST_WASH_S = 20.0  # planning: one wash cycle of the harvester
+HARVEST_OVERHEAD_S = 20.0  # planning: aspirate, vacuum up and down
+_HOUR = 3600.0
 _REMEDY = {"waste_full": "empty_waste", "buffer_empty": "refill_buffer",
            "mat_not_seated": "seat_mat"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Assessment:
-    """What the operator is told after an interrupted step, and what they may answer."""
+class HarvestStep(StepModel):
+    """Filter the plate onto a mat: prewet the filter, wash, dry."""
 
-    text: str
-    options: tuple[str, ...]
-    case: str
-    facts: dict[str, Any]
+    type: Literal["harvest"]
+    instrument: str | None = Field(
+        None, max_length=64, description="instrument id; default: the config's only one"
+    )
+    prewet_s: Annotated[float, quantity(DURATION, lo=0, hi=600)] = Field(alias="prewet")
+    washes: StrictInt = Field(ge=1, le=10)
+    wash_volume_ml: Annotated[float, quantity(VOLUME, lo=0, lo_open=True, hi=5)] = Field(
+        alias="wash_volume", description="per well and wash"
+    )
+    dry_s: Annotated[float, quantity(DURATION, lo=0, hi=600)] = Field(alias="dry")
+    buffer: str | None = Field(None, max_length=200, description="free text, e.g. 'ice-cold'")
+
 
 
 def _driver(ctx: StepContext) -> tuple[HarvesterDriver, HarvesterConfig]:
@@ -209,7 +232,7 @@ async def run_harvest(ctx: StepContext, step: HarvestStep, progress: StepProgres
     driver, _ = _driver(ctx)
     mat = await driver.mat()
     resume = mat if _ours(progress, mat) else None
-    ticker = asyncio.create_task(_tick(ctx, expected_duration_s(step)),
+    ticker = asyncio.create_task(_tick(ctx, _plan(step).duration_s),
                                  name=f"harvest-progress:{ctx.index}")  # fmt: skip
     try:
         report = await driver.harvest(
@@ -336,3 +359,36 @@ async def release_harvester(ctx: StepContext, progress: StepProgress) -> dict[st
         progress.detail = {"finished_by_harvester": True, "mat": asdict(mat)}
     st, mat = await driver.status(), await driver.mat()
     return {"state": st.state, "plate_present": st.plate_present, "mat": asdict(mat)}
+
+
+def _plan(step: HarvestStep) -> PlanLine:
+    d = format_duration
+    volume = (f"{step.wash_volume_ml:g} mL" if step.wash_volume_ml >= 1
+              else f"{step.wash_volume_ml * 1000:g} uL")  # fmt: skip
+    settings = (f"prewet {d(step.prewet_s)}, {step.washes} x {volume}"
+                f"{' ' + step.buffer if step.buffer else ''}, dry {d(step.dry_s)}")  # fmt: skip
+    total = step.prewet_s + step.washes * HARVEST_WASH_S + step.dry_s + HARVEST_OVERHEAD_S
+    return PlanLine(settings, total)
+
+
+async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> None:
+    """Aborted: vacuum off, latch cleared and a used mat released (the next run finds no
+    plate's half-done mat; an unused one stays seated). A stopping daemon: vacuum off,
+    the mat left as it is for the resume to judge."""
+    handle = handles.get("harvester")
+    if handle is None or how == "end":
+        return
+    driver = handle.driver
+    assert isinstance(driver, HarvesterDriver)
+    used = how == "abort" and (await driver.mat()).used  # read first
+    await driver.abort()
+    if used:
+        await driver.release_mat()
+
+
+HARVEST = register_step_type(StepType(
+    name="harvest", model=HarvestStep, plan=_plan, run=run_harvest, roles=("harvester",),
+    pausable_midway=False,  # a plate half filtered cannot wait
+    prepare=prepare_harvest, assess=assess_harvest, release=release_harvester,
+    make_safe=_make_safe,
+))  # fmt: skip

@@ -1,0 +1,59 @@
+"""The step-type registry: what a protocol may hold is what is registered, in the shipped
+order, and the engine's core modules never name a step type (they read the registry)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from acquisition.protocols import ProtocolError, parse_protocol
+from acquisition.steps import PlanLine, StepModel, StepType, register_step_type, step_types
+from acquisition.steps.builtin import SHIPPED
+
+ENGINE = Path(__file__).resolve().parents[1] / "acquisition" / "engine"
+CORE = ("runner", "asking", "recovery", "launch", "runs", "safety", "commands", "leasing",
+        "states", "control")  # fmt: skip
+
+
+def test_the_shipped_step_types_come_first_in_their_order() -> None:
+    assert tuple(step_types())[: len(SHIPPED)] == SHIPPED
+
+
+def test_an_unknown_step_type_is_refused_naming_those_registered() -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse_protocol('name = "x"\n[[steps]]\ntype = "centrifuge"\n', source="x.toml")
+    assert str(err.value).startswith("x.toml: steps[0].type: a step type: one of incubate, "
+                                     "harvest, count, prompt, analyze, wait")  # fmt: skip
+
+
+def test_a_step_type_registered_later_is_accepted_by_the_loader() -> None:
+    class Tare(StepModel):
+        type: Literal["tare-test"]
+        grams: float
+
+    register_step_type(StepType(name="tare-test", model=Tare,
+                                plan=lambda step: PlanLine(f"{step.grams:g} g", 1.0)))  # fmt: skip
+    protocol, _ = parse_protocol('name = "t"\n[[steps]]\ntype = "tare-test"\ngrams = 2\n')
+    assert protocol.steps[0].type == "tare-test" and protocol.steps[0].grams == 2.0
+    with pytest.raises(ProtocolError, match=r"steps\[0\]\.grams"):
+        parse_protocol('name = "t"\n[[steps]]\ntype = "tare-test"\ngrams = "heavy"\n')
+
+
+def test_a_model_whose_type_is_not_its_literal_name_is_refused() -> None:
+    with pytest.raises(TypeError, match="Literal"):
+        register_step_type(StepType(name="loose", model=StepModel,
+                                    plan=lambda step: PlanLine("", 0.0)))  # fmt: skip
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_engine_core_names_no_step_type(module: str) -> None:
+    """No string literal that is a shipped step type, no import of a step module."""
+    tree = ast.parse((ENGINE / f"{module}.py").read_text(encoding="utf-8"))
+    named = [node.value for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and node.value in SHIPPED]  # fmt: skip
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("acquisition.steps.")]  # fmt: skip
+    assert not named and not imported, (named, imported)
