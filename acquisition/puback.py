@@ -6,6 +6,10 @@ returns as if it had been delivered. :func:`watch_puback_reasons` (once per clie
 :func:`publish_checked` (per publish) turn that into :class:`PublishRefusedError`. The
 outbox uses it to keep refused rows; the bench terminal to say "not authorized" at once
 instead of waiting for a reply that will never come.
+
+aiomqtt has no public API for a publish's reason code, so this reads two of its internals;
+pyproject.toml pins the exact aiomqtt it was written for, and tests/test_puback_internals.py
+fails, naming what moved, when another version or changed internals are installed.
 """
 
 from __future__ import annotations
