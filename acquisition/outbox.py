@@ -85,31 +85,43 @@ class OutboxTail:
     saves a round trip through the worker thread per document. Rows enter the mirror only
     after their transaction committed and leave it after their delete committed. Rows at or
     below ``floor`` (there when the journal was opened, or shed when the mirror outgrew
-    ``limit``) are read from SQLite.
+    ``limit`` rows or ``max_bytes`` of payload: a broker away for hours) are read from
+    SQLite.
     """
 
-    def __init__(self, floor: int, limit: int = 20_000) -> None:
+    def __init__(self, floor: int, limit: int = 20_000, max_bytes: int = 64 * 2**20) -> None:
         self._lock = threading.Lock()
         self._floor = floor
         self._limit = limit
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ids: list[int] = []  # ascending: AUTOINCREMENT ids only grow
         self._rows: dict[int, OutboxRow] = {}
+
+    @property
+    def held_bytes(self) -> int:
+        """Payload bytes held in memory now."""
+        return self._bytes
 
     def add(self, rows: Sequence[OutboxRow]) -> None:
         with self._lock:
             for row in rows:
                 self._ids.append(row.id)
                 self._rows[row.id] = row
-            if len(self._ids) > self._limit:
+                self._bytes += len(row.payload)
+            if len(self._ids) > self._limit or self._bytes > self._max_bytes:
                 self._floor = self._ids[-1]
                 self._ids.clear()
                 self._rows.clear()
+                self._bytes = 0
 
     def remove(self, ids: Sequence[int]) -> None:
         with self._lock:
             for row_id in ids:
-                if self._rows.pop(row_id, None) is not None:
+                row = self._rows.pop(row_id, None)
+                if row is not None:
                     del self._ids[bisect.bisect_left(self._ids, row_id)]
+                    self._bytes -= len(row.payload)
 
     def after(self, after_id: int, limit: int) -> list[OutboxRow] | None:
         """The rows, or None if they must be read from SQLite."""

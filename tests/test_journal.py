@@ -275,3 +275,17 @@ def test_outbox_tail_sheds_to_sqlite_when_it_grows_past_its_limit() -> None:
     tail.add(rows[3:])  # 4 rows > limit: the mirror is dropped, its floor moves up
     assert tail.after(14, 10) is None
     assert tail.after(15, 10) == []
+
+
+def test_outbox_tail_sheds_to_sqlite_when_its_payloads_outgrow_its_bytes() -> None:
+    """Few rows but large ones (sweep summaries, a broker away for hours): memory stays
+    bounded by bytes too; what was shed is read from SQLite."""
+    tail = OutboxTail(floor=0, limit=1000, max_bytes=1000)
+    rows = [OutboxRow(i, "t", b"x" * 400, 1, False) for i in range(1, 5)]
+    tail.add(rows[:2])
+    assert tail.held_bytes == 800 and tail.after(0, 10) == rows[:2]
+    tail.remove([1])
+    assert tail.held_bytes == 400
+    tail.add(rows[2:])  # 1200 bytes > 1000: dropped, floor moves to the newest id
+    assert tail.held_bytes == 0
+    assert tail.after(3, 10) is None and tail.after(4, 10) == []
