@@ -108,11 +108,20 @@ class JournalConfig(_Strict):
     """The local SQLite journal: the source of truth for every run document."""
 
     path: Path = Path("var/journal.sqlite3")
+    data_dir: Path | None = Field(
+        None, description="where runs write their files (artifacts); default: a 'data' "
+        "folder beside the journal",
+    )
     synchronous: Literal["normal", "full"] = Field(
         "normal",
         description="SQLite synchronous mode in WAL: 'normal' survives a daemon crash, "
         "'full' also a power cut, at the cost of an fsync per document",
     )
+
+    @property
+    def data_directory(self) -> Path:
+        """``data_dir``, else ``data`` beside the journal file."""
+        return self.data_dir if self.data_dir is not None else self.path.parent / "data"
 
 
 class LoggingConfig(_Strict):

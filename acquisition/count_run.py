@@ -166,7 +166,8 @@ async def _count(
     ):
         tally.done += 1
         progress = Progress(done=tally.done, total=tally.total, eta_s=eta.estimate(tally.done))
-        await recorder.data(_reading(count, status.plate_id), progress)
+        await recorder.data(_reading(count, status.plate_id), progress,
+                            latest={"well": count.well, "cpm": count.cpm, "ccpm": count.ccpm})
     await recorder.step_phase(STEP, "finished", {"wells": tally.done})
     await recorder.stop("success", f"counted {_wells(tally.done)}", "completed")
 

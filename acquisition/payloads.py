@@ -9,14 +9,19 @@ by ``id``.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 __all__ = [
+    "DATA_STREAMS",
+    "ArtifactDocument",
     "DaemonStatus",
     "DataDocument",
+    "DataStream",
     "InstrumentState",
     "InterruptionDocument",
     "Progress",
@@ -29,6 +34,7 @@ __all__ = [
     "StopDocument",
     "TemperatureReading",
     "WellReading",
+    "register_stream",
     "run_document_adapter",
 ]
 
@@ -188,10 +194,74 @@ class StepDocument(_DocumentBase):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DataStream:
+    """A kind of reading a run records as ``data`` documents (``stream`` names it)."""
+
+    name: str
+    reading: type[BaseModel]
+    description: str
+
+
+DATA_STREAMS: dict[str, DataStream] = {}
+_STREAM_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+def register_stream(stream: DataStream) -> DataStream:
+    """Add a data stream (a step type's module registers the readings it records)."""
+    if not re.match(_STREAM_NAME, stream.name):
+        raise ValueError(f"stream name {stream.name!r}: lower-case letters, digits, '-', '_'")
+    DATA_STREAMS[stream.name] = stream
+    return stream
+
+
+register_stream(DataStream("well", WellReading, "one counted well"))
+register_stream(DataStream("temperature", TemperatureReading, "one incubator sample"))
+
+
 class DataDocument(_DocumentBase):
+    """One reading. ``reading`` is validated by the model its stream registered; a stream
+    this version does not know (a newer daemon's, a plug-in not loaded) is kept as it is,
+    never refused: an old run's documents always read back."""
+
     kind: Literal["data"] = "data"
-    stream: Literal["well", "temperature"] = "well"
-    reading: WellReading | TemperatureReading
+    stream: str = Field("well", pattern=_STREAM_NAME)
+    reading: WellReading | TemperatureReading | dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reading_of_its_stream(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = DATA_STREAMS.get(str(data.get("stream", "well")))
+            reading = data.get("reading")
+            if known is not None and not isinstance(reading, known.reading):
+                data = {**data, "reading": known.reading.model_validate(reading)}
+        return data
+
+
+class ArtifactDocument(_DocumentBase):
+    """A file the run produced (an NWB file, a plot): bulk data lives in files, the journal
+    and MQTT carry this reference and the file's summary."""
+
+    kind: Literal["artifact"] = "artifact"
+    path: str = Field(
+        min_length=1, max_length=500,
+        description="relative to the daemon's data directory (journal.data_dir); no '..'",
+    )
+    media_type: str = Field(pattern=r"^[a-z]+/[A-Za-z0-9.+_-]+$", examples=["application/x-nwb"])
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    holds: str = Field(min_length=1, max_length=500, description="what the file holds")
+    step_index: int | None = Field(None, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_data_directory(cls, v: str) -> str:
+        parts = v.split("/")
+        if v.startswith("/") or "\\" in v or ".." in parts or "" in parts:
+            raise ValueError(f"a relative path inside the data directory, like "
+                             f"'runs/RUN/sweeps.nwb' (got {v!r})")  # fmt: skip
+        return v
 
 
 class InterruptionDocument(_DocumentBase):
@@ -229,6 +299,7 @@ RunDocument = Annotated[
     | DataDocument
     | InterruptionDocument
     | PromptDocument
+    | ArtifactDocument
     | StopDocument,
     Field(discriminator="kind"),
 ]

@@ -21,19 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from acquisition.config import LabConfig
 from acquisition.engine.states import check_transition
 from acquisition.errors import JournalError
 from acquisition.journal import Journal, OutboxMessage, RunRecord
 from acquisition.payloads import (
+    DATA_STREAMS,
+    ArtifactDocument,
     DataDocument,
     ExitStatus,
     InterruptionDocument,
@@ -45,8 +51,6 @@ from acquisition.payloads import (
     StartDocument,
     StepDocument,
     StopDocument,
-    TemperatureReading,
-    WellReading,
 )
 from drivers.clock import Clock, MonotonicClock
 
@@ -217,6 +221,7 @@ class RunRecorder:
         | DataDocument
         | InterruptionDocument
         | PromptDocument
+        | ArtifactDocument
         | StopDocument,
         *,
         durable: bool = False,
@@ -351,18 +356,35 @@ class RunRecorder:
             StepDocument(**self._base(), step=step, phase=phase, detail=detail or {})
         )
 
-    async def data(self, reading: WellReading, progress: Progress) -> None:
+    async def data(
+        self, reading: BaseModel, progress: Progress | None, *, stream: str = "well",
+        latest: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """One reading of a registered ``stream`` (payloads.DATA_STREAMS); ``latest``: what
+        the run state shows of it (the newest well)."""
+        known = DATA_STREAMS.get(stream)
+        if known is None or not isinstance(reading, known.reading):
+            raise ValueError(f"a {type(reading).__name__} is not a reading of stream {stream!r}")
         self.progress = progress
-        self.latest = {"well": reading.well, "cpm": reading.cpm, "ccpm": reading.ccpm}
-        await self._append(DataDocument(**self._base(), reading=reading), throttle_state=True)
+        if latest is not None:
+            self.latest = latest
+        await self._append(DataDocument(**self._base(), stream=stream, reading=reading),
+                           throttle_state=True)  # fmt: skip
 
-    async def sample(self, reading: TemperatureReading, progress: Progress | None) -> None:
-        """One incubator temperature sample (stream ``temperature``)."""
-        self.progress = progress
-        await self._append(
-            DataDocument(**self._base(), stream="temperature", reading=reading),
-            throttle_state=True,
+    async def artifact(
+        self, file: Path, *, media_type: str, holds: str, step_index: int | None = None
+    ) -> ArtifactDocument:
+        """A file the run wrote inside the daemon's data directory: its reference, size and
+        sha256 (read on a worker thread) as an ``artifact`` document."""
+        rel, size, digest = await asyncio.to_thread(
+            _inside_with_size_and_sha256, self._config.journal.data_directory, file
         )
+        doc = ArtifactDocument(
+            **self._base(), path=rel, media_type=media_type,
+            size_bytes=size, sha256=digest, holds=holds, step_index=step_index,
+        )  # fmt: skip
+        await self._append(doc)
+        return doc
 
     async def prompt_event(
         self,
@@ -403,3 +425,17 @@ class RunRecorder:
             ),
             durable=True,
         )
+
+
+def _inside_with_size_and_sha256(data_dir: Path, file: Path) -> tuple[str, int, str]:
+    """``file``'s path relative to ``data_dir`` (ValueError if outside), size and sha256."""
+    root, path = data_dir.resolve(), file.resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{file} is not inside the data directory {root}")
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return path.relative_to(root).as_posix(), size, digest.hexdigest()

@@ -277,6 +277,22 @@ def test_read_run_attributes_counted_wells_to_their_step() -> None:
     assert point.progress[2].started
 
 
+def test_read_run_leaves_out_readings_it_cannot_read_and_goes_on() -> None:
+    """A stream this version does not know (a newer daemon's, a plug-in not loaded) and a
+    malformed reading are left out of the resume; the run stays resumable, never aborted."""
+    d = Docs(TWO_COUNTS).step(1, "started").wells("A1")
+    d._add("data", stream="sweep", reading={"sweep": 3})
+    d._add("data", stream="well", reading=None)
+    d.wells("A2")
+    point = d.point()
+    assert point.progress[1].counted == ["A1", "A2"] and point.next_index == 1
+    inc = _through_incubation(1)
+    inc._add("data", stream="temperature", reading={"step_index": 2, "elapsed_s": 9.0})
+    inc._add("data", stream="temperature", reading="garbage")
+    prog = inc.point().progress[2]
+    assert prog.elapsed_s == 0.0 and prog.last_sample_at == T0  # only the full sample
+
+
 def test_read_run_counts_a_well_once_and_goes_on_after_a_resume() -> None:
     d = Docs(TWO_COUNTS).step(1, "started").wells("A1", "A2").step(1, "paused")
     d.step(1, "resumed").wells("A2", "A3")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +103,38 @@ async def test_no_retained_state_is_queued_before_the_document_it_names(
             assert body["last_seq"] <= newest_event, "a state names a document not yet queued"
         else:
             newest_event = body["seq"]
+
+
+async def test_a_file_the_run_wrote_is_recorded_by_reference_with_its_digest(
+    tmp_journal: Journal, tmp_path: Path
+) -> None:
+    """Bulk data lives in files: the journal gets the file's path inside the data
+    directory, its size and sha256, never its bytes; a file outside it is refused."""
+    config = LabConfig(node="rec", journal={"path": tmp_path / "j.sqlite3"})
+    data_dir = config.journal.data_directory
+    assert data_dir == tmp_path / "data"
+    (data_dir / "runs").mkdir(parents=True)
+    body = b"\x89HDF\r\n" + bytes(range(256)) * 64
+    (data_dir / "runs" / "sweeps.nwb").write_bytes(body)
+    rec = await RunRecorder.create(config, tmp_journal, lambda: None, "patch", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    doc = await rec.artifact(data_dir / "runs" / "sweeps.nwb", media_type="application/x-nwb",
+                             holds="12 sweeps, 2 channels", step_index=3)  # fmt: skip
+    assert (doc.path, doc.size_bytes) == ("runs/sweeps.nwb", len(body))
+    assert doc.sha256 == hashlib.sha256(body).hexdigest()
+    stored = [json.loads(p) for p in await tmp_journal.documents(rec.run)][-1]
+    assert stored["kind"] == "artifact" and stored["path"] == "runs/sweeps.nwb"
+    assert len(json.dumps(stored)) < 1000  # a reference, not the data
+    (tmp_path / "elsewhere.nwb").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not inside the data directory"):
+        await rec.artifact(tmp_path / "elsewhere.nwb", media_type="application/x-nwb",
+                           holds="x")  # fmt: skip
+
+
+async def test_a_reading_must_be_of_its_registered_stream(tmp_journal: Journal) -> None:
+    rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    with pytest.raises(ValueError, match="not a reading of stream 'temperature'"):
+        await rec.data(reading(0), None, stream="temperature")
+    with pytest.raises(ValueError, match="stream 'sweep'"):
+        await rec.data(reading(0), None, stream="sweep")

@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from acquisition.engine.context import StepProgress
 from acquisition.protocols import Protocol
 from acquisition.steps import step_types
 
 __all__ = ["ResumePoint", "decide", "read_run"]
+
+log = structlog.get_logger("acquisition.engine")
 
 
 @dataclass
@@ -77,7 +81,13 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
         elif kind == "data" and current is not None and current <= len(steps):
             entry = types.get(str(steps[current - 1].get("type")))
             if entry is not None and entry.rebuild is not None:
-                entry.rebuild(point.progress.setdefault(current, StepProgress()), doc)
+                prog = point.progress.setdefault(current, StepProgress())
+                try:
+                    entry.rebuild(prog, doc)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    # a reading this version cannot read: left out, never fatal to the run
+                    log.warning("reading left out of the resume", seq=doc.get("seq"),
+                                stream=doc.get("stream"))  # fmt: skip
     done = set(point.completed)
     point.next_index = next(
         (i for i in range(1, len(proto["definition"].get("steps", [])) + 2) if i not in done),

@@ -86,7 +86,7 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
     detail: dict[str, Any] = {"previous": record.state, "last_seq": record.last_seq}
     try:
         point = read_run(await _documents(journal, record.run))
-    except (ValueError, KeyError):
+    except ValueError:
         # It never started (no start document): nothing to resume, the run ends here.
         await recorder.interruption("daemon restarted", detail)
         await recorder.stop("interrupted", "the daemon stopped before the run started", "aborted")

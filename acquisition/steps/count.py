@@ -105,7 +105,9 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
             done = len(progress.counted)
             pace = (ctx.clock.monotonic() - start) / max(1, done - done_before)
             prog = Progress(done=done, total=total, eta_s=pace * (total - done))
-            await ctx.recorder.data(_reading(count, done - 1, status.plate_id), prog)
+            await ctx.recorder.data(_reading(count, done - 1, status.plate_id), prog,
+                                    latest={"well": count.well, "cpm": count.cpm,
+                                            "ccpm": count.ccpm})  # fmt: skip
     except asyncio.CancelledError:
         with contextlib.suppress(InstrumentError, OSError):
             await asyncio.shield(driver.abort())
@@ -139,7 +141,9 @@ def _plan(step: CountStep) -> PlanLine:
 def _rebuild(progress: StepProgress, doc: Mapping[str, Any]) -> None:
     """A well's count: that well is done."""
     if doc.get("stream", "well") == "well":
-        well = str((doc.get("reading") or {}).get("well"))
+        well = doc["reading"]["well"]  # a malformed reading raises: left out of the resume
+        if not isinstance(well, str):
+            raise TypeError(f"well {well!r}")
         if well not in progress.counted:
             progress.counted.append(well)
 

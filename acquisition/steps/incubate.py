@@ -143,7 +143,7 @@ async def _sample(
         ctx.recorder.latest = {
             "temperature_c": temp, "setpoint_c": step.temperature_c, "phase": phase,
         }  # fmt: skip
-        await ctx.recorder.sample(reading, prog)
+        await ctx.recorder.data(reading, prog, stream="temperature")
         progress.last_sample_at = now
     return temp, inside
 
