@@ -14,8 +14,8 @@ from acquisition.steps import PlanLine, StepModel, StepType, register_step_type,
 from acquisition.steps.builtin import SHIPPED
 
 ENGINE = Path(__file__).resolve().parents[1] / "acquisition" / "engine"
-CORE = ("runner", "asking", "recovery", "launch", "runs", "safety", "commands", "leasing",
-        "states", "control")  # fmt: skip
+CORE = ("runner", "asking", "recovery", "launch", "runs", "safety", "steering", "leasing",
+        "control")  # fmt: skip
 
 
 def test_the_shipped_step_types_come_first_in_their_order() -> None:

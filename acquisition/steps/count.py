@@ -29,8 +29,8 @@ from acquisition.steps.registry import (
 from drivers.errors import InstrumentError
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
     from acquisition.instruments import InstrumentHandle
+    from acquisition.steps.context import StepContext, StepProgress
     from drivers.counter import WellCount
 
 __all__ = ["ALL_WELLS", "COUNTER_DETECTORS", "COUNT_OVERHEAD_S", "PLATE_WELLS", "CountStep",
