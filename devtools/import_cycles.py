@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Mapping
 
-PACKAGES = ("acquisition", "drivers", "simulators", "devtools")
+PACKAGES = ("acquisition", "drivers", "simulators", "devtools", "labware")
 
 __all__ = ["cycles", "main"]
 
