@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python -m devtools.import_cycles
 	$(BIN)/python -m acquisition.schemas --check
 
 schemas: $(STAMP)

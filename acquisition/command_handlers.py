@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
 
 import structlog
 
@@ -26,16 +28,42 @@ from acquisition.commands import (
     SimArgs,
     parse_command,
 )
+from acquisition.engine.services import ActiveEntry, Notifier, RunServices
 from acquisition.errors import CommandError
+from acquisition.instance import Identity
 from acquisition.journal import OutboxMessage, RunRecord
-from acquisition.run_recorder import utcnow
+from acquisition.run_recorder import RunRecorder, utcnow
 from acquisition.sim_control import SimControl
 from drivers.errors import InstrumentReplyError, LinkError
 
-if TYPE_CHECKING:
-    from acquisition.daemon import Daemon
+__all__ = ["CommandHandlers", "DaemonServices", "ReplyCache"]
 
-__all__ = ["CommandHandlers", "ReplyCache"]
+
+class _Link(Notifier, Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class _Active(ActiveEntry, Protocol):
+    @property
+    def recorder(self) -> RunRecorder: ...
+
+
+class DaemonServices(RunServices, Protocol):
+    """What the command handlers need of the daemon (acquisition.daemon.Daemon is one)."""
+
+    @property
+    def link(self) -> _Link: ...
+    @property
+    def active(self) -> Mapping[str, _Active]: ...
+    @property
+    def identity(self) -> Identity | None: ...
+    @property
+    def started_at(self) -> datetime: ...
+
+    async def start_count_run(self, args: RunStartArgs) -> RunRecorder: ...
+    async def start_protocol_run(self, args: ProtocolRunArgs) -> RunRecorder: ...
+    def abort_run(self, run: str) -> bool: ...
 
 log = structlog.get_logger("acquisition.commands")
 REPLAY_LIMIT = 100_000
@@ -81,7 +109,7 @@ class ReplyCache:
 
 
 class CommandHandlers:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonServices) -> None:
         self._d = daemon
 
     async def handle(self, payload: bytes) -> CommandReply:
@@ -126,7 +154,7 @@ class CommandHandlers:
                 assert isinstance(args, RunRef)
                 return await self.abort(args.run)
             case "run.pause" | "run.resume" | "run.answer" | "run.recover":
-                from acquisition.engine.commands import engine_command
+                from acquisition.engine.steering import engine_command
 
                 return await engine_command(self._d, verb, args)
             case "results":
@@ -191,7 +219,7 @@ class CommandHandlers:
         if record.state == "aborted":
             return {"run": run, "state": "aborted"}  # a repeated abort is not an error
         if record.state == "interrupted" and record.protocol != "count-plate":
-            from acquisition.engine.commands import abort_interrupted
+            from acquisition.engine.steering import abort_interrupted
 
             return await abort_interrupted(self._d, record)
         raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")

@@ -17,15 +17,25 @@ import os
 import ssl
 import stat
 from pathlib import Path
+from typing import Protocol
 
-from acquisition.config import MqttConfig
+
+class MqttTls(Protocol):
+    """What the TLS check reads of ``[mqtt]`` (acquisition.config.MqttConfig)."""
+
+    @property
+    def tls_ca(self) -> Path | None: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
 
 __all__ = ["check_journal_path", "check_tls_files"]
 
 Problem = tuple[str, str]
 
 
-def check_tls_files(mqtt: MqttConfig) -> Problem | None:
+def check_tls_files(mqtt: MqttTls) -> Problem | None:
     """Every TLS file set exists and is a PEM file that OpenSSL accepts for its role."""
     files = (("tls_ca", mqtt.tls_ca), ("tls_cert", mqtt.tls_cert), ("tls_key", mqtt.tls_key))
     for name, path in files:
@@ -54,7 +64,7 @@ def check_tls_files(mqtt: MqttConfig) -> Problem | None:
     return None
 
 
-def _blame_cert_or_key(mqtt: MqttConfig, exc: BaseException) -> Problem:
+def _blame_cert_or_key(mqtt: MqttTls, exc: BaseException) -> Problem:
     reason = _reason(exc)
     key = mqtt.tls_key
     if key is None:

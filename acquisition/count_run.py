@@ -22,11 +22,12 @@ from acquisition.run_recorder import RunRecorder, utcnow
 from drivers.clock import Clock
 from drivers.counter import CounterDriver, WellCount
 from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentReplyError
+from labware import wells
 
 __all__ = ["CountOutcome", "run_count_plate"]
 
 log = structlog.get_logger("acquisition.count_run")
-ALL_WELLS = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
+ALL_WELLS = wells(96)
 STEP = "count"
 
 

@@ -35,7 +35,6 @@ from acquisition.config import LabConfig
 from acquisition.count_run import run_count_plate
 from acquisition.engine.runner import ProtocolRun
 from acquisition.engine.runs import interrupt_open_run, protocol_run_from_args, resumed_protocol_run
-from acquisition.engine.states import OPEN
 from acquisition.errors import CommandError, InstanceError
 from acquisition.instance import Identity, JournalLock, claim_node, live_rival
 from acquisition.instruments import InstrumentManager
@@ -43,6 +42,7 @@ from acquisition.journal import Journal, OutboxMessage
 from acquisition.mqtt_link import MqttLink
 from acquisition.payloads import DaemonStatus
 from acquisition.run_recorder import RunRecorder, utcnow
+from acquisition.run_states import OPEN
 from drivers.clock import Clock, MonotonicClock, ScaledClock
 
 __all__ = ["ActiveRun", "Daemon"]

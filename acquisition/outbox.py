@@ -36,7 +36,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiomqtt
 import structlog
@@ -49,8 +49,15 @@ from acquisition.puback import (
 )
 from drivers.backoff import Backoff
 
-if TYPE_CHECKING:
-    from acquisition.journal import Journal
+
+class OutboxStore(Protocol):
+    """What the drainer needs of the journal (acquisition.journal.Journal): the rows to
+    publish after a cursor, their deletion once acknowledged, and how many are left."""
+
+    async def outbox_after(self, after_id: int, limit: int) -> list[OutboxRow]: ...
+    async def outbox_delete(self, ids: Sequence[int]) -> None: ...
+    async def outbox_size(self) -> int: ...
+
 
 __all__ = ["OutboxDrainer", "OutboxMessage", "OutboxRow", "OutboxTail", "PublishRefusedError"]
 
@@ -159,7 +166,7 @@ class OutboxDrainer:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: OutboxStore,
         *,
         window: int,
         publish_timeout_s: float = 30.0,

@@ -67,6 +67,7 @@ from acquisition.analysis.layout import (
     well_order,
 )
 from acquisition.errors import AnalysisError, ConfigError
+from labware import expand_wells
 
 __all__ = [
     "PlateMapError",
@@ -78,7 +79,6 @@ __all__ = [
     "plate_map_toml",
 ]
 
-_WELL = re.compile(r"([A-H])(1[0-2]|[1-9])")
 _ROLES = ("total", "nsb", "competitor", "blank")
 _TOP_KEYS = ("defaults", "wells")
 # The simulated bench's physical keys: checked here, read by the simulator only.
@@ -200,16 +200,10 @@ def _layout(source: str, data: Mapping[str, Any]) -> PlateLayout:
 
 def _expand(spec: str) -> tuple[str, ...] | None:
     """``"A1"``, ``"A1,B3"`` or the rectangle ``"A1:C2"`` to well names; None if malformed."""
-    out: list[str] = []
-    for part in spec.replace(" ", "").split(","):
-        ends = part.split(":")
-        matches = [_WELL.fullmatch(e) for e in ends]
-        if len(ends) > 2 or not all(matches):
-            return None
-        (r0, c0), (r1, c1) = ((m[1], int(m[2])) for m in (matches[0], matches[-1]) if m)
-        i0, i1 = sorted((ROWS.index(r0), ROWS.index(r1)))
-        out += [f"{r}{c}" for r in ROWS[i0:i1 + 1] for c in range(min(c0, c1), max(c0, c1) + 1)]
-    return tuple(out)
+    try:
+        return expand_wells(spec)
+    except ValueError:
+        return None
 
 
 def _entry(fail: Any, where: str, table: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Assay protocols as data: TOML files in config/protocols, validated, and their plan.
 
-``load_protocol(path)`` returns a :class:`Protocol` or raises :class:`ProtocolError` whose
+``load_protocol(path)`` returns a :class:`Protocol` or raises :class:`ProtocolFileError` whose
 message is the one line a user sees: ``<file>: <location>: <what was expected>``, with
 locations like ``steps[2].duration`` (0-based, as written in the file's ``[[steps]]`` order).
 
@@ -44,7 +44,7 @@ __all__ = [
     "PromptAction",
     "PromptStep",
     "Protocol",
-    "ProtocolError",
+    "ProtocolFileError",
     "Step",
     "WaitStep",
     "check_protocol_command",
@@ -59,7 +59,7 @@ __all__ = [
 Step = StepModel  # any registered step type's model
 
 
-class ProtocolError(ConfigError):
+class ProtocolFileError(ConfigError):
     """A protocol file is invalid; ``str(err)`` is ``<file>: <location>: <expected>``."""
 
 
@@ -84,17 +84,17 @@ def _validator(version: int) -> type[Protocol]:
 
 
 def load_protocol(path: Path | str) -> Protocol:
-    """Read and validate a protocol file; ProtocolError with a one-line message."""
+    """Read and validate a protocol file; ProtocolFileError with a one-line message."""
     p = Path(path)
     source = str(p)
     if not p.is_file():
-        raise ProtocolError(source, "(file)", "an existing TOML file (not found)")
+        raise ProtocolFileError(source, "(file)", "an existing TOML file (not found)")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(source, "(syntax)", "a UTF-8 text file") from exc
+        raise ProtocolFileError(source, "(syntax)", "a UTF-8 text file") from exc
     except OSError as exc:
-        raise ProtocolError(source, "(file)", f"a readable file ({exc.strerror})") from exc
+        raise ProtocolFileError(source, "(file)", f"a readable file ({exc.strerror})") from exc
     return parse_protocol(text, source=source)[0]
 
 
@@ -104,7 +104,7 @@ def parse_protocol(text: str, *, source: str = "protocol") -> tuple[Protocol, di
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(source, "(syntax)", f"valid TOML ({exc})") from exc
+        raise ProtocolFileError(source, "(syntax)", f"valid TOML ({exc})") from exc
     return protocol_from_data(data, source=source), data
 
 
@@ -123,10 +123,10 @@ def _check_steps(source: str, protocol: Protocol) -> None:
         check = step_type(step.type).check
         problem = check(step, protocol.steps[:i]) if check is not None else None
         if problem is not None:
-            raise ProtocolError(source, f"steps[{i}]{problem[0]}", problem[1])
+            raise ProtocolFileError(source, f"steps[{i}]{problem[0]}", problem[1])
 
 
-def _one_line(source: str, exc: ValidationError) -> ProtocolError:
+def _one_line(source: str, exc: ValidationError) -> ProtocolFileError:
     err = exc.errors(include_url=False)[0]
     raw_loc = tuple(err.get("loc", ()))
     loc = _format_loc(raw_loc)
@@ -150,7 +150,7 @@ def _one_line(source: str, exc: ValidationError) -> ProtocolError:
         msg = f"one of {msg} (got {_short(err.get('input'))})"
     elif "input" in err:
         msg = f"{msg} (got {_short(err['input'])})"
-    return ProtocolError(source, loc or "(top level)", msg)
+    return ProtocolFileError(source, loc or "(top level)", msg)
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -233,7 +233,7 @@ def check_protocol_command(path: Path) -> int:
     try:
         protocol = load_protocol(path)
         text = format_plan(plan(protocol), str(path))
-    except ProtocolError as exc:
+    except ProtocolFileError as exc:
         print(f"assay: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback at the bench

@@ -34,7 +34,6 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from acquisition.config import LabConfig
-from acquisition.engine.states import check_transition
 from acquisition.errors import JournalError
 from acquisition.journal import Journal, OutboxMessage, RunRecord
 from acquisition.payloads import (
@@ -52,6 +51,7 @@ from acquisition.payloads import (
     StepDocument,
     StopDocument,
 )
+from acquisition.run_states import check_transition
 from drivers.clock import Clock, MonotonicClock
 
 __all__ = ["MAX_PENDING_WRITES", "STATE_INTERVAL_S", "RunRecorder", "new_run_id", "utcnow"]

@@ -17,6 +17,7 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     │   └── InstrumentFaultError the instrument is in a fault state (door open, jam, ...)
     │       └── PreconditionError  a step's needs are not in place     (acquisition)
     ├── ConfigError              a config file or override is invalid      (acquisition)
+    │   └── ProtocolFileError    an assay protocol file is invalid     (acquisition.protocols)
     ├── CommandError             an MQTT command was malformed or refused  (acquisition)
     ├── JournalError             the local journal could not be written    (acquisition)
     ├── BrokerError              the MQTT broker refused or dropped us     (acquisition)

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from drivers.counter.codec import WellCount, well_names
+from labware import FORMATS
 
 __all__ = [
     "EFFICIENCY",
@@ -115,7 +116,7 @@ def positions(detectors: int) -> tuple[tuple[tuple[int, str], ...], ...]:
     return tuple(
         tuple((d + 1, f"{row}{d * cols + col + 1}") for d in range(detectors))
         for col in range(cols)
-        for row in "ABCDEFGH"
+        for row in FORMATS[96].rows
     )
 
 

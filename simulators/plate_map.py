@@ -33,7 +33,6 @@ competitor; ``nsb`` and ``competitor`` wells must).
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.counter.codec import well_names
+from labware import FORMATS, expand_wells
 
 __all__ = [
     "CompetitionLayout",
@@ -56,9 +56,8 @@ __all__ = [
 ]
 
 Role = Literal["total", "nsb", "competitor", "blank"]
-ROWS = "ABCDEFGH"
+ROWS = FORMATS[96].rows
 DEFAULT_RADIOLIGAND = "[3H](+)-pentazocine"
-_WELL = re.compile(r"([A-H])(1[0-2]|[1-9])")
 
 
 @dataclass(frozen=True)
@@ -117,20 +116,6 @@ class _Well(_Model):
 class _PlateMapModel(_Model):
     defaults: _Defaults = _Defaults()
     wells: dict[str, _Well]
-
-
-def expand_wells(spec: str) -> tuple[str, ...]:
-    """``"A1"``, ``"A1,B3"`` or the rectangle ``"A1:C2"`` (A1 A2 B1 B2 C1 C2) to well names."""
-    out: list[str] = []
-    for part in spec.replace(" ", "").split(","):
-        ends = part.split(":")
-        matches = [_WELL.fullmatch(e) for e in ends]
-        if len(ends) > 2 or not all(matches):
-            raise ValueError(f"not a well or well range: {part!r} (A1-H12, A1:H1)")
-        (r0, c0), (r1, c1) = ((m[1], int(m[2])) for m in (matches[0], matches[-1]) if m)
-        rows = ROWS[min(ROWS.index(r0), ROWS.index(r1)) : max(ROWS.index(r0), ROWS.index(r1)) + 1]
-        out += [f"{r}{c}" for r in rows for c in range(min(c0, c1), max(c0, c1) + 1)]
-    return tuple(out)
 
 
 def parse_plate_map(data: Mapping[str, Any]) -> PlateMap:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from labware import FORMATS
+
 __all__ = ["DemoPlate", "demo_plate"]
 
 TOTAL_DPM = 8000.0
@@ -41,7 +43,7 @@ def demo_plate(seed: int = 1, plate_id: str = "DEMO-0001") -> DemoPlate:
     rng = random.Random(seed)
     dpm: dict[str, float] = {}
     conc: dict[str, float] = {}
-    for row in "ABCDEFGH":
+    for row in FORMATS[96].rows:
         dpm[f"{row}1"] = TOTAL_DPM
         dpm[f"{row}2"] = NSB_DPM
     for _name, ki_m, rows in COMPETITORS:

@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from acquisition.engine.context import StepContext, StepProgress
 from acquisition.payloads import Progress
 from acquisition.quantities import DURATION, format_duration, quantity
 from acquisition.steps import PlanLine, StepModel, StepType, register_step_type
+from acquisition.steps.context import StepContext, StepProgress
 
 TICK_S = 5.0
 

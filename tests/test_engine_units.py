@@ -1,5 +1,5 @@
 """The run engine's pure parts, without a broker or any I/O: the state machine
-(:mod:`acquisition.engine.states`), what the terminal asks of a run
+(:mod:`acquisition.run_states`), what the terminal asks of a run
 (:mod:`acquisition.engine.control`) and where an interrupted run stands, read back from its
 documents (:mod:`acquisition.engine.recovery`). The commands need a daemon: see
 tests/test_engine_e2e.py.
@@ -16,9 +16,9 @@ import pytest
 
 from acquisition.engine.control import RunControl
 from acquisition.engine.recovery import ResumePoint, decide, read_run
-from acquisition.engine.states import FINAL, OPEN, TRANSITIONS, check_transition
 from acquisition.payloads import RunStateName
 from acquisition.protocols import Protocol, parse_protocol
+from acquisition.run_states import FINAL, OPEN, TRANSITIONS, check_transition
 
 # ----------------------------------------------------------------------------- states
 

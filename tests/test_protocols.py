@@ -12,7 +12,7 @@ from acquisition.protocols import (
     HarvestStep,
     IncubateStep,
     PromptStep,
-    ProtocolError,
+    ProtocolFileError,
     check_protocol_command,
     load_protocol,
     plan,
@@ -218,7 +218,7 @@ def test_bad_file_gives_one_line(
     prefix = f"assay: {path}: {location}: "
     assert err.startswith(prefix), err
     assert expected in err, err
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(ProtocolFileError) as info:
         load_protocol(path)
     assert info.value.field == location
 

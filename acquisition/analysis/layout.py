@@ -35,7 +35,6 @@ tests/test_run_analysis.py):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -49,6 +48,7 @@ from pydantic import (
 )
 
 from acquisition.errors import AnalysisError
+from labware import FORMATS, normalize_well, well_order, wells
 
 __all__ = [
     "COLUMNS",
@@ -63,28 +63,13 @@ __all__ = [
 ]
 
 Role = Literal["total", "nsb", "competitor", "blank"]
-ROWS = "ABCDEFGH"
-COLUMNS = 12
-_WELL = re.compile(r"([A-Ha-h])0?([1-9]|1[0-2])")
+ROWS = FORMATS[96].rows
+COLUMNS = FORMATS[96].columns
 
 
 def plate_wells() -> tuple[str, ...]:
     """The 96 wells in row-major order (A1, A2, ... H12)."""
-    return tuple(f"{row}{col}" for row in ROWS for col in range(1, COLUMNS + 1))
-
-
-_ORDER = {w: i for i, w in enumerate(plate_wells())}
-
-
-def normalize_well(name: str) -> str | None:
-    """``"a01"`` -> ``"A1"``; None if ``name`` is not a well of a 96-well plate."""
-    m = _WELL.fullmatch(name.strip())
-    return None if m is None else f"{m[1].upper()}{int(m[2])}"
-
-
-def well_order(well: str) -> int:
-    """Position of a (normalised) well in plate order; unknown names sort last."""
-    return _ORDER.get(well, len(_ORDER))
+    return wells(96)
 
 
 class LayoutWell(BaseModel):

@@ -294,3 +294,9 @@ def print_results(console: Console, results: dict[str, Any]) -> None:
         )
     else:
         console.print(f"{len(results['wells'])} wells so far; the run has not stopped")
+
+
+def steer_line(reply: dict[str, Any]) -> str:
+    """``run RUN: <state> <message>``: the one line a steering command prints."""
+    line = f"run {reply['run']}: {reply['state']}"
+    return f"{line} {reply['message']}" if reply.get("message") else line

@@ -215,6 +215,7 @@ def _read(path: str) -> str:
 
 async def run_action(client: Any, console: Any, args: argparse.Namespace) -> int:
     """One ``assay run ACTION``; the shell exit code."""
+    from acquisition.cli.render import steer_line
     from acquisition.cli.watch import watch_run
 
     action = args.run_command
@@ -241,12 +242,6 @@ def _steer_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if action == "recover":
         return "run.recover", {"run": run, "action": args.action}
     return f"run.{action}", {"run": run}  # resume, abort
-
-
-def steer_line(reply: dict[str, Any]) -> str:
-    """``run RUN: <state> <message>``: the one line a steering command prints."""
-    line = f"run {reply['run']}: {reply['state']}"
-    return f"{line} {reply['message']}" if reply.get("message") else line
 
 
 def _stdin_fd() -> int | None:

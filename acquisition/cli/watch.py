@@ -24,8 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from acquisition.cli.client import DaemonClient
-from acquisition.cli.render import prompt_lines, run_state_fields
-from acquisition.cli.runs import steer_line
+from acquisition.cli.render import prompt_lines, run_state_fields, steer_line
 from acquisition.cli.watch_log import RunLog
 from acquisition.config import LabConfig
 from acquisition.errors import BrokerError, CommandError

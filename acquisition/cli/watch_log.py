@@ -232,12 +232,12 @@ class RunLog:
 def _timed_steps(definition: dict[str, Any]) -> dict[int, float]:
     """Step index -> planned seconds of the timed steps (incubations) in a start
     document's protocol."""
-    from acquisition.protocols import ProtocolError, protocol_from_data
+    from acquisition.protocols import ProtocolFileError, protocol_from_data
     from acquisition.steps import step_type
 
     try:
         protocol = protocol_from_data(definition)
-    except (ProtocolError, ValueError, TypeError):
+    except (ProtocolFileError, ValueError, TypeError):
         return {}  # milestones then wait for the run state to give the total
     out: dict[int, float] = {}
     for i, step in enumerate(protocol.steps, start=1):

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from acquisition.engine.control import RunControl
-from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.safety import cancel_and_wait
 from acquisition.errors import PreconditionError
 from acquisition.payloads import PromptState
 from acquisition.run_recorder import RunRecorder
+from acquisition.steps.labware import BenchView, strays, survey
 from drivers.clock import Clock
 
 if TYPE_CHECKING:
-    from acquisition.engine.runner import RunSetup
+    from acquisition.engine.setup import RunSetup
     from acquisition.instruments import InstrumentHandle
 
 __all__ = ["Aborted", "Asking", "Outcome"]

@@ -16,7 +16,7 @@ from acquisition.commands import ProtocolRunArgs
 from acquisition.config import LabConfig
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint
-from acquisition.engine.runner import RunSetup
+from acquisition.engine.setup import RunSetup
 from acquisition.errors import CommandError, ConfigError
 from acquisition.plate_maps import layout_from_data, parse_plate_map
 from acquisition.protocols import Protocol, parse_protocol, protocol_from_data

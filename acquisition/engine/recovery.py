@@ -25,9 +25,9 @@ from typing import Any
 
 import structlog
 
-from acquisition.engine.context import StepProgress
 from acquisition.protocols import Protocol
 from acquisition.steps import step_types
+from acquisition.steps.context import StepProgress
 
 __all__ = ["ResumePoint", "decide", "read_run"]
 

@@ -1,4 +1,4 @@
-"""One protocol run: its steps in order, as a journaled state machine (:mod:`.states`).
+"""One protocol run: its steps in order, as a journaled state machine (run_states.py).
 
 The loop leases every instrument the protocol needs (``queued`` until they are free, so two
 runs asking for one counter are serialised while runs on different instruments proceed at
@@ -25,27 +25,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import structlog
 
 from acquisition.config import LabConfig
 from acquisition.engine.asking import Aborted, Asking, Outcome
-from acquisition.engine.context import StepContext, StepProgress
 from acquisition.engine.control import RunControl
-from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.leasing import AbortedWhileQueued, lease_all
-from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint, decide
 from acquisition.engine.safety import cancel_and_wait, clear_latch, make_safe, uninterruptible
+from acquisition.engine.setup import RunSetup
 from acquisition.errors import AnalysisError, InterlockError, PreconditionError
 from acquisition.instruments import InstrumentHandle, InstrumentManager
 from acquisition.journal import Journal
 from acquisition.payloads import ExitStatus, RunStateName
-from acquisition.protocols import Protocol
 from acquisition.run_recorder import RunRecorder, utcnow
 from acquisition.steps import StepType, step_type
+from acquisition.steps.context import StepContext, StepProgress
+from acquisition.steps.labware import BenchView, strays, survey
 from drivers.clock import Clock
 from drivers.errors import InstrumentError
 
@@ -57,21 +55,6 @@ __all__ = [
 
 log = structlog.get_logger("acquisition.engine")
 _T = TypeVar("_T")
-
-@dataclass(frozen=True)
-class RunSetup:
-    """Everything a run is started with; its start document records all of it."""
-
-    protocol: Protocol
-    protocol_definition: dict[str, Any]  # the file's data, as validated
-    protocol_source: str
-    plate_id: str
-    plate_map: dict[str, Any] | None
-    plate_map_source: str | None
-    layout: Any  # PlateLayout | None
-    instruments: dict[str, str]  # kind -> id
-    virtual_operator: VirtualOperator | None = None
-
 
 class ProtocolRun(Asking):
     """Runs ``setup.protocol`` from step ``start_index`` (1-based) with ``progress``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -13,20 +13,18 @@ from acquisition.commands import ProtocolRunArgs
 from acquisition.engine.launch import setup_from_args, setup_from_resume
 from acquisition.engine.recovery import read_run
 from acquisition.engine.runner import ProtocolRun, resume_hint
+from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError, ConfigError
 from acquisition.journal import Journal, RunRecord
 from acquisition.run_recorder import RunRecorder
 from acquisition.steps import step_types
-
-if TYPE_CHECKING:
-    from acquisition.daemon import Daemon
 
 __all__ = ["interrupt_open_run", "protocol_run_from_args", "resumed_protocol_run"]
 
 log = structlog.get_logger("acquisition.engine")
 
 
-async def protocol_run_from_args(daemon: Daemon, args: ProtocolRunArgs) -> ProtocolRun:
+async def protocol_run_from_args(daemon: RunServices, args: ProtocolRunArgs) -> ProtocolRun:
     setup = await setup_from_args(daemon.config, args, uuid.uuid4().hex)
     params = args.model_dump(mode="json", exclude={"protocol_toml", "plate_map_toml"})
     params["plate_id"] = setup.plate_id
@@ -44,7 +42,7 @@ async def _documents(journal: Journal, run: str) -> list[dict[str, Any]]:
     return [json.loads(p) for p in await journal.documents(run)]
 
 
-async def resumed_protocol_run(daemon: Daemon, run: str) -> ProtocolRun:
+async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
     """CommandError unless ``run`` is an interrupted protocol run."""
     record = await daemon.journal.get_run(run)
     if record is None:

@@ -19,7 +19,7 @@ from acquisition.journal import OutboxMessage
 from acquisition.steps.registry import PlanLine, StepModel, StepType, register_step_type
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
+    from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = ["AnalyzeStep", "analysis_summary", "run_analyze"]
 

@@ -27,17 +27,18 @@ from acquisition.steps.registry import (
     register_step_type,
 )
 from drivers.errors import InstrumentError
+from labware import wells
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
     from acquisition.instruments import InstrumentHandle
+    from acquisition.steps.context import StepContext, StepProgress
     from drivers.counter import WellCount
 
 __all__ = ["ALL_WELLS", "COUNTER_DETECTORS", "COUNT_OVERHEAD_S", "PLATE_WELLS", "CountStep",
            "run_count"]  # fmt: skip
 
 log = structlog.get_logger("acquisition.engine")
-ALL_WELLS = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
+ALL_WELLS = wells(96)
 PLATE_WELLS = 96
 COUNTER_DETECTORS = 12  # planning: 96 wells / 12 detectors = 8 plate positions
 COUNT_OVERHEAD_S = 2.0  # planning: plate movement and settling per position

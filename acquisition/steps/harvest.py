@@ -49,8 +49,8 @@ from drivers.errors import InstrumentError
 from drivers.harvester import HarvesterDriver, HarvesterStatus, MatReport
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
     from acquisition.instruments import InstrumentHandle
+    from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = [
     "HarvestStep",

@@ -41,8 +41,8 @@ from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentTime
 from drivers.incubator import IncubatorDriver
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
     from acquisition.instruments import InstrumentHandle
+    from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = ["AMBIENT_C", "STABILISE_RATE_C_PER_MIN", "IncubateStep", "run_incubate",
            "stabilisation_s"]  # fmt: skip

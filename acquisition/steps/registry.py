@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
     from acquisition.instruments import InstrumentHandle
     from acquisition.payloads import Progress
+    from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = [
     "Assessment",

@@ -12,7 +12,7 @@ from acquisition.quantities import DURATION, format_duration, quantity
 from acquisition.steps.registry import PlanLine, StepModel, StepType, register_step_type
 
 if TYPE_CHECKING:
-    from acquisition.engine.context import StepContext, StepProgress
+    from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = ["TICK_S", "WaitStep", "run_wait"]
 

@@ -11,6 +11,7 @@ from typing import Final, Literal
 
 from drivers.counter._lines import Line, format_float, line_text, parse_float, parse_int
 from drivers.errors import ProtocolError
+from labware import wells
 
 MAX_RECORDS_PER_REPLY: Final = 16
 STATES: Final = ("IDLE", "COUNTING", "DONE", "ABORTED", "FAULT")
@@ -42,7 +43,7 @@ class ErrorCode(IntEnum):
 
 def well_names() -> tuple[str, ...]:
     """The 96 wells in row-major order (A1, A2, ... H12)."""
-    return tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
+    return wells(96)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from typing import Final, Literal, get_args
 
 from drivers.errors import ProtocolError
 from drivers.harvester._frames import open_frame, seal
+from labware import wells
 
 State = Literal["IDLE", "BUSY", "FAULT"]
 Step = Literal["NONE", "PW", "AS", "WS", "DR", "RL"]
 STATES: Final = get_args(State)
 STEPS: Final = get_args(Step)
-WELLS: Final = tuple(f"{row}{col}" for row in "ABCDEFGH" for col in range(1, 13))
+WELLS: Final = wells(96)
 
 _ERROR = re.compile(r"ER (\d{2}) ([ -~]{0,80})", re.ASCII)
 _FIELD = re.compile(r"[A-Za-z0-9 ._\-/]{1,32}")

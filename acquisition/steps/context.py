@@ -18,11 +18,11 @@ from typing import Any
 
 from acquisition.analysis.layout import PlateLayout
 from acquisition.config import LabConfig
-from acquisition.engine.labware import BenchView
 from acquisition.instruments import InstrumentHandle
 from acquisition.journal import Journal
 from acquisition.payloads import Progress
 from acquisition.run_recorder import RunRecorder
+from acquisition.steps.labware import BenchView
 from drivers.clock import Clock
 
 __all__ = ["StepContext", "StepProgress"]

@@ -8,22 +8,22 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
-from acquisition.engine.labware import BenchView, strays, survey
 from acquisition.engine.recovery import read_run
 from acquisition.engine.safety import make_safe
-from acquisition.engine.states import refuse
+from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError
 from acquisition.journal import RunRecord
 from acquisition.run_recorder import RunRecorder
+from acquisition.run_states import refuse
+from acquisition.steps.labware import BenchView, strays, survey
 
 if TYPE_CHECKING:
-    from acquisition.daemon import Daemon
     from acquisition.engine.runner import ProtocolRun
 
 __all__ = ["abort_interrupted", "engine_command"]
 
 
-async def engine_command(daemon: Daemon, verb: str, args: Any) -> dict[str, Any]:
+async def engine_command(daemon: RunServices, verb: str, args: Any) -> dict[str, Any]:
     assert isinstance(args, RunRef)
     if verb == "run.resume" and args.run not in daemon.active:
         recorder = await daemon.resume_run(args.run)
@@ -100,7 +100,7 @@ def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:
     return {"run": engine.run_id, "state": engine.recorder.state, "message": message}
 
 
-async def _engine(daemon: Daemon, run: str) -> ProtocolRun:
+async def _engine(daemon: RunServices, run: str) -> ProtocolRun:
     active = daemon.active.get(run)
     if active is None or active.engine is None:
         record = await daemon.journal.get_run(run)
@@ -112,7 +112,7 @@ async def _engine(daemon: Daemon, run: str) -> ProtocolRun:
     return active.engine
 
 
-async def abort_interrupted(daemon: Daemon, record: RunRecord) -> dict[str, Any]:
+async def abort_interrupted(daemon: RunServices, record: RunRecord) -> dict[str, Any]:
     """End an interrupted protocol run for good: its instruments made safe (those free and
     connected; the reply names any that were not), its stop document, state ``aborted``."""
     if daemon.resuming(record.run):
