@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 from pydantic_settings import (
@@ -129,14 +130,18 @@ class LoggingConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
-class _InstrumentBase(_Strict):
+class InstrumentSettings(_Strict):
+    """What every ``[[instruments]]`` table has; a kind's config model extends it."""
+
+    kind: str  # each kind's model narrows it to Literal["<its name>"]
+
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     address: str
     timeout_s: float = Field(3.0, gt=0, le=120)
     status_interval_s: float = Field(2.0, gt=0, le=3600)
 
 
-class CounterConfig(_InstrumentBase):
+class CounterConfig(InstrumentSettings):
     """A microplate scintillation counter reached through VISA."""
 
     kind: Literal["counter"]
@@ -150,7 +155,7 @@ class CounterConfig(_InstrumentBase):
         return v
 
 
-class IncubatorConfig(_InstrumentBase):
+class IncubatorConfig(InstrumentSettings):
     """An incubator / temperature controller with shaker (Eurotherm 3200 map) over Modbus."""
 
     kind: Literal["incubator"]
@@ -170,7 +175,7 @@ class IncubatorConfig(_InstrumentBase):
         return v
 
 
-class _SerialInstrument(_InstrumentBase):
+class _SerialInstrument(InstrumentSettings):
     address: str = Field(
         description="serial device (/dev/ttyUSB0, a pty path or a link to it) or socket://host:port"
     )
@@ -208,6 +213,21 @@ InstrumentConfig = Annotated[
     CounterConfig | IncubatorConfig | HarvesterConfig | PerfusionConfig,
     Field(discriminator="kind"),
 ]
+# Every kind the config accepts, by name: the shipped ones, and those a plug-in registers
+# (acquisition.kinds.register_kind calls accept_kind).
+_ACCEPTED: dict[str, type[InstrumentSettings]] = {
+    "counter": CounterConfig, "incubator": IncubatorConfig, "harvester": HarvesterConfig,
+    "perfusion": PerfusionConfig,
+}  # fmt: skip
+
+
+def accept_kind(name: str, model: type[InstrumentSettings]) -> None:
+    """Let ``[[instruments]]`` tables of ``kind = name`` in: validated by ``model``."""
+    _ACCEPTED[name] = model
+
+
+def forget_kind(name: str) -> None:
+    _ACCEPTED.pop(name, None)
 
 
 class SimulationConfig(_Strict):
@@ -324,6 +344,9 @@ def load_config(path: Path | str | None = None) -> LabConfig:
         data = read_toml(cfg_path)
     except TomlFileError as exc:
         raise ConfigError(source, exc.field, exc.expected) from exc
+    plugins = data.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(p, str) and _MODULE.match(p) for p in plugins):
+        _load_plugins(source, plugins)  # first: they may register instrument kinds
     try:
         config = _with_file(data)()
     except ValidationError as exc:
@@ -335,7 +358,7 @@ def load_config(path: Path | str | None = None) -> LabConfig:
     problem = check_tls_files(config.mqtt)
     if problem is not None:
         raise ConfigError(source, *problem)
-    _load_plugins(source, config.plugins)
+    _load_plugins(source, config.plugins)  # from the environment too (imported once)
     return config
 
 
@@ -353,8 +376,13 @@ def _load_plugins(source: str, modules: list[str]) -> None:
 
 
 def _with_file(data: dict[str, Any]) -> type[LabConfig]:
-    """LabConfig reading ``data`` (the parsed file) below the environment and init values."""
-    return type("LabConfig", (LabConfig,), {"_file_data": data, "__module__": __name__})
+    """LabConfig reading ``data`` (the parsed file) below the environment and init values,
+    its instruments of every kind accepted now (plug-ins included)."""
+    kinds: Any = Annotated[Union[tuple(_ACCEPTED.values())], Field(discriminator="kind")]  # noqa: UP007
+    cls = create_model("LabConfig", __base__=LabConfig, __module__=__name__,
+                       instruments=(list[kinds], Field(default_factory=list)))  # fmt: skip
+    cls._file_data = data
+    return cls
 
 
 def _checked(check: Callable[[str], object], value: str) -> str:
@@ -397,7 +425,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"counter", "incubator", "harvester", "perfusion"} and out.startswith(
+        elif part in _ACCEPTED and out.startswith(
             "instruments["
         ):
             continue  # the discriminated-union tag adds noise to the path

@@ -17,13 +17,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 
 import structlog
 
-from acquisition.config import (
-    CounterConfig,
-    HarvesterConfig,
-    IncubatorConfig,
-    InstrumentConfig,
-    LabConfig,
-)
+from acquisition.config import InstrumentConfig, LabConfig
 from acquisition.errors import CommandError
 from acquisition.journal import Journal, OutboxMessage
 from acquisition.payloads import InstrumentState
@@ -31,7 +25,6 @@ from acquisition.run_recorder import utcnow
 from drivers.backoff import Backoff
 from drivers.base import Instrument
 from drivers.clock import Clock
-from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
 
 __all__ = ["InstrumentHandle", "InstrumentManager", "make_driver"]
@@ -71,41 +64,11 @@ class InstrumentHandle:
 
 
 def make_driver(cfg: InstrumentConfig, clock: Clock) -> Instrument:
-    """The driver for one configured instrument (imported only for the kinds in use)."""
-    if isinstance(cfg, CounterConfig):
-        return CounterDriver(
-            cfg.address,
-            instrument_id=cfg.id,
-            timeout_s=cfg.timeout_s,
-            clock=clock,
-            poll_interval_s=cfg.poll_interval_s,
-        )
-    if isinstance(cfg, IncubatorConfig):
-        from drivers.incubator import IncubatorDriver
+    """The driver for one configured instrument, made by its kind's registry entry
+    (acquisition.kinds; the config accepts only registered kinds)."""
+    from acquisition.kinds import instrument_kind
 
-        return IncubatorDriver(
-            cfg.address,
-            instrument_id=cfg.id,
-            device_id=cfg.device_id,
-            decimals=cfg.decimals,
-            timeout_s=cfg.timeout_s,
-            clock=clock,
-        )
-    if isinstance(cfg, HarvesterConfig):
-        from drivers.harvester import HarvesterDriver
-
-        return HarvesterDriver(
-            cfg.address, instrument_id=cfg.id, timeout_s=cfg.timeout_s, clock=clock
-        )
-    from drivers.perfusion import PerfusionDriver
-
-    return PerfusionDriver(
-        cfg.address,
-        instrument_id=cfg.id,
-        device_address=cfg.device_address,
-        timeout_s=cfg.timeout_s,
-        clock=clock,
-    )
+    return instrument_kind(cfg.kind).make_driver(cfg, clock)
 
 
 def _identity(ident: object) -> dict[str, str | int]:

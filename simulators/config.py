@@ -125,26 +125,15 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 def _address_problem(inst: InstrumentEntry) -> str | None:
     """What the address of ``inst`` should have been, or None if the bench can serve it."""
-    if inst.kind == "counter":
-        try:
-            parse_visa_socket(inst.address, allow_zero=True)
-        except AddressError as exc:
-            return str(exc)
-        return None
-    if inst.kind == "incubator":
-        if not inst.address.startswith("modbus-tcp://"):
-            return "modbus-tcp://host:port (the simulator serves Modbus TCP)"
-        try:
-            parse_modbus_address(inst.address, allow_zero=True)
-        except AddressError as exc:
-            return str(exc)
-        return None
-    if inst.kind in ("harvester", "perfusion"):
-        return _link_path_problem(Path(inst.address))
-    return f"an instrument the bench simulates (no simulator for kind {inst.kind!r})"
+    from simulators.kinds import sim_kind
+
+    entry = sim_kind(inst.kind)
+    if entry is None:
+        return f"an instrument the bench simulates (no simulator for kind {inst.kind!r})"
+    return entry.address_problem(inst.address)
 
 
-def _link_path_problem(link: Path) -> str | None:
+def link_path_problem(link: Path) -> str | None:
     """The simulator makes ``link`` a symlink to its pty, creating missing directories; it
     must not replace a real file, and what exists of its parents must be directories."""
     form = "a path where the simulator links its pty, e.g. /tmp/assay-sim/harvester"

@@ -22,8 +22,8 @@ Fixtures
 ``tmp_journal``
     An open :class:`~acquisition.journal.Journal` in ``tmp_path`` (closed afterwards).
 
-Autouse: a test that registers step types of its own (a plug-in) leaves the step-type
-registry as it found it. Every async test (function-scoped loop) fails if it leaves asyncio
+Autouse: a test that registers step types or instrument kinds of its own (a plug-in) leaves
+the registries as it found them. Every async test (function-scoped loop) fails if it leaves asyncio
 tasks pending:
 after the test and its fixtures are torn down, the loop gets a few iterations (and up to
 2 s for tasks already finishing) to settle; the leaked tasks are named in the error and then
@@ -90,12 +90,14 @@ async def _no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None
 
 
 @pytest.fixture(autouse=True)
-def _step_types_restored() -> Iterator[None]:
+def _registries_restored() -> Iterator[None]:
+    from acquisition.kinds import instrument_kinds, restore_kinds
     from acquisition.steps.registry import restore_step_types, step_types
 
-    saved = dict(step_types())
+    saved, saved_kinds = dict(step_types()), dict(instrument_kinds())
     yield
     restore_step_types(saved)
+    restore_kinds(saved_kinds)
 
 
 def _slug(text: str) -> str:

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "protocol":
         from acquisition.protocols import check_protocol_command
 
+        _load_plugins_quietly(args.config)  # step types of the lab's own, if it has any
         return check_protocol_command(args.file)
     if args.command == "plate-map":
         from acquisition.plate_maps import plate_map_competition_command
@@ -227,5 +228,20 @@ async def _instruments(client: Any, wait_s: float) -> list[dict[str, Any]]:
         await asyncio.sleep(0.2)
 
 
+
+def _load_plugins_quietly(path: str | None) -> None:
+    """Import the lab config's ``plugins`` (they register step types) without needing the
+    config otherwise: a protocol is checked even where the config is missing or bad (a
+    step type only a plug-in knows is then reported as unknown)."""
+    import contextlib
+
+    from acquisition.config import load_config
+    from acquisition.errors import ConfigError
+
+    with contextlib.suppress(ConfigError):
+        load_config(path)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

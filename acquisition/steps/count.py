@@ -27,6 +27,7 @@ from acquisition.steps.registry import (
     register_step_type,
 )
 from drivers.errors import InstrumentError
+from drivers.roles import Counter
 from labware import wells
 
 if TYPE_CHECKING:
@@ -68,10 +69,8 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
     After a pause, a retry or a daemon restart, only the wells missing from ``progress``
     are counted: every well ends up in the run exactly once.
     """
-    from drivers.counter import CounterDriver  # imported with the step, not the protocol
-
     driver = ctx.handle("counter").driver
-    assert isinstance(driver, CounterDriver)
+    assert isinstance(driver, Counter)  # the role, whatever the vendor
     counted = set(progress.counted)
     remaining = [w for w in ALL_WELLS if w not in counted]
     total = len(ALL_WELLS)
@@ -158,10 +157,8 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
     """The counter stopped when the run is aborted or the daemon stops."""
     handle = handles.get("counter")
     if handle is not None and how != "end":
-        from drivers.counter import CounterDriver
-
         driver = handle.driver
-        assert isinstance(driver, CounterDriver)
+        assert isinstance(driver, Counter)
         await driver.abort()
 
 

@@ -46,7 +46,8 @@ from acquisition.steps.registry import (
     register_step_type,
 )
 from drivers.errors import InstrumentError
-from drivers.harvester import HarvesterDriver, HarvesterStatus, MatReport
+from drivers.harvester import HarvesterStatus, MatReport
+from drivers.roles import Harvester
 
 if TYPE_CHECKING:
     from acquisition.instruments import InstrumentHandle
@@ -91,10 +92,10 @@ class HarvestStep(StepModel):
 
 
 
-def _driver(ctx: StepContext) -> tuple[HarvesterDriver, HarvesterConfig]:
+def _driver(ctx: StepContext) -> tuple[Harvester, HarvesterConfig]:
     handle = ctx.handle("harvester")
     driver, config = handle.driver, handle.config
-    assert isinstance(driver, HarvesterDriver) and isinstance(config, HarvesterConfig)
+    assert isinstance(driver, Harvester) and isinstance(config, HarvesterConfig)
     return driver, config
 
 
@@ -379,7 +380,7 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
     if handle is None or how == "end":
         return
     driver = handle.driver
-    assert isinstance(driver, HarvesterDriver)
+    assert isinstance(driver, Harvester)
     used = how == "abort" and (await driver.mat()).used  # read first
     await driver.abort()
     if used:

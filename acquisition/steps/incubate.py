@@ -38,7 +38,7 @@ from acquisition.steps.registry import (
     register_step_type,
 )
 from drivers.errors import InstrumentError, InstrumentFaultError, InstrumentTimeoutError
-from drivers.incubator import IncubatorDriver
+from drivers.roles import Incubator
 
 if TYPE_CHECKING:
     from acquisition.instruments import InstrumentHandle
@@ -105,7 +105,7 @@ async def run_incubate(ctx: StepContext, step: IncubateStep, progress: StepProgr
     the protocol's ``on_excursion`` (pause or abort).
     """
     driver = ctx.handle("incubator").driver
-    assert isinstance(driver, IncubatorDriver)
+    assert isinstance(driver, Incubator)
     try:
         await driver.set_temperature(step.temperature_c)
         await _stabilise(ctx, driver, step, progress)
@@ -120,7 +120,7 @@ async def run_incubate(ctx: StepContext, step: IncubateStep, progress: StepProgr
 
 
 async def _sample(
-    ctx: StepContext, driver: IncubatorDriver, step: IncubateStep, progress: StepProgress,
+    ctx: StepContext, driver: Incubator, step: IncubateStep, progress: StepProgress,
     phase: str,
 ) -> tuple[float | None, bool]:  # fmt: skip
     st = await driver.status()
@@ -149,7 +149,7 @@ async def _sample(
 
 
 async def _stabilise(
-    ctx: StepContext, driver: IncubatorDriver, step: IncubateStep, progress: StepProgress
+    ctx: StepContext, driver: Incubator, step: IncubateStep, progress: StepProgress
 ) -> None:
     clock = ctx.clock
     interval = _sample_interval(step)
@@ -171,7 +171,7 @@ async def _stabilise(
 
 
 async def _time(
-    ctx: StepContext, driver: IncubatorDriver, step: IncubateStep, progress: StepProgress
+    ctx: StepContext, driver: Incubator, step: IncubateStep, progress: StepProgress
 ) -> None:
     clock = ctx.clock
     interval = _sample_interval(step)
@@ -259,7 +259,7 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
     if handle is None or how == "shutdown":
         return
     driver = handle.driver
-    assert isinstance(driver, IncubatorDriver)
+    assert isinstance(driver, Incubator)
     await driver.stop_shaking()
     await driver.set_temperature(getattr(handle.config, "idle_setpoint_c", 25.0))
 

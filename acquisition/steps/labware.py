@@ -19,9 +19,8 @@ import structlog
 
 from acquisition.instruments import InstrumentHandle
 from acquisition.sim_control import SimControl
-from drivers.counter import CounterDriver
 from drivers.errors import InstrumentError
-from drivers.harvester import HarvesterDriver
+from drivers.roles import Counter, Harvester
 
 __all__ = ["BenchView", "strays", "survey"]
 
@@ -56,12 +55,12 @@ async def survey(
     for handle in handles.values():
         driver, iid = handle.driver, handle.config.id
         try:
-            if isinstance(driver, HarvesterDriver):
+            if isinstance(driver, Harvester):
                 st, mat = await driver.status(), await driver.mat()
                 out[iid] = {"kind": "harvester", "state": st.state, "step": st.step,
                             "plate_present": st.plate_present, "mat": asdict(mat),
                             "waste_pct": st.waste_pct, "buffer_pct": st.buffer_pct}  # fmt: skip
-            elif isinstance(driver, CounterDriver):
+            elif isinstance(driver, Counter):
                 cst = await driver.status()
                 out[iid] = {"kind": "counter", "state": cst.state, "plate_id": cst.plate_id}
         except (InstrumentError, OSError) as exc:

@@ -1,0 +1,114 @@
+"""The shipped simulators as bench kinds: counter (VISA socket), incubator (Modbus TCP),
+harvester and perfusion (a pty each). Importing this module registers them
+(:mod:`simulators.kinds`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drivers.addresses import AddressError, parse_modbus_address, parse_visa_socket
+from drivers.clock import Clock
+from simulators.config import (
+    BenchConfig,
+    InstrumentEntry,
+    link_path_problem,
+    parse_modbus_tcp_address,
+    parse_socket_address,
+)
+from simulators.counter import CounterSimulator
+from simulators.counting import PhysicsConfig
+from simulators.kinds import SimHandle, SimKind, register_sim_kind, spec_from
+from simulators.world import World
+
+__all__: list[str] = []
+
+
+@dataclass
+class _CounterHandle:
+    simulator: CounterSimulator
+    instrument_id: str
+
+    @property
+    def address(self) -> str:
+        return self.simulator.resource
+
+    def describe(self) -> str:
+        return f"{self.instrument_id}  {self.address}"
+
+    async def stop(self) -> None:
+        await self.simulator.stop()
+
+
+def _visa_problem(address: str) -> str | None:
+    try:
+        parse_visa_socket(address, allow_zero=True)
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
+def _modbus_problem(address: str) -> str | None:
+    if not address.startswith("modbus-tcp://"):
+        return "modbus-tcp://host:port (the simulator serves Modbus TCP)"
+    try:
+        parse_modbus_address(address, allow_zero=True)
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
+def _pty_problem(address: str) -> str | None:
+    return link_path_problem(Path(address))
+
+
+async def _counter(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                   world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    host, port = parse_socket_address(inst.address) or ("127.0.0.1", 0)
+    c = config.simulation.counter
+    counter = CounterSimulator(
+        detectors=c.detectors, clock=clock, seed=c.seed,
+        physics=PhysicsConfig(background_cpm=c.background_cpm, overhead_s=c.overhead_s),
+        world=world, instrument_id=inst.id,
+    )  # fmt: skip
+    await counter.start(host, port)
+    counter.load_demo_plate(seed=c.seed)  # until a filter mat is placed in it
+    return _CounterHandle(counter, inst.id), counter
+
+
+async def _incubator(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                     world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    from simulators.incubator import IncubatorSimSpec, start_incubator_simulator
+
+    host, port = parse_modbus_tcp_address(inst.address) or ("127.0.0.1", 0)
+    spec = spec_from(IncubatorSimSpec, "incubator", config.simulation.incubator,
+                     instrument_id=inst.id, host=host, port=port)  # fmt: skip
+    inc: Any = await start_incubator_simulator(spec, clock, world)
+    return inc, inc.simulator
+
+
+async def _harvester(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                     world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    from simulators.harvester import HarvesterSimSpec, start_harvester_simulator
+
+    spec = spec_from(HarvesterSimSpec, "harvester", config.simulation.harvester,
+                     instrument_id=inst.id, link_path=Path(inst.address))  # fmt: skip
+    har: Any = await start_harvester_simulator(spec, clock, world)
+    return har, har.simulator
+
+
+async def _perfusion(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                     world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    from simulators.perfusion import PerfusionSimSpec, start_perfusion_simulator
+
+    spec = spec_from(PerfusionSimSpec, "perfusion", config.simulation.perfusion,
+                     instrument_id=inst.id, link_path=Path(inst.address))  # fmt: skip
+    per: Any = await start_perfusion_simulator(spec, clock, world)
+    return per, per.simulator
+
+
+register_sim_kind(SimKind("counter", _visa_problem, _counter))
+register_sim_kind(SimKind("incubator", _modbus_problem, _incubator))
+register_sim_kind(SimKind("harvester", _pty_problem, _harvester))
+register_sim_kind(SimKind("perfusion", _pty_problem, _perfusion))
