@@ -88,24 +88,31 @@ async def _incubator(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
     return inc, inc.simulator
 
 
+async def _on_pty(
+    spec_type: type[Any], start: Any, section: str, inst: InstrumentEntry, *,
+    config: BenchConfig, clock: Clock, world: World,
+) -> tuple[SimHandle, object]:  # fmt: skip
+    """A simulator on a pty (the harvester, the perfusion) from ``[simulation.<section>]``."""
+    spec = spec_from(spec_type, section, getattr(config.simulation, section),
+                     instrument_id=inst.id, link_path=Path(inst.address))  # fmt: skip
+    started: Any = await start(spec, clock, world)
+    return started, started.simulator
+
+
 async def _harvester(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
                      world: World) -> tuple[SimHandle, object]:  # fmt: skip
     from simulators.harvester import HarvesterSimSpec, start_harvester_simulator
 
-    spec = spec_from(HarvesterSimSpec, "harvester", config.simulation.harvester,
-                     instrument_id=inst.id, link_path=Path(inst.address))  # fmt: skip
-    har: Any = await start_harvester_simulator(spec, clock, world)
-    return har, har.simulator
+    return await _on_pty(HarvesterSimSpec, start_harvester_simulator, "harvester", inst,
+                         config=config, clock=clock, world=world)  # fmt: skip
 
 
 async def _perfusion(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
                      world: World) -> tuple[SimHandle, object]:  # fmt: skip
     from simulators.perfusion import PerfusionSimSpec, start_perfusion_simulator
 
-    spec = spec_from(PerfusionSimSpec, "perfusion", config.simulation.perfusion,
-                     instrument_id=inst.id, link_path=Path(inst.address))  # fmt: skip
-    per: Any = await start_perfusion_simulator(spec, clock, world)
-    return per, per.simulator
+    return await _on_pty(PerfusionSimSpec, start_perfusion_simulator, "perfusion", inst,
+                         config=config, clock=clock, world=world)  # fmt: skip
 
 
 register_sim_kind(SimKind("counter", _visa_problem, _counter))
