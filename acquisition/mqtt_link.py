@@ -13,7 +13,7 @@
   just close the connection, which the status check then catches);
 * subscribes to ``{prefix}/{node}/cmd`` (QoS1) and hands each command to ``on_command`` in
   its own task (bounded; a failing handler is logged and never kills the link);
-* drains the journal's outbox (:class:`~acquisition.outbox.OutboxDrainer`);
+* drains the journal's outbox (:class:`~acquisition.journal.outbox.OutboxDrainer`);
 * consumes ``client.messages`` in the same TaskGroup, because a client that only publishes
   never notices a lost connection.
 
@@ -55,8 +55,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from acquisition.config import LabConfig
 from acquisition.errors import BrokerError, InstanceError
 from acquisition.journal import Journal
+from acquisition.journal.outbox import OutboxDrainer
 from acquisition.mqtt_params import client_kwargs
-from acquisition.outbox import OutboxDrainer
 from drivers.backoff import Backoff, ReconnectBackoff
 from drivers.clock import Clock, MonotonicClock
 

@@ -15,7 +15,7 @@ import pytest
 
 from acquisition.errors import JournalError
 from acquisition.journal import SCHEMA_VERSION, Journal, OutboxMessage, OutboxRow
-from acquisition.outbox import OutboxTail
+from acquisition.journal.outbox import OutboxTail
 
 T0 = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from acquisition.journal_worker import JournalWorker, WorkerDead
+from acquisition.journal.worker import JournalWorker, WorkerDead
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -8,7 +8,7 @@ documents whose outbox rows are all still there (``synchronous=normal`` survives
 crash, ``full`` also a power cut).
 
 All SQLite work runs on one dedicated thread that owns the connection
-(:class:`~acquisition.journal_worker.JournalWorker`), in submission order; operations that
+(:class:`~acquisition.journal.worker.JournalWorker`), in submission order; operations that
 queue up behind each other commit together (group commit), each in its own savepoint, so
 one that fails is rolled back alone. The event loop only awaits. ``sqlite3`` errors are
 translated into :class:`~acquisition.errors.JournalError`. A caller cancelled while awaiting
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from acquisition.errors import JournalError
-from acquisition.journal_worker import JournalWorker
-from acquisition.outbox import OutboxMessage, OutboxRow, OutboxTail
+from acquisition.journal.outbox import OutboxMessage, OutboxRow, OutboxTail
+from acquisition.journal.worker import JournalWorker
 
 __all__ = ["SCHEMA_VERSION", "Journal", "OutboxMessage", "OutboxRow", "RunRecord"]
 

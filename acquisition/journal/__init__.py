@@ -1,0 +1,8 @@
+"""The run journal: the local SQLite store that is the source of truth for every run
+document (:mod:`.store`), its one writer thread with group commit (:mod:`.worker`), and the
+outbox that publishes what is committed, in order, deleting each row only after its PUBACK
+(:mod:`.outbox`). docs/decisions/0001-journal-first-outbox.md says why."""
+
+from acquisition.journal.store import SCHEMA_VERSION, Journal, OutboxMessage, OutboxRow, RunRecord
+
+__all__ = ["SCHEMA_VERSION", "Journal", "OutboxMessage", "OutboxRow", "RunRecord"]
