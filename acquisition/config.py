@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -344,9 +345,7 @@ def load_config(path: Path | str | None = None) -> LabConfig:
         data = read_toml(cfg_path)
     except TomlFileError as exc:
         raise ConfigError(source, exc.field, exc.expected) from exc
-    plugins = data.get("plugins")
-    if isinstance(plugins, list) and all(isinstance(p, str) and _MODULE.match(p) for p in plugins):
-        _load_plugins(source, plugins)  # first: they may register instrument kinds
+    _load_plugins(source, _plugins_named(data))  # first: they may register instrument kinds
     try:
         config = _with_file(data)()
     except ValidationError as exc:
@@ -362,6 +361,22 @@ def load_config(path: Path | str | None = None) -> LabConfig:
     return config
 
 
+def _plugins_named(data: dict[str, Any]) -> list[str]:
+    """The plug-in modules the file and ``ASSAY_PLUGINS`` name (what is not a list of module
+    names is left to the validation to refuse)."""
+    named: list[str] = []
+    for given in (data.get("plugins"), os.environ.get("ASSAY_PLUGINS")):
+        value = given
+        if isinstance(given, str):
+            try:
+                value = json.loads(given)
+            except ValueError:
+                continue
+        if isinstance(value, list):
+            named += [p for p in value if isinstance(p, str) and _MODULE.match(p)]
+    return list(dict.fromkeys(named))
+
+
 def _load_plugins(source: str, modules: list[str]) -> None:
     """Import each plug-in module (it registers its step types); ConfigError naming the one
     that cannot be imported."""
@@ -371,7 +386,8 @@ def _load_plugins(source: str, modules: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:  # a plug-in's own error, whatever it is, is the config's
-            why = f"an importable module ({type(exc).__name__}: {exc})"
+            first = (str(exc).splitlines() or [""])[0]
+            why = f"an importable module ({type(exc).__name__}: {first})"
             raise ConfigError(source, f"plugins[{i}]", why) from exc
 
 

@@ -66,7 +66,8 @@ def _order(n_wells: int) -> dict[str, int]:
 @cache
 def _pattern(n_wells: int) -> re.Pattern[str]:
     fmt = plate_format(n_wells)
-    return re.compile(rf"([{fmt.rows[0]}-{fmt.rows[-1]}])0?([1-9][0-9]?)", re.IGNORECASE)
+    return re.compile(rf"([{fmt.rows[0]}-{fmt.rows[-1]}])0?([1-9][0-9]?)",
+                      re.IGNORECASE | re.ASCII)  # fmt: skip
 
 
 def normalize_well(name: str, n_wells: int = 96) -> str | None:

@@ -74,3 +74,29 @@ def test_a_second_vendors_counter_plays_the_counter_role() -> None:
     # the shipped driver plays it too (mypy checks all four statically, drivers/roles.py)
     driver = CounterDriver("TCPIP::127.0.0.1::1::SOCKET")
     assert isinstance(driver, Counter) and not isinstance(driver, Incubator)
+
+
+def test_a_plug_in_named_in_the_environment_registers_its_kind_before_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(BALANCE)
+    monkeypatch.setenv("ASSAY_PLUGINS", '["tests.plugin_kinds"]')
+    importlib.reload(importlib.import_module("tests.plugin_kinds"))
+    assert [i.kind for i in load_config(path).instruments] == ["balance"]
+
+
+def test_a_plug_in_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken_lab_plugin.py").write_text("raise RuntimeError('first\\nsecond')\n")
+    path = tmp_path / "lab.toml"
+    path.write_text('plugins = ["broken_lab_plugin"]\n')
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert str(err.value) == (
+        f"{path}: plugins[0]: an importable module (RuntimeError: first)")

@@ -44,3 +44,9 @@ def test_every_well_round_trips_and_sorts_in_plate_order(n: int, data: st.DataOb
     assert normalize_well(a.lower(), n) == a and expand_wells(a, n) == (a,)
     assert wells(n).index(a) < wells(n).index(b)
     assert well_order("Z99", n) == n  # unknown names sort last
+
+
+def test_only_ascii_letters_name_rows() -> None:
+    """Case-folding must not let look-alike letters in (the Kelvin sign folds to k)."""
+    for name in ("\u212a1", "\u01301", "\u01311"):
+        assert normalize_well(name, 384) is None

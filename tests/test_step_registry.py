@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import pytest
 
@@ -59,3 +60,32 @@ def test_the_engine_core_names_no_step_type(module: str) -> None:
     imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 and node.module in step_modules]  # fmt: skip
     assert not named and not imported, (named, imported)
+
+
+async def test_a_step_types_failing_make_safe_does_not_stop_the_others() -> None:
+    """A bug in one step type's make-safe (a plug-in) is reported, the others still run:
+    the run's end (and its stop document) never depends on every plug-in being right."""
+    from acquisition.engine.safety import make_safe
+
+    called: list[str] = []
+
+    async def broken(handles: Any, how: str) -> None:
+        raise RuntimeError("plug-in bug")
+
+    async def fine(handles: Any, how: str) -> None:
+        called.append(how)
+
+    class One(StepModel):
+        type: Literal["one-test"]
+
+    class Two(StepModel):
+        type: Literal["two-test"]
+
+    plan = lambda step: PlanLine("", 0.0)  # noqa: E731
+    register_step_type(StepType(name="one-test", model=One, plan=plan, roles=("a",),
+                                make_safe=broken))  # fmt: skip
+    register_step_type(StepType(name="two-test", model=Two, plan=plan, roles=("b",),
+                                make_safe=fine))  # fmt: skip
+    handle: Any = SimpleNamespace(config=SimpleNamespace(id="x"))
+    problems = await make_safe(["one-test", "two-test"], {"a": handle, "b": handle}, "abort")
+    assert called == ["abort"] and problems == ["x: RuntimeError: plug-in bug"]

@@ -64,19 +64,18 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
-    needs_map = [s.type for s in protocol.steps if step_type(s.type).needs_plate_map]
+    needs_map = [why for s in protocol.steps if (why := step_type(s.type).needs_plate_map)]
     if layout is None and needs_map:
         raise CommandError(
             "bad_request",
-            f"protocol '{protocol.name}' has a step that needs the plate map ({needs_map[0]}): "
-            "give the run a plate map (run start ... --plate-map NAME_OR_FILE)",
+            f"protocol '{protocol.name}' {needs_map[0]}: give the run a plate map "
+            "(run start ... --plate-map NAME_OR_FILE)",
         )
     for i, step in enumerate(protocol.steps):
         check = step_type(step.type).check_setup
-        problem = check(step, layout) if check is not None else None
+        problem = check(step, layout, plate_source) if check is not None else None
         if problem is not None:
-            raise CommandError("bad_request", f"{source}: steps[{i}]{problem[0]}: {problem[1]}"
-                               f" (plate map {plate_source})")  # fmt: skip
+            raise CommandError("bad_request", f"{source}: steps[{i}]{problem[0]}: {problem[1]}")
     instruments = _instruments(config, protocol, source)
     plate_id = args.plate_id or f"P{run_hint[-6:]}"
     return RunSetup(

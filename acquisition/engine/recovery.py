@@ -56,7 +56,8 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
         protocol_source=str(proto.get("source", "")),
         plate=dict(start.get("plate", {})),
         instruments={
-            str(v["kind"]): str(k) for k, v in start.get("instruments", {}).items()
+            str(v.get("kind")): str(k) for k, v in (start.get("instruments") or {}).items()
+            if isinstance(v, dict) and v.get("kind")
         },
         next_index=1,
     )

@@ -63,7 +63,7 @@ async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
     try:
         point = read_run(documents)
         setup = setup_from_resume(daemon.config, point)
-    except (ValueError, ConfigError) as exc:
+    except (ValueError, ConfigError, KeyError, TypeError, AttributeError) as exc:
         raise CommandError("conflict", f"run '{run}' cannot be resumed: {exc}") from None
     sim = daemon.config.simulation
     scale = sim.time_scale if sim.enabled else 1.0
@@ -88,6 +88,14 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
         # It never started (no start document): nothing to resume, the run ends here.
         await recorder.interruption("daemon restarted", detail)
         await recorder.stop("interrupted", "the daemon stopped before the run started", "aborted")
+        return
+    except (KeyError, TypeError, AttributeError) as exc:
+        # Documents this version cannot read back: the run waits, interrupted, for a person
+        # (a resume says why it cannot go on; abort ends it). Never the daemon's start.
+        detail["unreadable"] = f"{type(exc).__name__}: {exc}"
+        await recorder.interruption("daemon restarted; the run's documents cannot be read back",
+                                    detail)  # fmt: skip
+        await recorder.set_state("interrupted", message=resume_hint(record.run, None, None))
         return
     steps = point.protocol_definition.get("steps", [])
     index = point.next_index

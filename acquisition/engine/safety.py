@@ -43,6 +43,10 @@ async def make_safe(
             ids = ", ".join(h.config.id for h in mine.values())
             log.warning("could not make instrument safe", instrument=ids, error=str(exc))
             problems.append(f"{ids}: {exc}")
+        except Exception as exc:  # a step type's own bug: the others are still made safe
+            ids = ", ".join(h.config.id for h in mine.values())
+            log.exception("make-safe of a step type failed", step_type=name, instrument=ids)
+            problems.append(f"{ids}: {type(exc).__name__}: {exc}")
     return problems
 
 

@@ -99,10 +99,11 @@ def _check(step: AnalyzeStep, before: Sequence[StepModel]) -> tuple[str, str] | 
     return None
 
 
-def _check_setup(step: AnalyzeStep, layout: Any) -> tuple[str, str] | None:
+def _check_setup(step: AnalyzeStep, layout: Any, source: str | None) -> tuple[str, str] | None:
     if layout is not None and step.competitor not in layout.competitors:
         known = ", ".join(layout.competitors)
-        return ".competitor", f"a competitor of the plate map ({known}), got {step.competitor!r}"
+        return ".competitor", (f"a competitor of the plate map {source} ({known}), "
+                               f"got {step.competitor!r}")  # fmt: skip
     return None
 
 
@@ -114,5 +115,5 @@ def _plan(step: AnalyzeStep) -> PlanLine:
 
 ANALYZE = register_step_type(StepType(
     name="analyze", model=AnalyzeStep, plan=_plan, run=run_analyze, pausable_midway=False,
-    check=_check, check_setup=_check_setup, needs_plate_map=True,
+    check=_check, check_setup=_check_setup, needs_plate_map="analyses the count",
 ))  # fmt: skip

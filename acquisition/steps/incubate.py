@@ -259,7 +259,8 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
     if handle is None or how == "shutdown":
         return
     driver = handle.driver
-    assert isinstance(driver, Incubator)
+    if not isinstance(driver, Incubator):
+        return
     await driver.stop_shaking()
     await driver.set_temperature(getattr(handle.config, "idle_setpoint_c", 25.0))
 

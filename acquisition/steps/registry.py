@@ -94,9 +94,11 @@ class StepType:
     check: Callable[[Any, Sequence[StepModel]], tuple[str, str] | None] | None = None
     """What one step cannot know alone, given the steps before it: (location below the
     step, what was expected) or None."""
-    check_setup: Callable[[Any, Any], tuple[str, str] | None] | None = None
-    """At run start, against the run's plate layout (None if it has none)."""
-    needs_plate_map: bool = False
+    check_setup: Callable[[Any, Any, str | None], tuple[str, str] | None] | None = None
+    """At run start, against the run's plate layout (None if it has none) and where that
+    came from: (location below the step, what was expected) or None."""
+    needs_plate_map: str | None = None
+    """Why a run of it needs a plate map ("analyses the count"), or None."""
     prepare: Prepare | None = None
     """Preconditions read from the instruments before its started document (raises
     PreconditionError); returns the facts that document records."""
@@ -137,10 +139,10 @@ def _loaded() -> dict[str, StepType]:
     """The registry, the shipped step types first in their order, then the others in the
     order they were registered."""
     shipped: tuple[str, ...] = importlib.import_module(_BUILTIN).SHIPPED  # they register
-    if tuple(_REGISTRY)[: len(shipped)] != shipped:
+    if tuple(_REGISTRY)[: len(shipped)] != shipped and set(shipped) <= set(_REGISTRY):
         rank = {name: i for i, name in enumerate(shipped)}
         order = sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), _CHANGES.index(n)))
-        _CHANGES.append("")
+        _CHANGES.append("")  # the order of the union (and its messages) changed
         entries = {name: _REGISTRY[name] for name in order}
         _REGISTRY.clear()
         _REGISTRY.update(entries)
