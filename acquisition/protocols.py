@@ -45,19 +45,14 @@ __all__ = [
     "PromptStep",
     "Protocol",
     "ProtocolFileError",
-    "Step",
     "WaitStep",
     "check_protocol_command",
-    "expected_duration_s",
     "format_plan",
     "load_protocol",
     "parse_protocol",
     "plan",
     "protocol_from_data",
 ]
-
-Step = StepModel  # any registered step type's model
-
 
 class ProtocolFileError(ConfigError):
     """A protocol file is invalid; ``str(err)`` is ``<file>: <location>: <expected>``."""
@@ -196,11 +191,6 @@ class Plan:
 def plan(protocol: Protocol) -> Plan:
     """Each step's settings and expected duration, as its step type estimates them."""
     return Plan(protocol, tuple(_plan_step(i + 1, s) for i, s in enumerate(protocol.steps)))
-
-
-def expected_duration_s(step: StepModel) -> float:
-    """One step's expected duration (0 for operator time and the analysis), as planned."""
-    return _plan_step(1, step).duration_s
 
 
 def _plan_step(number: int, step: StepModel) -> PlanStep:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal
 
-from drivers.counter.codec import WellCount, well_names
+from drivers.counter.codec import WellCount
 from labware import FORMATS
+from labware import wells as plate_wells
 
 __all__ = [
     "EFFICIENCY",
@@ -258,7 +259,7 @@ def plan_count(
 ) -> tuple[Position, ...]:
     """Decide every result of a count up front; the instrument reveals each position's wells
     once the clock passes its ``end_s``. Positions without a selected well are skipped."""
-    selected = frozenset(well_names() if wells is None else wells)
+    selected = frozenset(plate_wells(96) if wells is None else wells)
     plan: list[Position] = []
     t, index = start_s, 0
     for pairs in positions(len(bank.relative_efficiency)):

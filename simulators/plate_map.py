@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drivers.counter.codec import well_names
 from labware import FORMATS, expand_wells
+from labware import wells as plate_wells
 
 __all__ = [
     "CompetitionLayout",
@@ -84,7 +84,7 @@ class PlateMap:
 
     def role_wells(self, role: Role) -> tuple[str, ...]:
         """The wells of ``role`` in plate order (A1, A2, ... H12)."""
-        return tuple(w for w in well_names() if w in self.wells and self.wells[w].role == role)
+        return tuple(w for w in plate_wells(96) if w in self.wells and self.wells[w].role == role)
 
 
 # ----------------------------------------------------------------------------- parsing

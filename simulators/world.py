@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from drivers.clock import Clock
-from drivers.counter.codec import well_names
+from labware import wells as plate_wells
 from simulators.binding import (
     BindingTruth,
     WellEquilibrium,
@@ -159,7 +159,7 @@ class World:
         plate = self._plates[plate_id]
         clogged = set(settings.clogged_wells)
         dpm: dict[str, float] = {}
-        for well in (w for w in well_names() if w in plate.wells):
+        for well in (w for w in plate_wells(96) if w in plate.wells):
             eq = plate.wells[well]
             if plate.harvested_at_s is not None:
                 dpm[well] = 0.0

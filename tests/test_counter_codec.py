@@ -56,9 +56,9 @@ from drivers.counter.codec import (
     parse_records,
     parse_status,
     skip_to_next_line,
-    well_names,
 )
 from drivers.errors import FrameTooLongError, ProtocolError
+from labware import wells as plate_wells
 
 ALL_COMMANDS: list[Command] = [
     Identify(), Reset(), QueryError(), QueryDetectors(), QueryDoor(), QueryPlate(),
@@ -160,7 +160,7 @@ finite = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=F
 well_counts = st.builds(
     WellCount,
     index=st.integers(0, 10**6),
-    well=st.sampled_from(well_names()),
+    well=st.sampled_from(plate_wells(96)),
     detector=st.integers(1, 12),
     counts=st.integers(0, 10**9),
     count_time_s=finite, cpm=finite, ccpm=finite, sigma2_pct=finite, sqp=finite,

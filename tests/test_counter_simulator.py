@@ -22,8 +22,8 @@ from drivers.counter.codec import (
     parse_ok,
     parse_records,
     parse_status,
-    well_names,
 )
+from labware import wells as plate_wells
 from simulators.cli import main as cli_main
 from simulators.control import ControlServer
 from simulators.counter import CounterSimulator
@@ -77,7 +77,7 @@ def test_detector_geometry(detectors: int, n_positions: int) -> None:
     layout = positions(detectors)
     assert len(layout) == n_positions
     wells = [w for pos in layout for _, w in pos]
-    assert sorted(wells) == sorted(well_names())
+    assert sorted(wells) == sorted(plate_wells(96))
     cols = 12 // detectors
     for pos in layout:
         assert [d for d, _ in pos] == list(range(1, detectors + 1))
@@ -86,7 +86,7 @@ def test_detector_geometry(detectors: int, n_positions: int) -> None:
 
 
 def _flat_plate(dpm: float, lum: float = 0.0, medium: str = "liquid") -> Plate:
-    wells = well_names()
+    wells = plate_wells(96)
     return Plate("FLAT", dict.fromkeys(wells, dpm), dict.fromkeys(wells, lum),
                  dict.fromkeys(wells, 0.0), medium, 0.0)  # type: ignore[arg-type]
 

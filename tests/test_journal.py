@@ -289,3 +289,12 @@ def test_outbox_tail_sheds_to_sqlite_when_its_payloads_outgrow_its_bytes() -> No
     tail.add(rows[2:])  # 1200 bytes > 1000: dropped, floor moves to the newest id
     assert tail.held_bytes == 0
     assert tail.after(3, 10) is None and tail.after(4, 10) == []
+
+
+async def test_documents_of_some_kinds_only(tmp_journal: Journal) -> None:
+    await tmp_journal.create_run("rk", "p", {}, T0)
+    for seq, kind in enumerate(["start", "data", "step", "data", "data", "stop"], start=1):
+        await tmp_journal.append("rk", seq, f"k{seq}", kind, kind.encode())
+    assert await tmp_journal.documents("rk", kinds=("start", "step")) == [b"start", b"step"]
+    assert await tmp_journal.documents("rk", kinds=()) == []
+    assert len(await tmp_journal.documents("rk")) == 6

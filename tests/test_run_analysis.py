@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from acquisition.analysis import qc
-from acquisition.analysis.layout import PlateLayout, competition_layout, plate_wells
+from acquisition.analysis.layout import PlateLayout, competition_layout
 from acquisition.analysis.run_analysis import (
     RunResult,
     analyze_count_run,
@@ -34,6 +34,7 @@ from acquisition.payloads import (
     WellReading,
 )
 from acquisition.schemas import SCHEMA_DIR, render_schemas
+from labware import wells as plate_wells
 
 RUN = "run-20240604-0001"
 HOT = {"HotNM": 5.0, "HotKdNM": 5.0}
@@ -86,7 +87,7 @@ def count_run_documents(
                       instruments={"counter": "counter-1"}, config={}, simulated=True),
         StepDocument(**base(t0), step="count", phase="started"),
     ]
-    wells = [w for w in plate_wells() if w not in skip]
+    wells = [w for w in plate_wells(96) if w not in skip]
     for i, well in enumerate(wells):
         rate = rate_of(well) if rate_of else true_rate(layout, well)
         counts = int(rng.poisson(rate * COUNT_MIN)) if math.isfinite(rate) else 0
@@ -288,7 +289,7 @@ def test_a_few_missing_wells_still_give_the_answer() -> None:
     ki = param(result, "Ki", derived=True)
     assert ki.profile_low < KI_M["progesterone"] < ki.profile_high
     assert result.n == 27
-    assert result.missing_wells == sorted(skip, key=plate_wells().index)
+    assert result.missing_wells == sorted(skip, key=plate_wells(96).index)
     assert result.reduction.total.n == 7 and result.reduction.nsb.n == 7
     assert len(result.wells) == 90
 
@@ -396,7 +397,7 @@ def test_one_rate_with_counting_noise_fails_the_window_verdicts() -> None:
 
 def test_a_single_concentration() -> None:
     keep = {f"{r}{c}" for r in "ABCDEFGH" for c in (1, 2, 3)}
-    result = analyze(count_run_documents(skip=frozenset(set(plate_wells()) - keep)))
+    result = analyze(count_run_documents(skip=frozenset(set(plate_wells(96)) - keep)))
     assert_failed_without_parameters(result, "single-concentration")
 
 
@@ -471,7 +472,7 @@ def test_csv_has_every_well_with_derived_columns() -> None:
                      protein_mg=0.1)
     rows = list(csv.DictReader(io.StringIO(run_result_csv(result))))
     assert len(rows) == 96
-    assert [r["well"] for r in rows] == list(plate_wells())
+    assert [r["well"] for r in rows] == list(plate_wells(96))
     assert {"ccpm", "net_cpm", "specific_cpm", "percent_specific", "dpm", "specific_fmol",
             "specific_fmol_per_mg", "log_conc", "fitted"} <= set(rows[0])
     a3 = next(r for r in rows if r["well"] == "A3")

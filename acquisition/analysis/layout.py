@@ -48,7 +48,7 @@ from pydantic import (
 )
 
 from acquisition.errors import AnalysisError
-from labware import FORMATS, normalize_well, well_order, wells
+from labware import FORMATS, normalize_well, well_order
 
 __all__ = [
     "COLUMNS",
@@ -58,18 +58,12 @@ __all__ = [
     "Role",
     "competition_layout",
     "normalize_well",
-    "plate_wells",
     "well_order",
 ]
 
 Role = Literal["total", "nsb", "competitor", "blank"]
 ROWS = FORMATS[96].rows
 COLUMNS = FORMATS[96].columns
-
-
-def plate_wells() -> tuple[str, ...]:
-    """The 96 wells in row-major order (A1, A2, ... H12)."""
-    return wells(96)
 
 
 class LayoutWell(BaseModel):

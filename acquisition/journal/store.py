@@ -279,15 +279,19 @@ class Journal:
         await self._call(work)
 
     async def documents(
-        self, run: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
-    ) -> list[bytes]:
-        """Document payloads of ``run`` with ``from_seq <= seq <= to_seq``, in seq order."""
+        self, run: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None,
+        *, kinds: Collection[str] | None = None,
+    ) -> list[bytes]:  # fmt: skip
+        """Document payloads of ``run`` with ``from_seq <= seq <= to_seq``, in seq order;
+        ``kinds``: only documents of those kinds (read by SQLite, not decoded to be dropped)."""
+        wanted = sorted(set(kinds)) if kinds is not None else []
+        only = f" AND kind IN ({', '.join('?' * len(wanted))})" if kinds is not None else ""
 
         def work(conn: sqlite3.Connection) -> list[bytes]:
             rows = conn.execute(
-                "SELECT payload FROM documents WHERE run = ? AND seq >= ? AND seq <= ?"
-                " ORDER BY seq LIMIT ?",
-                (run, from_seq, to_seq if to_seq is not None else 2**62, limit or -1),
+                "SELECT payload FROM documents WHERE run = ? AND seq >= ? AND seq <= ?"  # noqa: S608
+                f"{only} ORDER BY seq LIMIT ?",
+                (run, from_seq, to_seq if to_seq is not None else 2**62, *wanted, limit or -1),
             ).fetchall()
             return [bytes(r[0]) for r in rows]
 

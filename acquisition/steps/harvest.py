@@ -125,7 +125,9 @@ async def _harvests_since(ctx: StepContext, iid: str, made: int | None) -> list[
     for other in await ctx.journal.runs_active_since(me.created_at):
         if other.run == me.run:
             continue
-        docs = [json.loads(raw) for raw in await ctx.journal.documents(other.run)]
+        # its start and step documents only: a run's thousands of readings stay on disk
+        docs = [json.loads(raw) for raw in
+                await ctx.journal.documents(other.run, kinds=("start", "step"))]  # fmt: skip
         start: dict[str, Any] = next((d for d in docs if d.get("kind") == "start"), {})
         if (start.get("instruments", {}).get(iid) or {}).get("kind") != "harvester":
             continue

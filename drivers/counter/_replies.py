@@ -11,7 +11,6 @@ from typing import Final, Literal
 
 from drivers.counter._lines import Line, format_float, line_text, parse_float, parse_int
 from drivers.errors import ProtocolError
-from labware import wells
 
 MAX_RECORDS_PER_REPLY: Final = 16
 STATES: Final = ("IDLE", "COUNTING", "DONE", "ABORTED", "FAULT")
@@ -39,11 +38,6 @@ class ErrorCode(IntEnum):
     NO_COUNT = 204
     ABORTED_BY_HOST = 210
     HV_FAULT = 220
-
-
-def well_names() -> tuple[str, ...]:
-    """The 96 wells in row-major order (A1, A2, ... H12)."""
-    return wells(96)
 
 
 @dataclass(frozen=True)

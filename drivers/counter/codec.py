@@ -73,7 +73,6 @@ from drivers.counter._replies import (
     parse_plate_id,
     parse_records,
     parse_status,
-    well_names,
 )
 
 __all__ = [
@@ -133,5 +132,4 @@ __all__ = [
     "parse_records",
     "parse_status",
     "skip_to_next_line",
-    "well_names",
 ]
