@@ -283,6 +283,13 @@ class RunRecorder:
         Not interrupted by a cancellation: the writes finish, then the cancellation goes on
         (it wins over a write failure, which the next call reports).
         """
+        await self._settle()
+        if self._failure is not None:
+            await self._recover()
+
+    async def _settle(self) -> None:
+        """Wait for the writes handed over (each ends written or failed); a cancellation
+        meanwhile is raised once they have."""
         cancelled = False
         while self._writes:
             try:
@@ -291,8 +298,6 @@ class RunRecorder:
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
-        if self._failure is not None:
-            await self._recover()
 
     async def _recover(self) -> None:
         """After a failed write: realign seq with the disk, then report the failure once.
@@ -412,6 +417,7 @@ class RunRecorder:
 
     async def stop(self, exit_status: ExitStatus, reason: str, final: RunStateName) -> None:
         check_transition(self.run, self.state, final)
+        await self._settle()  # the counts it gives are of the documents on disk
         self.state = final
         self.message = reason
         if self.progress is not None:

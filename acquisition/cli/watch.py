@@ -102,7 +102,6 @@ async def watch_run(
         console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {escape(message)}")
     if (
         final == "interrupted"
-        and session.state.get("protocol") != "count-plate"
         and "assay run resume" not in message  # the daemon's message already says it
     ):
         session.say(f"resume it with `assay run resume {run}` (or `assay run abort {run}`)")

@@ -12,8 +12,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from acquisition.commands import ProtocolRunArgs
+from acquisition.commands import ProtocolRunArgs, RunStartArgs
 from acquisition.config import LabConfig
+from acquisition.count_plate import LAYOUT_SOURCE, count_plate_protocol
+from acquisition.count_plate import SOURCE as COUNT_PLATE_SOURCE
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint
 from acquisition.engine.setup import RunSetup
@@ -35,8 +37,23 @@ def _read(directory: Path, name: str, what: str) -> tuple[str, str]:
         raise CommandError("bad_request", f"{path}: cannot read it ({exc})") from None
 
 
-async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> RunSetup:
-    """The files named are read on a worker thread: the daemon's loop never waits on a disk."""
+async def setup_from_args(
+    config: LabConfig, args: ProtocolRunArgs | RunStartArgs, run_hint: str
+) -> RunSetup:
+    """The files named are read on a worker thread: the daemon's loop never waits on a disk.
+
+    :class:`RunStartArgs` are the shipped count-plate protocol's arguments
+    (:mod:`acquisition.count_plate`): no file, and no plate id (the plate is the one in the
+    counter; its readings say which)."""
+    if isinstance(args, RunStartArgs):
+        definition, made = count_plate_protocol(args)
+        try:
+            protocol = protocol_from_data(definition, source=COUNT_PLATE_SOURCE)
+            made_layout = layout_from_data(made, source=LAYOUT_SOURCE) if made else None
+        except ConfigError as exc:
+            raise CommandError("bad_request", str(exc)) from None
+        return _setup(config, protocol, definition, COUNT_PLATE_SOURCE, None, made,
+                      LAYOUT_SOURCE if made else None, made_layout)  # fmt: skip
     if args.protocol_toml is not None:
         text, source = args.protocol_toml, f"{args.protocol}.toml (sent by the terminal)"
     else:
@@ -64,6 +81,17 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
+    plate_id = args.plate_id or f"P{run_hint[-6:]}"
+    return _setup(config, protocol, definition, source, plate_id, plate_map, plate_source,
+                  layout)  # fmt: skip
+
+
+def _setup(  # noqa: PLR0917 - one private call shape, named at its two callers
+    config: LabConfig, protocol: Protocol, definition: dict[str, Any], source: str,
+    plate_id: str | None, plate_map: dict[str, Any] | None, plate_source: str | None,
+    layout: Any,
+) -> RunSetup:  # fmt: skip
+    """What every run start checks against its plate map and the lab config."""
     needs_map = [why for s in protocol.steps if (why := step_type(s.type).needs_plate_map)]
     if layout is None and needs_map:
         raise CommandError(
@@ -77,7 +105,6 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
         if problem is not None:
             raise CommandError("bad_request", f"{source}: steps[{i}]{problem[0]}: {problem[1]}")
     instruments = _instruments(config, protocol, source)
-    plate_id = args.plate_id or f"P{run_hint[-6:]}"
     return RunSetup(
         protocol=protocol, protocol_definition=definition, protocol_source=source,
         plate_id=plate_id, plate_map=plate_map, plate_map_source=plate_source, layout=layout,
@@ -91,7 +118,8 @@ def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
     protocol = protocol_from_data(point.protocol_definition, source=point.protocol_source)
     plate_map = point.plate.get("map")
     layout = layout_from_data(plate_map, source="the run's plate map") if plate_map else None
-    plate_id = str(point.plate.get("plate_id") or "P")
+    held = point.plate.get("plate_id")
+    plate_id = str(held) if held else None  # None: count-plate, the plate in the counter
     instruments = point.instruments or _instruments(config, protocol, point.protocol_source)
     return RunSetup(
         protocol=protocol, protocol_definition=point.protocol_definition,
@@ -139,12 +167,14 @@ def _one_of_kind(
 
 
 def _operator(
-    config: LabConfig, plate_id: str, plate_map: dict[str, Any] | None,
+    config: LabConfig, plate_id: str | None, plate_map: dict[str, Any] | None,
     instruments: dict[str, str],
 ) -> VirtualOperator | None:  # fmt: skip
     sim = config.simulation
-    if not (sim.enabled and sim.virtual_operator and sim.control_port is not None):
-        return None
+    if plate_id is None or not (
+        sim.enabled and sim.virtual_operator and sim.control_port is not None
+    ):
+        return None  # no plate of its own (count-plate) is never moved by the operator
     # A prompt may move the plate to an instrument no step drives (put it in the incubator
     # before a protocol that starts at the harvest): the config's first of each kind.
     where: dict[str, str] = {}

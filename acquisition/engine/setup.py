@@ -18,7 +18,7 @@ class RunSetup:
     protocol: Protocol
     protocol_definition: dict[str, Any]  # the file's data, as validated
     protocol_source: str
-    plate_id: str
+    plate_id: str | None  # None: no plate of its own (count-plate counts what is in the counter)
     plate_map: dict[str, Any] | None
     plate_map_source: str | None
     layout: Any  # PlateLayout | None

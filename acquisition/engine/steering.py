@@ -102,12 +102,10 @@ def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:
 
 async def _engine(daemon: RunServices, run: str) -> ProtocolRun:
     active = daemon.active.get(run)
-    if active is None or active.engine is None:
+    if active is None:
         record = await daemon.journal.get_run(run)
         if record is None:
             raise CommandError("not_found", f"no run '{run}'")
-        if active is not None:
-            raise CommandError("conflict", f"run '{run}' is a count-plate run (abort only)")
         raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
     return active.engine
 

@@ -51,7 +51,7 @@ class StepContext:
     journal: Journal
     clock: Clock
     handles: dict[str, InstrumentHandle]  # by kind: "incubator", "harvester", "counter"
-    plate_id: str
+    plate_id: str | None  # None: the run has no plate of its own (count-plate)
     plate_layout: PlateLayout | None
     index: int  # 1-based step number
     notify: Callable[[], None]  # wake the MQTT link
