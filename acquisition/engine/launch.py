@@ -20,6 +20,7 @@ from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint
 from acquisition.engine.setup import RunSetup
 from acquisition.errors import CommandError, ConfigError
+from acquisition.kinds import role_of
 from acquisition.plate_maps import layout_from_data, parse_plate_map
 from acquisition.protocols import Protocol, parse_protocol, protocol_from_data
 from acquisition.steps import step_type
@@ -130,23 +131,24 @@ def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
 
 
 def _instruments(config: LabConfig, protocol: Protocol, source: str) -> dict[str, str]:
-    """kind -> instrument id for every role of every step."""
+    """role -> instrument id for every role of every step."""
     out: dict[str, str] = {}
     for i, step in enumerate(protocol.steps):
-        for kind in step_type(step.type).roles:
-            out[kind] = _one_of_kind(config, kind, getattr(step, "instrument", None),
-                                     out.get(kind), f"{source}: steps[{i}]")  # fmt: skip
+        for role in step_type(step.type).roles:
+            out[role] = _one_playing(config, role, getattr(step, "instrument", None),
+                                     out.get(role), f"{source}: steps[{i}]")  # fmt: skip
     return out
 
 
-def _one_of_kind(
+def _one_playing(
     config: LabConfig, kind: str, wanted: str | None, chosen_before: str | None, where: str
 ) -> str:
-    """The instrument of ``kind`` a step names (or the config's only one); one per run."""
-    of_kind = [c.id for c in config.instruments if c.kind == kind]
+    """The instrument playing the role ``kind`` (a counter: of kind counter, or of any kind
+    that plays it) a step names, or the config's only one; one per role and run."""
+    of_kind = [c.id for c in config.instruments if role_of(c.kind) == kind]
     if wanted is not None:
         match = next((c for c in config.instruments if c.id == wanted), None)
-        if match is None or match.kind != kind:
+        if match is None or role_of(match.kind) != kind:
             raise CommandError(
                 "bad_request",
                 f"{where}.instrument: a {kind} of the lab config "
@@ -179,5 +181,5 @@ def _operator(
     # before a protocol that starts at the harvest): the config's first of each kind.
     where: dict[str, str] = {}
     for inst in config.instruments:
-        where.setdefault(inst.kind, inst.id)
+        where.setdefault(role_of(inst.kind), inst.id)
     return VirtualOperator(sim, plate_id, plate_map, {**where, **instruments})

@@ -55,9 +55,10 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
         protocol_definition=dict(proto["definition"]),
         protocol_source=str(proto.get("source", "")),
         plate=dict(start.get("plate", {})),
-        instruments={
-            str(v.get("kind")): str(k) for k, v in (start.get("instruments") or {}).items()
-            if isinstance(v, dict) and v.get("kind")
+        instruments={  # role -> id (a run before roles had names: its kind was its role)
+            str(v.get("role") or v.get("kind")): str(k)
+            for k, v in (start.get("instruments") or {}).items()
+            if isinstance(v, dict) and (v.get("role") or v.get("kind"))
         },
         next_index=1,
     )

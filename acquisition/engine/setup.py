@@ -22,5 +22,5 @@ class RunSetup:
     plate_map: dict[str, Any] | None
     plate_map_source: str | None
     layout: Any  # PlateLayout | None
-    instruments: dict[str, str]  # kind -> id
+    instruments: dict[str, str]  # role -> id
     virtual_operator: VirtualOperator | None = None

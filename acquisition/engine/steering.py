@@ -130,10 +130,10 @@ async def abort_interrupted(daemon: RunServices, record: RunRecord) -> dict[str,
         instruments, step_names = {}, []
     async with contextlib.AsyncExitStack() as stack:
         handles = {}
-        for kind, iid in instruments.items():
+        for role, iid in instruments.items():
             try:
-                handles[kind] = await stack.enter_async_context(
-                    daemon.instruments.lease(iid, record.run, kind=kind)
+                handles[role] = await stack.enter_async_context(
+                    daemon.instruments.lease(iid, record.run, role=role)
                 )
             except CommandError as exc:
                 problems.append(f"{iid} not made safe ({exc.message})")

@@ -88,7 +88,8 @@ class StepType:
     """Does the step; None: an operator prompt, asked by the run loop (``text``, ``action``
     and ``timeout_s`` of the model)."""
     roles: tuple[str, ...] = ()
-    """The instrument kinds it drives, leased for the whole run."""
+    """The instrument roles it drives ("counter": whatever kind plays it, acquisition.kinds
+    ``plays``), leased for the whole run; ``ctx.handle(role)`` in the executor."""
     pausable_midway: bool = True
     """A pause ``now`` may cancel it and go on from its progress (else: after the step)."""
     check: Callable[[Any, Sequence[StepModel]], tuple[str, str] | None] | None = None
