@@ -230,7 +230,7 @@ class CommandHandlers:
             "run": run,
             "protocol": record.protocol,
             "state": record.state,
-            "plate": start["plate"] if start else None,
+            "plate": start.get("plate") if start else None,
             "wells": [
                 d["reading"]
                 for d in docs

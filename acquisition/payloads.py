@@ -181,7 +181,10 @@ class _DocumentBase(_Payload):
 class StartDocument(_DocumentBase):
     kind: Literal["start"] = "start"
     protocol: dict[str, Any]
-    plate: dict[str, Any]
+    plate: dict[str, Any] | None = Field(
+        None, description="the run's plate: plate_id (null: the one in the counter, as its "
+        "readings say), format, source, map; absent for a run with no plate (a cell)"
+    )
     instruments: dict[str, Any]
     config: dict[str, Any]
     simulated: bool

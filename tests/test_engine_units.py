@@ -16,7 +16,7 @@ import pytest
 
 from acquisition.engine.control import RunControl
 from acquisition.engine.recovery import ResumePoint, decide, read_run
-from acquisition.payloads import RunStateName
+from acquisition.payloads import RunStateName, StartDocument
 from acquisition.protocols import Protocol, parse_protocol
 from acquisition.run_states import FINAL, OPEN, TRANSITIONS, check_transition
 
@@ -263,6 +263,20 @@ def test_read_run_takes_the_protocol_plate_and_instruments_from_the_start_docume
     assert point.plate["plate_id"] == "P1"
     assert point.instruments == {"counter": "counter", "incubator": "inc1"}
     assert (point.next_index, point.completed, point.progress) == (1, [], {})
+
+
+def test_read_run_takes_a_run_without_a_plate_and_roles_by_name() -> None:
+    """A run with no plate (a cell, next) has none in its start document; an instrument
+    records the role it played (a kind of another name playing ``counter``)."""
+    d = Docs(PROTOCOL)
+    start = d.docs[0]
+    del start["plate"]
+    start["instruments"]["c2"] = start["instruments"].pop("counter")
+    start["instruments"]["c2"].update(kind="acme-counter", role="counter")
+    StartDocument.model_validate({**start, "id": "x", "config": {}, "simulated": True})
+    point = d.point()
+    assert point.plate == {}
+    assert point.instruments == {"counter": "c2", "incubator": "inc1"}
 
 
 def test_read_run_attributes_counted_wells_to_their_step() -> None:

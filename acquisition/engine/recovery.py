@@ -54,7 +54,7 @@ def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
     point = ResumePoint(
         protocol_definition=dict(proto["definition"]),
         protocol_source=str(proto.get("source", "")),
-        plate=dict(start.get("plate", {})),
+        plate=dict(start.get("plate") or {}),  # a run with no plate has none
         instruments={  # role -> id (a run before roles had names: its kind was its role)
             str(v.get("role") or v.get("kind")): str(k)
             for k, v in (start.get("instruments") or {}).items()
