@@ -332,7 +332,7 @@ class RunRecorder:
         self,
         *,
         protocol: dict[str, Any],
-        plate: dict[str, Any],
+        plate: dict[str, Any] | None,
         instruments: dict[str, Any],
         simulated: bool,
     ) -> None:

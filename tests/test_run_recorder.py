@@ -11,11 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from acquisition.config import LabConfig
 from acquisition.errors import JournalError
-from acquisition.journal import Journal
-from acquisition.payloads import Progress, WellReading
+from acquisition.journal import Journal, run_documents
+from acquisition.payloads import (
+    DATA_STREAMS,
+    DataDocument,
+    DataStream,
+    Progress,
+    StartDocument,
+    StopDocument,
+    UnreadableDocument,
+    WellReading,
+    read_document,
+    register_stream,
+)
 from acquisition.run_recorder import RunRecorder
 
 
@@ -138,3 +150,44 @@ async def test_a_reading_must_be_of_its_registered_stream(tmp_journal: Journal) 
         await rec.data(reading(0), None, stream="temperature")
     with pytest.raises(ValueError, match="stream 'sweep'"):
         await rec.data(reading(0), None, stream="sweep")
+
+
+class SweepSummary(BaseModel):
+    """A plug-in's reading (the patch-clamp rig's sweeps, next): not a shipped model."""
+
+    sweep: int
+    peak_pa: float
+
+
+async def test_a_plug_in_streams_readings_are_recorded_and_read_back_typed(
+    tmp_journal: Journal,
+) -> None:
+    register_stream(DataStream("sweep-test", SweepSummary, "a sweep's summary"))
+    try:
+        rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+        await rec.start(protocol={}, plate=None, instruments={}, simulated=True)
+        await rec.data(SweepSummary(sweep=1, peak_pa=-812.5), None, stream="sweep-test")
+        await rec.data(reading(0), Progress(done=1, total=1))
+        with pytest.raises(ValueError, match="not a reading of stream 'well'"):
+            await rec.data(SweepSummary(sweep=2, peak_pa=0.0), None)
+        await rec.stop("success", "done", "completed")
+        docs = await run_documents(tmp_journal, rec.run)
+        start, sweep, well, stop = docs
+        assert isinstance(start, StartDocument) and start.plate is None
+        assert isinstance(sweep, DataDocument) and sweep.reading == SweepSummary(
+            sweep=1, peak_pa=-812.5)
+        assert isinstance(well, DataDocument) and isinstance(well.reading, WellReading)
+        assert isinstance(stop, StopDocument) and stop.counts == {"data": 2}
+    finally:
+        DATA_STREAMS.pop("sweep-test", None)
+    # Without the plug-in its readings still read back, as the JSON objects they are.
+    (_, sweep, _, _) = await run_documents(tmp_journal, rec.run)
+    assert isinstance(sweep, DataDocument) and sweep.reading == {"sweep": 1, "peak_pa": -812.5}
+
+
+def test_a_document_this_version_cannot_read_is_kept_with_why() -> None:
+    damaged = read_document(b'{"kind": "data", "seq": 7, "stream": "well", "reading": {}}')
+    assert isinstance(damaged, UnreadableDocument)
+    assert (damaged.kind, damaged.seq) == ("data", 7) and "reading" in damaged.error
+    assert isinstance(read_document(b"\xff"), UnreadableDocument)
+    assert read_document(b"[1]") == UnreadableDocument({}, "not a JSON object")

@@ -3,7 +3,6 @@ interrupted after a restart, and resume an interrupted one from its documents.""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -15,7 +14,7 @@ from acquisition.engine.recovery import read_run
 from acquisition.engine.runner import ProtocolRun, resume_hint
 from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError, ConfigError
-from acquisition.journal import Journal, RunRecord
+from acquisition.journal import Journal, RunRecord, run_documents
 from acquisition.run_recorder import RunRecorder
 from acquisition.steps import step_types
 
@@ -44,10 +43,6 @@ async def protocol_run_from_args(
     )  # fmt: skip
 
 
-async def _documents(journal: Journal, run: str) -> list[dict[str, Any]]:
-    return [json.loads(p) for p in await journal.documents(run)]
-
-
 async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
     """CommandError unless ``run`` is an interrupted protocol run."""
     record = await daemon.journal.get_run(run)
@@ -59,8 +54,8 @@ async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
         raise CommandError(
             "conflict", f"run '{run}' is {record.state}: only an interrupted run can be resumed"
         )
-    documents = await _documents(daemon.journal, run)
-    if any(d.get("kind") == "stop" for d in documents):
+    documents = await run_documents(daemon.journal, run)
+    if any(d.kind == "stop" for d in documents):
         raise CommandError("conflict", f"run '{run}' has ended (it has a stop document)")
     try:
         point = read_run(documents)
@@ -84,12 +79,12 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
     """After a crash: an interruption document saying where the run stood, and the state
     ``interrupted`` (no stop document: the run can be resumed or aborted)."""
     detail: dict[str, Any] = {"previous": record.state, "last_seq": record.last_seq}
-    documents = await _documents(journal, record.run)
+    documents = await run_documents(journal, record.run)
     try:
         point = read_run(documents)
     except ValueError:
         await recorder.interruption("daemon restarted", detail)
-        if any(d.get("kind") == "start" for d in documents):
+        if any(d.kind == "start" for d in documents):
             # Started without a protocol definition: a count-plate run of a version before
             # count-plate ran on the engine. It cannot be resumed; it ends as it did then.
             await recorder.stop("interrupted", "the daemon stopped while the run was open",

@@ -4,7 +4,6 @@ interrupted run): what each does to a protocol run, and when it is refused (``co
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
@@ -12,7 +11,7 @@ from acquisition.engine.recovery import read_run
 from acquisition.engine.safety import make_safe
 from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError
-from acquisition.journal import RunRecord
+from acquisition.journal import RunRecord, run_documents
 from acquisition.run_recorder import RunRecorder
 from acquisition.run_states import refuse
 from acquisition.steps.labware import BenchView, strays, survey
@@ -120,13 +119,13 @@ async def abort_interrupted(daemon: RunServices, record: RunRecord) -> dict[str,
     )
     if recorder.stopped:  # ended already (a repeated abort)
         return {"run": record.run, "state": record.state}
-    documents = [json.loads(p) for p in await daemon.journal.documents(record.run)]
+    documents = await run_documents(daemon.journal, record.run)
     problems: list[str] = []
     try:
         point = read_run(documents)
         instruments = point.instruments
         step_names = [str(st.get("type")) for st in point.protocol_definition.get("steps", [])]
-    except ValueError:
+    except (ValueError, TypeError):  # no protocol run, or documents it cannot read: it ends
         instruments, step_names = {}, []
     async with contextlib.AsyncExitStack() as stack:
         handles = {}

@@ -16,7 +16,7 @@ import structlog
 from pydantic import Field, field_validator
 
 from acquisition.errors import PreconditionError
-from acquisition.payloads import Progress, WellReading
+from acquisition.payloads import DataDocument, Progress, WellReading
 from acquisition.quantities import DURATION, PERCENT, format_duration, quantity
 from acquisition.run_recorder import utcnow
 from acquisition.steps.registry import (
@@ -164,14 +164,10 @@ def _plan(step: CountStep) -> PlanLine:
                     positions * (step.count_time_s + COUNT_OVERHEAD_S), note)  # fmt: skip
 
 
-def _rebuild(progress: StepProgress, doc: Mapping[str, Any]) -> None:
+def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
     """A well's count: that well is done."""
-    if doc.get("stream", "well") == "well":
-        well = doc["reading"]["well"]  # a malformed reading raises: left out of the resume
-        if not isinstance(well, str):
-            raise TypeError(f"well {well!r}")
-        if well not in progress.counted:
-            progress.counted.append(well)
+    if isinstance(doc.reading, WellReading) and doc.reading.well not in progress.counted:
+        progress.counted.append(doc.reading.well)
 
 
 def _interrupted(progress: StepProgress) -> tuple[dict[str, Any], Progress | None]:

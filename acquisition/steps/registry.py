@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from acquisition.instruments import InstrumentHandle
-    from acquisition.payloads import Progress
+    from acquisition.payloads import DataDocument, Progress
     from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = [
@@ -110,7 +110,7 @@ class StepType:
     """On skip: leave the instrument free; what it holds afterwards is recorded."""
     make_safe: MakeSafe | None = None
     """Leave its instruments (by kind) safe when the run ends, aborts or the daemon stops."""
-    rebuild: Callable[[StepProgress, Mapping[str, Any]], None] | None = None
+    rebuild: Callable[[StepProgress, DataDocument], None] | None = None
     """Fold one of the step's data documents into its progress (the resume after a crash)."""
     resume: Callable[[Any, StepProgress, datetime, float], str | None] | None = None
     """After a restart, started but not finished: None to go on from the progress, else the
