@@ -13,27 +13,35 @@ The arguments are checked here in the command's own terms (``args.analysis.compe
 
 from __future__ import annotations
 
+import math
 import tomllib
 from typing import Any
 
 from acquisition.analysis.layout import competition_layout
 from acquisition.analysis.models import MODELS
 from acquisition.commands import RunStartArgs
+from acquisition.config import LabConfig
 from acquisition.errors import AnalysisError, CommandError
+from acquisition.kinds import role_of
 from acquisition.plate_maps import plate_map_toml
 
-__all__ = ["COUNT_PLATE", "LAYOUT_SOURCE", "SOURCE", "count_plate_protocol"]
+__all__ = ["COUNTER_ROLE", "COUNT_PLATE", "LAYOUT_SOURCE", "SOURCE", "count_plate_protocol"]
 
 COUNT_PLATE = "count-plate"
+COUNTER_ROLE = "counter"  # the role its count step needs (``args.instrument`` must play it)
 SOURCE = "count-plate (the run.start arguments)"
 LAYOUT_SOURCE = "run.start analysis.layout"
 _DESCRIPTION = "Count the plate in the counter now"
 
 
-def count_plate_protocol(args: RunStartArgs) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def count_plate_protocol(
+    args: RunStartArgs, config: LabConfig | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The protocol definition (as a protocol file's data) and the plate map (as a plate
-    map file's data, or None without analysis). CommandError (bad_request) naming the
-    argument that is wrong."""
+    map file's data, or None without analysis). CommandError naming the argument that is
+    wrong (``not_found``: no such instrument in ``config``; else ``bad_request``)."""
+    if config is not None:
+        _check_instrument(config, args.instrument)
     count: dict[str, Any] = {
         "type": "count",
         "instrument": args.instrument,
@@ -64,6 +72,11 @@ def count_plate_protocol(args: RunStartArgs) -> tuple[dict[str, Any], dict[str, 
             raise CommandError(
                 "bad_request", f"args.analysis.constants: {', '.join(missing)} needed"
             )
+        bad = [f"{k} = {v!r}" for k, v in spec.constants.items()
+               if not (math.isfinite(v) and v > 0)]  # fmt: skip
+        if bad:
+            raise CommandError("bad_request", f"args.analysis.constants: positive numbers "
+                                              f"(got {', '.join(bad)})")  # fmt: skip
         unknown = [c for c in spec.constants if c not in needed]
         if unknown:
             raise CommandError(
@@ -86,3 +99,12 @@ def count_plate_protocol(args: RunStartArgs) -> tuple[dict[str, Any], dict[str, 
                 analyze[name] = value
         steps.append(analyze)
     return {"name": COUNT_PLATE, "description": _DESCRIPTION, "steps": steps}, plate_map
+
+
+def _check_instrument(config: LabConfig, wanted: str) -> None:
+    match = next((c for c in config.instruments if c.id == wanted), None)
+    if match is None:
+        raise CommandError("not_found", f"no instrument '{wanted}' in the config")
+    if role_of(match.kind) != COUNTER_ROLE:
+        raise CommandError("bad_request", f"args.instrument: '{wanted}' is a {match.kind}, "
+                                          f"not a {COUNTER_ROLE}")  # fmt: skip

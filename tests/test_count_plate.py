@@ -4,6 +4,9 @@ their terms, and run by the engine (pause, resume, a subset of wells, the analys
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,9 @@ import pytest
 
 from acquisition.cli.client import DaemonClient
 from acquisition.commands import RunStartArgs
+from acquisition.config import load_config
 from acquisition.count_plate import count_plate_protocol
+from acquisition.engine.launch import setup_from_args
 from acquisition.errors import CommandError
 from acquisition.plate_maps import layout_from_data
 from acquisition.protocols import ProtocolFileError, protocol_from_data
@@ -62,6 +67,35 @@ def test_bad_analysis_arguments_are_refused_in_the_commands_terms(
     with pytest.raises(CommandError) as err:
         count_plate_protocol(RunStartArgs.model_validate({"analysis": analysis}))
     assert err.value.code == "bad_request" and expected in err.value.message
+
+
+LAB = """
+[[instruments]]
+id = "counter"
+kind = "counter"
+address = "TCPIP::127.0.0.1::5025::SOCKET"
+[[instruments]]
+id = "harvester"
+kind = "harvester"
+address = "/dev/ttyUSB0"
+"""
+
+
+@pytest.mark.parametrize(("start", "code", "expected"), [
+    ({"instrument": "nope"}, "not_found", "no instrument 'nope' in the config"),
+    ({"instrument": "harvester"}, "bad_request",
+     "args.instrument: 'harvester' is a harvester, not a counter"),
+    ({"analysis": {**SPEC, "constants": {"HotNM": -5.0, "HotKdNM": 5.0}}}, "bad_request",
+     "args.analysis.constants: positive numbers (got HotNM = -5.0)"),
+])  # fmt: skip
+def test_a_start_the_lab_cannot_run_is_refused_in_the_commands_terms(
+    tmp_path: Path, start: dict[str, Any], code: str, expected: str
+) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(LAB)
+    with pytest.raises(CommandError) as err:
+        asyncio.run(setup_from_args(load_config(path), RunStartArgs.model_validate(start), "r"))
+    assert (err.value.code, err.value.message) == (code, expected)
 
 
 @pytest.mark.parametrize(("wells", "expected"), [
@@ -120,9 +154,13 @@ async def test_a_subset_of_wells_is_counted_and_analysis_options_reach_the_resul
     with lab_stack(tmp_path, broker.port, time_scale=2000.0) as stack:
         async with DaemonClient(stack.config) as client:
             await wait_connected(client)
-            some = await client.request("run.start", {"count_time_s": 5, "wells": ["H12", "A1"]})
+            some = await client.request("run.start", {"count_time_s": 5, "wells": ["H12", "A1"],
+                                                      "label": "two wells"})  # fmt: skip
             res = await _ended(client, some["run"])
             assert [w["well"] for w in res["wells"]] == ["A1", "H12"]
+            start = json.loads(_first_document(stack.lab.journal_path, some["run"]))
+            assert start["protocol"]["label"] == "two wells"
+            assert start["protocol"]["definition"]["steps"][0]["wells"] == ["H12", "A1"]
             with pytest.raises(CommandError, match="efficiency"):  # before anything runs
                 await client.request("run.start", {"analysis": {**SPEC, "efficiency": 2}})
             analysis = {**SPEC, "efficiency": 0.5, "specific_activity_ci_per_mmol": 100.0,
@@ -136,3 +174,10 @@ async def test_a_subset_of_wells_is_counted_and_analysis_options_reach_the_resul
     assert rows and all(r["dpm"] is not None and r["specific_fmol_per_mg"] is not None
                         for r in rows), rows[0]  # fmt: skip
     assert res["analysis"]["plate_id"], "the plate the counter reported"
+
+
+def _first_document(journal: Path, run: str) -> bytes:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        (payload,) = db.execute("SELECT payload FROM documents WHERE run = ? AND seq = 1",
+                                (run,)).fetchone()  # fmt: skip
+    return bytes(payload)

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from acquisition.errors import CommandError
 from devtools.mosquitto import MosquittoBroker
 from devtools.virtual_lab import VirtualLab, virtual_lab
+from tests.e2e import terminal_env
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data" / "journal-d630eec"
@@ -38,7 +40,7 @@ async def _assay(lab: VirtualLab, *args: str) -> subprocess.CompletedProcess[str
         [str(Path(sys.executable).parent / "assay"), "--config", str(lab.files.config_path),
          *args],
         capture_output=True, text=True, timeout=60, check=False,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env=terminal_env(),
     )  # fmt: skip
 
 
@@ -55,8 +57,10 @@ async def test_the_runs_of_an_old_journal_are_listed_replayed_and_shown(
         docs = await lab.documents(OPEN_COUNT)
         assert [d["kind"] for d in docs[-2:]] == ["interruption", "stop"]
         assert docs[-1]["exit_status"] == "interrupted"
-        with pytest.raises(Exception, match="has ended"):
-            await lab.client.request("run.resume", {"run": OPEN_COUNT})
+        for verb in ("run.resume", "run.abort"):  # neither pretends to do something
+            with pytest.raises(CommandError, match="has ended") as refused:
+                await lab.client.request(verb, {"run": OPEN_COUNT})
+            assert refused.value.code == "conflict"
         for run, steps in ((PROTOCOL_RUN, 5), (COUNT_RUN, 1)):
             replay = await lab.client.request("replay", {"run": run})
             assert replay["count"] == runs[run]["last_seq"], replay

@@ -152,6 +152,41 @@ async def test_a_reading_must_be_of_its_registered_stream(tmp_journal: Journal) 
         await rec.data(reading(0), None, stream="sweep")
 
 
+@pytest.mark.parametrize("readings", [2, 1], ids=["a reading before it", "the stop itself"])
+async def test_a_stop_whose_write_or_an_earlier_one_fails_leaves_the_run_stoppable(
+    tmp_journal: Journal, monkeypatch: pytest.MonkeyPatch, readings: int
+) -> None:
+    """The stop that meets a failed write raises it without taking the state on; the
+    run's end (``failed``) is then recorded, with the documents on disk counted."""
+    rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    real = tmp_journal.submit_append
+    failed: list[int] = []
+
+    def failing_once(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        if seq == 3 and not failed:  # the second reading, or the stop after the first
+            failed.append(seq)
+
+            def fail(conn: sqlite3.Connection) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            return tmp_journal.worker.submit(fail)
+        return real(run, seq, *args, **kwargs)
+
+    monkeypatch.setattr(tmp_journal, "submit_append", failing_once)
+    for i in range(readings):  # seq 2, 3
+        await rec.data(reading(i), Progress(done=i + 1, total=2))
+    with pytest.raises(JournalError, match="disk I/O error"):
+        await rec.stop("success", "counted", "completed")
+    assert rec.state == "running" and not rec.stopped
+    await rec.stop("fail", "journal write failed", "failed")
+    docs = [json.loads(p) for p in await tmp_journal.documents(rec.run)]
+    assert [d["kind"] for d in docs] == ["start", "data", "stop"]
+    assert docs[-1]["exit_status"] == "fail" and docs[-1]["counts"] == {"data": 1}
+    record = await tmp_journal.get_run(rec.run)
+    assert record is not None and record.state == "failed"
+
+
 class SweepSummary(BaseModel):
     """A plug-in's reading (the patch-clamp rig's sweeps, next): not a shipped model."""
 

@@ -103,6 +103,7 @@ async def watch_run(
     if (
         final == "interrupted"
         and "assay run resume" not in message  # the daemon's message already says it
+        and not (session.follower is not None and session.follower.stopped)  # it has ended
     ):
         session.say(f"resume it with `assay run resume {run}` (or `assay run abort {run}`)")
     return 0 if final == "completed" else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,15 @@ async def setup_from_args(
     (:mod:`acquisition.count_plate`): no file, and no plate id (the plate is the one in the
     counter; its readings say which)."""
     if isinstance(args, RunStartArgs):
-        definition, made = count_plate_protocol(args)
+        definition, made = count_plate_protocol(args, config)
         try:
             protocol = protocol_from_data(definition, source=COUNT_PLATE_SOURCE)
             made_layout = layout_from_data(made, source=LAYOUT_SOURCE) if made else None
         except ConfigError as exc:
             raise CommandError("bad_request", str(exc)) from None
-        return _setup(config, protocol, definition, COUNT_PLATE_SOURCE, None, made,
-                      LAYOUT_SOURCE if made else None, made_layout)  # fmt: skip
+        setup = _setup(config, protocol, definition, COUNT_PLATE_SOURCE, None, made,
+                       LAYOUT_SOURCE if made else None, made_layout)  # fmt: skip
+        return replace(setup, label=args.label)
     if args.protocol_toml is not None:
         text, source = args.protocol_toml, f"{args.protocol}.toml (sent by the terminal)"
     else:
@@ -83,8 +85,8 @@ async def setup_from_args(
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
     plate_id = args.plate_id or f"P{run_hint[-6:]}"
-    return _setup(config, protocol, definition, source, plate_id, plate_map, plate_source,
-                  layout)  # fmt: skip
+    return replace(_setup(config, protocol, definition, source, plate_id, plate_map,
+                          plate_source, layout), label=args.label)  # fmt: skip
 
 
 def _setup(  # noqa: PLR0917 - one private call shape, named at its two callers
@@ -127,6 +129,7 @@ def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
         protocol_source=point.protocol_source, plate_id=plate_id, plate_map=plate_map,
         plate_map_source=point.plate.get("source"), layout=layout, instruments=instruments,
         virtual_operator=_operator(config, plate_id, plate_map, instruments),
+        label=point.label,
     )  # fmt: skip
 
 

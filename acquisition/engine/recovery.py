@@ -51,6 +51,7 @@ class ResumePoint:
     next_index: int  # 1-based number of the first step not finished
     progress: dict[int, StepProgress] = field(default_factory=dict)
     completed: list[int] = field(default_factory=list)
+    label: str | None = None
 
 
 def read_run(documents: Sequence[ReadDocument]) -> ResumePoint:
@@ -75,6 +76,7 @@ def read_run(documents: Sequence[ReadDocument]) -> ResumePoint:
             if isinstance(v, dict) and (v.get("role") or v.get("kind"))
         },
         next_index=1,
+        label=str(start.protocol["label"]) if start.protocol.get("label") else None,
     )
     current: int | None = None
     steps = definition.get("steps", [])

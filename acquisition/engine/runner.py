@@ -166,7 +166,8 @@ class ProtocolRun(Asking):
         s = self.setup
         await self.recorder.start(
             protocol={"name": s.protocol.name, "source": s.protocol_source,
-                      "definition": s.protocol_definition},
+                      "definition": s.protocol_definition,
+                      **({"label": s.label} if s.label is not None else {})},
             plate={"plate_id": s.plate_id, "format": 96, "source": s.plate_map_source,
                    "map": s.plate_map},
             instruments={

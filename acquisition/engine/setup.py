@@ -24,3 +24,4 @@ class RunSetup:
     layout: Any  # PlateLayout | None
     instruments: dict[str, str]  # role -> id
     virtual_operator: VirtualOperator | None = None
+    label: str | None = None  # the run.start label, in the start document

@@ -117,8 +117,10 @@ async def abort_interrupted(daemon: RunServices, record: RunRecord) -> dict[str,
     recorder = await RunRecorder.resume(
         daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.wall
     )
-    if recorder.stopped:  # ended already (a repeated abort)
-        return {"run": record.run, "state": record.state}
+    if recorder.stopped:  # ended already: a repeated abort, or a run that cannot resume
+        if record.state == "aborted":
+            return {"run": record.run, "state": record.state}
+        raise CommandError("conflict", f"run '{record.run}' has ended (it has a stop document)")
     documents = await run_documents(daemon.journal, record.run)
     problems: list[str] = []
     try:

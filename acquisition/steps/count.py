@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -152,7 +151,8 @@ def _reading(count: WellCount, index: int, plate_id: str | None) -> WellReading:
 
 def _plan(step: CountStep) -> PlanLine:
     d = format_duration
-    positions = math.ceil(len(step.plate_wells()) / COUNTER_DETECTORS)
+    # 12 detectors count a row of the plate at once: one position per row with wells to count
+    positions = len({well[0] for well in step.plate_wells()})
     stop = "" if step.precision_pct is None else f" or {step.precision_pct:g} % 2-sigma"
     note = (
         f"{positions} positions x ({d(step.count_time_s)} + {COUNT_OVERHEAD_S:g} s), "
