@@ -146,7 +146,7 @@ def _documents(journal: Path, run: str) -> list[bytes]:
 
 
 def test_a_step_refuses_an_instrument_that_does_not_play_its_role(tmp_path: Path) -> None:
-    from acquisition.commands import RunStartArgs
+    from acquisition.commands import ProtocolRunArgs, RunStartArgs
     from acquisition.engine.launch import setup_from_args
 
     path = tmp_path / "lab.toml"
@@ -158,6 +158,11 @@ def test_a_step_refuses_an_instrument_that_does_not_play_its_role(tmp_path: Path
     config = load_config(path)
     setup = asyncio.run(setup_from_args(config, RunStartArgs(instrument="c9"), "x" * 8))
     assert setup.instruments == {"counter": "c9"}
-    with pytest.raises(CommandError, match=r"instrument: a counter of the lab config \(c9\), "
-                                           r"got 'b1'"):  # fmt: skip
+    with pytest.raises(CommandError, match=r"args.instrument: 'b1' is a balance, not a counter"):
         asyncio.run(setup_from_args(config, RunStartArgs(instrument="b1"), "x" * 8))
+    protocol = ('name = "p"\n[[steps]]\ntype = "count"\ninstrument = "b1"\n'
+                'isotope = "H3"\ncount_time = "1 s"\n')  # fmt: skip
+    with pytest.raises(CommandError, match=r"steps\[0\]\.instrument: a counter of the lab "
+                                           r"config \(c9\), got 'b1'"):  # fmt: skip
+        asyncio.run(setup_from_args(config, ProtocolRunArgs(protocol="p", protocol_toml=protocol),
+                                    "x" * 8))  # fmt: skip
