@@ -61,8 +61,7 @@ class DaemonServices(RunServices, Protocol):
     @property
     def started_at(self) -> datetime: ...
 
-    async def start_count_run(self, args: RunStartArgs) -> RunRecorder: ...
-    async def start_protocol_run(self, args: ProtocolRunArgs) -> RunRecorder: ...
+    async def start_protocol_run(self, args: ProtocolRunArgs | RunStartArgs) -> RunRecorder: ...
     def abort_run(self, run: str) -> bool: ...
 
 log = structlog.get_logger("acquisition.commands")
@@ -144,11 +143,8 @@ class CommandHandlers:
                 assert isinstance(args, RunRef)
                 return json.loads(await self._state_payload(args.run))
             case "run.start":
-                if isinstance(args, ProtocolRunArgs):
-                    recorder = await self._d.start_protocol_run(args)
-                else:
-                    assert isinstance(args, RunStartArgs)
-                    recorder = await self._d.start_count_run(args)
+                assert isinstance(args, ProtocolRunArgs | RunStartArgs)
+                recorder = await self._d.start_protocol_run(args)
                 return {"run": recorder.run, "state": recorder.state}
             case "run.abort":
                 assert isinstance(args, RunRef)
@@ -218,7 +214,7 @@ class CommandHandlers:
             return {"run": run, "state": "aborting"}
         if record.state == "aborted":
             return {"run": run, "state": "aborted"}  # a repeated abort is not an error
-        if record.state == "interrupted" and record.protocol != "count-plate":
+        if record.state == "interrupted":
             from acquisition.engine.steering import abort_interrupted
 
             return await abort_interrupted(self._d, record)
@@ -234,7 +230,7 @@ class CommandHandlers:
             "run": run,
             "protocol": record.protocol,
             "state": record.state,
-            "plate": start["plate"] if start else None,
+            "plate": start.get("plate") if start else None,
             "wells": [
                 d["reading"]
                 for d in docs

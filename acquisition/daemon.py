@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,18 +26,15 @@ import aiomqtt
 import structlog
 
 from acquisition import __version__
-from acquisition.analysis.layout import PlateLayout
-from acquisition.analysis_step import analysis_layout, analyze_run_with_spec
 from acquisition.command_handlers import CommandHandlers, ReplyCache
-from acquisition.commands import AnalysisSpec, CommandReply, ProtocolRunArgs, RunStartArgs
+from acquisition.commands import CommandReply, ProtocolRunArgs, RunStartArgs
 from acquisition.config import LabConfig
-from acquisition.count_run import run_count_plate
 from acquisition.engine.runner import ProtocolRun
 from acquisition.engine.runs import interrupt_open_run, protocol_run_from_args, resumed_protocol_run
 from acquisition.errors import CommandError, InstanceError
 from acquisition.instance import Identity, JournalLock, claim_node, live_rival
 from acquisition.instruments import InstrumentManager
-from acquisition.journal import Journal, OutboxMessage
+from acquisition.journal import Journal
 from acquisition.mqtt_link import MqttLink
 from acquisition.payloads import DaemonStatus
 from acquisition.run_recorder import RunRecorder, utcnow
@@ -54,8 +50,7 @@ log = structlog.get_logger("acquisition.daemon")
 class ActiveRun:
     recorder: RunRecorder
     task: asyncio.Task[None]
-    abort_requested: asyncio.Event
-    engine: ProtocolRun | None = None  # None: a count-plate run
+    engine: ProtocolRun
 
 
 class Daemon:
@@ -234,15 +229,7 @@ class Daemon:
             )
             with structlog.contextvars.bound_contextvars(run=record.run):
                 log.warning("run was open when the daemon stopped; marking it interrupted")
-                if record.protocol != "count-plate":
-                    await interrupt_open_run(self.journal, recorder, record)
-                    continue
-                await recorder.interruption(
-                    "daemon restarted", {"last_seq": record.last_seq, "previous": record.state}
-                )
-                await recorder.stop(
-                    "interrupted", "the daemon stopped while the run was open", "interrupted"
-                )
+                await interrupt_open_run(self.journal, recorder, record)
 
     async def _interrupt_active_runs(self) -> None:
         while self.active:  # a run launched meanwhile is interrupted too
@@ -255,62 +242,9 @@ class Daemon:
 
     # -- runs ------------------------------------------------------------------------------
 
-    async def start_count_run(self, args: RunStartArgs) -> RunRecorder:
-        """Lease the counter, create the run, start it; CommandError if that cannot be."""
-        if self._tg is None or self._stopping:
-            raise CommandError("unavailable", "the daemon is shutting down")
-        layout = analysis_layout(args.analysis) if args.analysis else None
-        stack = contextlib.AsyncExitStack()
-        recorder: RunRecorder | None = None
-        try:
-            handle = await stack.enter_async_context(
-                self.instruments.lease(args.instrument, run="(starting)", kind="counter")
-            )
-            recorder = await RunRecorder.create(
-                self.config,
-                self.journal,
-                self.link.notify,
-                args.protocol,
-                args.model_dump(mode="json"),
-                clock=self.wall,
-            )
-            handle.lease = recorder.run
-        except BaseException:
-            await stack.aclose()
-            raise
-        abort = asyncio.Event()
-
-        async def _body() -> None:
-            assert recorder is not None
-            async with stack:
-                with structlog.contextvars.bound_contextvars(
-                    run=recorder.run, instrument=args.instrument
-                ):
-                    try:
-                        outcome = await run_count_plate(
-                            self.config, recorder, handle, args, self.clock, abort_requested=abort
-                        )
-                        log.info(
-                            "run finished", exit_status=outcome.exit_status, wells=outcome.wells
-                        )
-                        if outcome.exit_status == "success" and args.analysis and layout:
-                            await self._analyze(recorder.run, args.analysis, layout)
-                    except Exception as exc:  # a bug or a journal failure: keep the daemon up
-                        log.exception("run crashed")
-                        if not recorder.stopped:
-                            try:
-                                await recorder.stop("fail", f"internal error: {exc}", "failed")
-                            except Exception:
-                                log.exception("could not record the run's stop document")
-                    finally:
-                        self.active.pop(recorder.run, None)
-
-        task = self._tg.create_task(_body(), name=f"run:{recorder.run}")
-        self.active[recorder.run] = ActiveRun(recorder, task, abort)
-        return recorder
-
-    async def start_protocol_run(self, args: ProtocolRunArgs) -> RunRecorder:
-        """Create a protocol run (queued until its instruments are free) and start it."""
+    async def start_protocol_run(self, args: ProtocolRunArgs | RunStartArgs) -> RunRecorder:
+        """Create a protocol run (queued until its instruments are free) and start it;
+        :class:`RunStartArgs` run the shipped count-plate protocol."""
         self._check_running()
         engine = await protocol_run_from_args(self, args)
         self._launch(engine)
@@ -355,35 +289,14 @@ class Daemon:
                     self.active.pop(recorder.run, None)
 
         task = self._tg.create_task(_body(), name=f"run:{recorder.run}")
-        self.active[recorder.run] = ActiveRun(recorder, task, asyncio.Event(), engine)
-
-    async def _analyze(self, run: str, spec: AnalysisSpec, layout: PlateLayout) -> None:
-        """Analyse a finished count; store the result and publish it retained, atomically."""
-        docs = [json.loads(p) for p in await self.journal.documents(run)]
-        try:
-            result = await asyncio.to_thread(analyze_run_with_spec, docs, spec, layout)
-        except Exception:  # a bug in the analysis must not take the daemon down
-            log.exception("analysis failed")
-            return
-        payload = result.model_dump_json(by_alias=True).encode()
-        topic = self.config.topic("runs", run, "result")
-        await self.journal.put_result(
-            run, payload, outbox=[OutboxMessage(topic, payload, retain=True)]
-        )
-        self.link.notify()
-        log.info("analysis stored", passed=result.passed, model=result.model)
+        self.active[recorder.run] = ActiveRun(recorder, task, engine)
 
     def abort_run(self, run: str) -> bool:
         """Ask an active run to abort; repeating it does nothing more. False if not active."""
         active = self.active.get(run)
         if active is None:
             return False
-        if active.engine is not None:
-            active.engine.control.abort()
-            return True
-        if not active.abort_requested.is_set():  # a second cancel would cut the abort short
-            active.abort_requested.set()
-            active.task.cancel()
+        active.engine.control.abort()
         return True
 
     # -- commands --------------------------------------------------------------------------

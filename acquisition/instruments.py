@@ -20,6 +20,7 @@ import structlog
 from acquisition.config import InstrumentConfig, LabConfig
 from acquisition.errors import CommandError
 from acquisition.journal import Journal, OutboxMessage
+from acquisition.kinds import role_of
 from acquisition.payloads import InstrumentState
 from acquisition.run_recorder import utcnow
 from drivers.backoff import Backoff
@@ -182,17 +183,17 @@ class InstrumentManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, instrument_id: str, run: str, *, kind: str | None = None
+        self, instrument_id: str, run: str, *, role: str | None = None
     ) -> AsyncIterator[InstrumentHandle]:
-        """Hold an instrument for one run; CommandError if absent, of another kind, held,
-        offline or in fault."""
+        """Hold an instrument for one run; CommandError if absent, not playing ``role``,
+        held, offline or in fault."""
         handle = self.handles.get(instrument_id)
         if handle is None:
             raise CommandError("not_found", f"no instrument '{instrument_id}' in the config")
-        if kind is not None and handle.config.kind != kind:
+        if role is not None and role_of(handle.config.kind) != role:
             raise CommandError(
                 "bad_request",
-                f"instrument '{instrument_id}' is a {handle.config.kind}, not a {kind}",
+                f"instrument '{instrument_id}' is a {handle.config.kind}, not a {role}",
             )
         if handle.lease is not None:
             raise CommandError(

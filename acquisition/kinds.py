@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InstrumentKind", "instrument_kind", "instrument_kinds", "register_kind", "restore_kinds",
+    "role_of",
 ]
 
 
@@ -45,6 +46,13 @@ class InstrumentKind:
     role: type
     """The role protocol its drivers satisfy (drivers.roles), what steps ask for."""
     description: str = ""
+    plays: str = ""
+    """The role's name, as step types name it in their ``roles`` ("counter"); empty: the
+    kind's own name. A second vendor's counter, kind ``topcount``, plays ``counter``."""
+
+    @property
+    def role_name(self) -> str:
+        return self.plays or self.name
 
 
 _KINDS: dict[str, InstrumentKind] = {}
@@ -115,3 +123,9 @@ register_kind(InstrumentKind("harvester", HarvesterConfig, _harvester, Harvester
                              "cell harvester (RS-232)"))  # fmt: skip
 register_kind(InstrumentKind("perfusion", PerfusionConfig, _perfusion, Perfusion,
                              "perfusion valve controller (ValveLink8, RS-232)"))  # fmt: skip
+
+
+def role_of(kind: str) -> str:
+    """The role an instrument of ``kind`` plays for the steps (its own name if unknown)."""
+    entry = _KINDS.get(kind)
+    return entry.role_name if entry is not None else kind

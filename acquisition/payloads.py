@@ -9,12 +9,24 @@ by ``id``.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    SkipValidation,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DATA_STREAMS",
@@ -27,13 +39,16 @@ __all__ = [
     "Progress",
     "PromptDocument",
     "PromptState",
+    "ReadDocument",
     "RunDocument",
     "RunState",
     "StartDocument",
     "StepDocument",
     "StopDocument",
     "TemperatureReading",
+    "UnreadableDocument",
     "WellReading",
+    "read_document",
     "register_stream",
     "run_document_adapter",
 ]
@@ -181,7 +196,10 @@ class _DocumentBase(_Payload):
 class StartDocument(_DocumentBase):
     kind: Literal["start"] = "start"
     protocol: dict[str, Any]
-    plate: dict[str, Any]
+    plate: dict[str, Any] | None = Field(
+        None, description="the run's plate: plate_id (null: the one in the counter, as its "
+        "readings say), format, source, map; absent for a run with no plate (a cell)"
+    )
     instruments: dict[str, Any]
     config: dict[str, Any]
     simulated: bool
@@ -220,23 +238,39 @@ register_stream(DataStream("temperature", TemperatureReading, "one incubator sam
 
 
 class DataDocument(_DocumentBase):
-    """One reading. ``reading`` is validated by the model its stream registered; a stream
-    this version does not know (a newer daemon's, a plug-in not loaded) is kept as it is,
-    never refused: an old run's documents always read back."""
+    """One reading. ``reading`` is validated by the model its stream registered (a plug-in's
+    stream too: it is then an instance of that model); a stream this version does not know
+    (a newer daemon's, a plug-in not loaded) is kept as the JSON object it is, never
+    refused: an old run's documents always read back. The JSON Schema shows the shipped
+    streams' readings."""
 
     kind: Literal["data"] = "data"
     stream: str = Field("well", pattern=_STREAM_NAME)
-    reading: WellReading | TemperatureReading | dict[str, Any]
+    # Validated by _reading_of_its_stream (the registry, not this union, decides); serialised
+    # as whatever model it is.
+    reading: Annotated[
+        SerializeAsAny[WellReading | TemperatureReading | dict[str, Any]], SkipValidation
+    ]
 
     @model_validator(mode="before")
     @classmethod
     def _reading_of_its_stream(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = DATA_STREAMS.get(str(data.get("stream", "well")))
-            reading = data.get("reading")
-            if known is not None and not isinstance(reading, known.reading):
-                data = {**data, "reading": known.reading.model_validate(reading)}
-        return data
+        if not isinstance(data, dict):
+            return data
+        known = DATA_STREAMS.get(str(data.get("stream", "well")))
+        reading = data.get("reading")
+        if known is None:
+            if not isinstance(reading, Mapping):
+                raise ValueError("reading: a JSON object")
+            return {**data, "reading": dict(reading)}
+        if isinstance(reading, known.reading):
+            return data
+        try:
+            return {**data, "reading": known.reading.model_validate(reading)}
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in ("reading", *err.get("loc", ())))
+            raise ValueError(f"{where}: {err.get('msg', 'invalid')}") from None
 
 
 class ArtifactDocument(_DocumentBase):
@@ -304,3 +338,41 @@ RunDocument = Annotated[
     Field(discriminator="kind"),
 ]
 run_document_adapter: TypeAdapter[RunDocument] = TypeAdapter(RunDocument)
+
+
+@dataclass(frozen=True)
+class UnreadableDocument:
+    """A stored document this version cannot read as its model (a newer daemon's, or one
+    damaged): kept as it was, with why, so a reader decides what it means (the recovery
+    leaves an unreadable reading out, and stops at an unreadable step)."""
+
+    raw: Mapping[str, Any]
+    error: str
+
+    @property
+    def kind(self) -> str:
+        return str(self.raw.get("kind", "?"))
+
+    @property
+    def seq(self) -> object:
+        return self.raw.get("seq")
+
+
+ReadDocument = RunDocument | UnreadableDocument
+
+
+def read_document(stored: bytes | str | Mapping[str, Any]) -> ReadDocument:
+    """A run document as its typed model (a data document's reading as its stream's model;
+    a stream this version does not know stays a dict), or :class:`UnreadableDocument`."""
+    try:
+        raw = json.loads(stored) if isinstance(stored, bytes | str) else stored
+    except (ValueError, UnicodeDecodeError) as exc:
+        return UnreadableDocument({}, f"not JSON: {exc}")
+    if not isinstance(raw, Mapping):
+        return UnreadableDocument({}, "not a JSON object")
+    try:
+        return run_document_adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        return UnreadableDocument(raw, f"{where}: {err.get('msg', 'invalid')}")

@@ -283,6 +283,13 @@ class RunRecorder:
         Not interrupted by a cancellation: the writes finish, then the cancellation goes on
         (it wins over a write failure, which the next call reports).
         """
+        await self._settle()
+        if self._failure is not None:
+            await self._recover()
+
+    async def _settle(self) -> None:
+        """Wait for the writes handed over (each ends written or failed); a cancellation
+        meanwhile is raised once they have."""
         cancelled = False
         while self._writes:
             try:
@@ -291,8 +298,6 @@ class RunRecorder:
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
-        if self._failure is not None:
-            await self._recover()
 
     async def _recover(self) -> None:
         """After a failed write: realign seq with the disk, then report the failure once.
@@ -327,7 +332,7 @@ class RunRecorder:
         self,
         *,
         protocol: dict[str, Any],
-        plate: dict[str, Any],
+        plate: dict[str, Any] | None,
         instruments: dict[str, Any],
         simulated: bool,
     ) -> None:
@@ -411,20 +416,40 @@ class RunRecorder:
         await self._append(InterruptionDocument(**self._base(), reason=reason, detail=detail or {}))
 
     async def stop(self, exit_status: ExitStatus, reason: str, final: RunStateName) -> None:
+        """The stop document, once every document handed over before it is on disk (its
+        counts are of those). A write that failed before it raises JournalError first, the
+        run's state untouched, so that the caller can still stop it (``failed``); so does
+        a failure of the stop document's own write. A cancellation meanwhile is raised
+        once the stop document is written."""
         check_transition(self.run, self.state, final)
+        cancelled = False
+        try:
+            await self._settle()
+        except asyncio.CancelledError:
+            cancelled = True
+        if self._failure is not None:
+            await self._recover()  # raises: seq realigned with the disk, state as it was
+        before = (self.state, self.message, self.progress)
         self.state = final
         self.message = reason
         if self.progress is not None:
             self.progress = self.progress.model_copy(update={"eta_s": 0.0})
-        await self._append(
-            StopDocument(
-                **self._base(),
-                exit_status=exit_status,
-                reason=reason,
-                counts={k: v for k, v in self.counts.items() if k == "data"},
-            ),
-            durable=True,
-        )
+        try:
+            await self._append(
+                StopDocument(
+                    **self._base(),
+                    exit_status=exit_status,
+                    reason=reason,
+                    counts={k: v for k, v in self.counts.items() if k == "data"},
+                ),
+                durable=True,
+            )
+        except BaseException:
+            if not self.stopped:  # not on disk: the run is where it was
+                self.state, self.message, self.progress = before
+            raise
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 def _inside_with_size_and_sha256(data_dir: Path, file: Path) -> tuple[str, int, str]:

@@ -24,7 +24,8 @@ from acquisition.payloads import TERMINAL_STATES, RunStateName
 __all__ = ["FINAL", "OPEN", "TRANSITIONS", "check_transition", "refuse"]
 
 STATES: Final = frozenset(get_args(RunStateName))
-# ``interrupted`` ends a count-plate run (TERMINAL_STATES) but a protocol run resumes from it.
+# ``interrupted`` ends the run's task (TERMINAL_STATES: a watch stops there) but not the run:
+# it resumes from there, unless a stop document ended it (a run of an earlier version).
 FINAL: Final = TERMINAL_STATES - {"interrupted"}
 OPEN: Final = STATES - TERMINAL_STATES
 

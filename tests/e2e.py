@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -151,3 +152,13 @@ async def _with_ticks(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message |
             nxt.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await nxt
+
+
+def terminal_env() -> dict[str, str]:
+    """The environment of the terminal run as a subprocess: wide, none of the user's
+    settings, and this checkout's code (PYTHONPATH, when the venv's editable install is
+    another checkout's)."""
+    env = {"COLUMNS": "160", "PATH": "/usr/bin:/bin"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.mosquitto import MosquittoBroker
-from tests.e2e import lab_stack
+from tests.e2e import lab_stack, terminal_env
 
 pytestmark = pytest.mark.slow
 ASSAY = str(Path(sys.executable).parent / "assay")
@@ -27,7 +27,7 @@ def assay(config: Path, *args: str, timeout: float = 60) -> subprocess.Completed
         text=True,
         timeout=timeout,
         check=False,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env=terminal_env(),
     )
 
 

@@ -332,6 +332,23 @@ async def test_watch_ends_on_interrupted_with_the_resume_hint(
     assert "resume it with `assay run resume R-0042`" in out
 
 
+async def test_watch_gives_no_resume_hint_for_a_run_that_has_ended(
+    broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
+) -> None:
+    """An interrupted run with a stop document (a count-plate run of an earlier version)
+    cannot be resumed: the watch does not say it can."""
+    async def get(d: FakeDaemon, args: dict[str, Any]) -> Any:
+        reply = d.state("running", **INCUBATING)
+        await d.doc("interruption", reason="daemon restarted", detail={})
+        await d.doc("stop", exit_status="interrupted", reason="the daemon stopped", counts={})
+        await d.publish_state("interrupted", message="the daemon stopped while it was open")
+        return reply
+
+    code, out, _ = await watch(lab_config(broker), {"run.get": get})
+    assert code == 1, out
+    assert "interrupted" in out and "resume it with" not in out, out
+
+
 async def test_watch_says_when_the_daemon_goes_offline_and_comes_back(
     broker: MosquittoBroker, lab_config: Callable[..., LabConfig]
 ) -> None:

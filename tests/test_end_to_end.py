@@ -24,12 +24,13 @@ pytestmark = pytest.mark.slow
 ALL_WELLS = {f"{r}{c}" for r in "ABCDEFGH" for c in range(1, 13)}
 
 
-def _check_complete_run(docs: list[dict[str, Any]]) -> None:
+def _check_complete_run(docs: list[dict[str, Any]], *, resumed: bool = False) -> None:
     seqs = [d["seq"] for d in docs]
     assert seqs == list(range(1, len(docs) + 1)), "documents out of order or with gaps"
     assert len({d["id"] for d in docs}) == len(docs)
     kinds = [d["kind"] for d in docs]
     assert kinds[0] == "start" and kinds[-1] == "stop"
+    assert ("interruption" in kinds) == resumed
     wells = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
     assert len(wells) == 96 and set(wells) == ALL_WELLS, "every well exactly once"
     assert docs[-1]["exit_status"] == "success"
@@ -174,13 +175,15 @@ async def test_sigterm_mid_run_is_graceful(broker: MosquittoBroker, tmp_path: Pa
         assert retained[config.topic("status")]["state"] == "offline"
         assert retained[config.topic("status")]["reason"] == "shutdown"
         assert retained[config.topic("runs", run, "state")]["state"] == "interrupted"
-        # Restarted, the daemon still has every document of the interrupted run.
+        # Restarted, the daemon still has every document of the interrupted run, and the
+        # count-plate run (a protocol on the engine) resumes where it stopped.
         stack.daemon.start()
         async with DaemonClient(load_config(stack.lab.config_path)) as client:
             res = await client.request("results", {"run": run})
-        assert res["state"] == "interrupted"
-        assert res["stop"]["exit_status"] == "interrupted"
-        assert len(res["wells"]) >= 5
+            assert res["state"] == "interrupted" and res["stop"] is None
+            assert len(res["wells"]) >= 5
+            await _resume_to_the_end(client, run)
+        _check_complete_run(_documents(stack.lab.journal_path, run), resumed=True)
 
 
 async def test_commands_are_idempotent_and_replies_stay_in_their_place(
@@ -244,11 +247,26 @@ async def test_daemon_sigkilled_mid_count_keeps_its_data_and_marks_the_run_inter
         stack.daemon.start()
         async with DaemonClient(config) as client:
             res = await client.request("results", {"run": run})
-        assert res["state"] == "interrupted"
-        assert res["stop"]["exit_status"] == "interrupted"
+            assert res["state"] == "interrupted" and res["stop"] is None
+            docs = _documents(stack.lab.journal_path, run)
+            assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
+            wells = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
+            assert len(wells) >= 8 and len(set(wells)) == len(wells)
+            assert docs[-1]["kind"] == "interruption"
+            assert docs[-1]["detail"]["wells_done"] == len(wells)
+            # ... and it resumes: the wells not counted yet are counted, each once.
+            await _resume_to_the_end(client, run)
         docs = _documents(stack.lab.journal_path, run)
-        assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
-        wells = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
-        assert len(wells) >= 8 and len(set(wells)) == len(wells)
-        assert docs[-1]["counts"] == {"data": len(wells)}
-        assert docs[-2]["kind"] == "interruption"
+        _check_complete_run(docs, resumed=True)
+        counted = [d["reading"]["well"] for d in docs if d["kind"] == "data"]
+        assert counted[: len(wells)] == wells, "the wells counted before the kill are kept"
+        assert docs[-1]["counts"] == {"data": 96}
+
+
+async def _resume_to_the_end(client: DaemonClient, run: str) -> None:
+    """Resume an interrupted run; wait until its stop document is written."""
+    await client.request("run.resume", {"run": run})
+    async with asyncio.timeout(60):
+        while (res := await client.request("results", {"run": run}))["stop"] is None:
+            await asyncio.sleep(0.05)
+    assert res["state"] == "completed", res["state"]

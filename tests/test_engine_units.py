@@ -16,7 +16,7 @@ import pytest
 
 from acquisition.engine.control import RunControl
 from acquisition.engine.recovery import ResumePoint, decide, read_run
-from acquisition.payloads import RunStateName
+from acquisition.payloads import RunStateName, StartDocument, read_document
 from acquisition.protocols import Protocol, parse_protocol
 from acquisition.run_states import FINAL, OPEN, TRANSITIONS, check_transition
 
@@ -218,8 +218,11 @@ class Docs:
         )
 
     def _add(self, kind: str, **fields: Any) -> None:
-        self.docs.append({"schema": "assay.event/1", "run": "r1", "node": "lab1",
-                          "seq": next(self._seq), "ts": T0.isoformat(), "kind": kind,
+        seq = next(self._seq)
+        if kind == "start":
+            fields = {"config": {}, "simulated": True, **fields}
+        self.docs.append({"schema": "assay.event/1", "id": f"d{seq}", "run": "r1",
+                          "node": "lab1", "seq": seq, "ts": T0.isoformat(), "kind": kind,
                           **fields})  # fmt: skip
 
     def step(self, index: int, phase: str, **detail: Any) -> Docs:
@@ -229,7 +232,9 @@ class Docs:
 
     def wells(self, *wells: str) -> Docs:
         for well in wells:
-            self._add("data", stream="well", reading={"well": well, "counts": 100})
+            self._add("data", stream="well", reading={
+                "index": 0, "well": well, "detector": 1, "counts": 100, "count_time_s": 1.0,
+                "cpm": 6000.0, "ccpm": 6000.0, "counted_at": T0.isoformat()})  # fmt: skip
         return self
 
     def sample(self, elapsed_s: float, at: datetime) -> Docs:
@@ -244,7 +249,7 @@ class Docs:
         return self
 
     def point(self) -> ResumePoint:
-        return read_run(self.docs)
+        return read_run([read_document(d) for d in self.docs])
 
 
 def _through_incubation(samples: int = 3) -> Docs:
@@ -263,6 +268,20 @@ def test_read_run_takes_the_protocol_plate_and_instruments_from_the_start_docume
     assert point.plate["plate_id"] == "P1"
     assert point.instruments == {"counter": "counter", "incubator": "inc1"}
     assert (point.next_index, point.completed, point.progress) == (1, [], {})
+
+
+def test_read_run_takes_a_run_without_a_plate_and_roles_by_name() -> None:
+    """A run with no plate (a cell, next) has none in its start document; an instrument
+    records the role it played (a kind of another name playing ``counter``)."""
+    d = Docs(PROTOCOL)
+    start = d.docs[0]
+    del start["plate"]
+    start["instruments"]["c2"] = start["instruments"].pop("counter")
+    start["instruments"]["c2"].update(kind="acme-counter", role="counter")
+    StartDocument.model_validate({**start, "id": "x", "config": {}, "simulated": True})
+    point = d.point()
+    assert point.plate == {}
+    assert point.instruments == {"counter": "c2", "incubator": "inc1"}
 
 
 def test_read_run_attributes_counted_wells_to_their_step() -> None:
@@ -324,25 +343,43 @@ def test_read_run_elapsed_and_last_sample_from_temperature_samples() -> None:
 
 def test_read_run_ignores_step_documents_without_an_index() -> None:
     d = Docs(PROTOCOL)
-    d.docs.append({"kind": "step", "step": "count", "phase": "started", "detail": {}})
+    d._add("step", step="count", phase="started", detail={})  # an older run's count step
     d.wells("A1")
     point = d.point()
     assert point.progress == {} and point.next_index == 1
+
+
+def _start_without_definition(protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    d = Docs(PROTOCOL)
+    d.docs[0]["protocol"] = protocol
+    return d.docs
 
 
 @pytest.mark.parametrize(
     "docs",
     [
         [],
-        [{"kind": "step", "phase": "started", "detail": {"index": 1}}],
-        [{"kind": "start", "protocol": {"name": "count-only"}}],  # a plain count run
-        [{"kind": "start"}],
+        Docs(PROTOCOL).step(1, "started").docs[1:],  # no start
+        _start_without_definition({"name": "count-plate", "steps": [{"name": "count"}]}),
+        _start_without_definition({}),
     ],
     ids=["none", "no-start", "no-definition", "no-protocol"],
 )
 def test_read_run_refuses_documents_of_no_protocol_run(docs: list[dict[str, Any]]) -> None:
     with pytest.raises(ValueError, match="not a protocol run"):
-        read_run(docs)
+        read_run([read_document(d) for d in docs])
+
+
+@pytest.mark.parametrize("damaged", ["start", "step"])
+def test_read_run_stops_at_a_start_or_step_document_it_cannot_read(damaged: str) -> None:
+    """Never guess where a run stands: an unreadable start or step document is an error
+    naming it (the run then waits for a person), unlike a reading, which is left out."""
+    d = Docs(PROTOCOL).step(1, "started").step(1, "finished").step(2, "started")
+    doc = d.docs[0] if damaged == "start" else d.docs[2]  # the start; step 1 finished
+    assert doc["kind"] == damaged
+    doc["phase" if damaged == "step" else "protocol"] = "garbled"
+    with pytest.raises(TypeError, match=rf"document seq {doc['seq']} \({damaged}\) cannot be"):
+        d.point()
 
 
 def _decide(d: Docs, now: datetime, time_scale: float = 1.0) -> str | None:

@@ -4,19 +4,28 @@ entry, and steps ask for a role, so another vendor's instrument of a role plugs 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
+import json
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from acquisition.cli.client import DaemonClient
 from acquisition.config import load_config
-from acquisition.errors import ConfigError
+from acquisition.errors import CommandError, ConfigError
 from acquisition.instruments import make_driver
 from acquisition.kinds import instrument_kinds
+from devtools.mosquitto import MosquittoBroker
+from devtools.stack import DaemonProcess, SimBenchProcess, write_lab_config
 from drivers.clock import MonotonicClock
 from drivers.counter import CounterDriver
 from drivers.roles import Counter, Harvester, Incubator, Perfusion
+from tests.e2e import wait_connected
 
 BALANCE = '[[instruments]]\nid = "b1"\nkind = "balance"\naddress = "tcp://10.0.0.5:4001"\n'
 
@@ -100,3 +109,60 @@ def test_a_plug_in_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
         sys.path.remove(str(tmp_path))
     assert str(err.value) == (
         f"{path}: plugins[0]: an importable module (RuntimeError: first)")
+
+
+@pytest.mark.slow
+async def test_a_kind_of_another_name_playing_the_counter_role_runs_the_count_step(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """No step edited: the lab's only counter is an ``acme-counter`` (tests/plugin_counter),
+    the count-plate protocol's count step finds it by its role and counts on it."""
+    lab = write_lab_config(tmp_path, broker_port=broker.port, time_scale=2000.0)
+    daemon_cfg = tmp_path / "lab-acme.toml"
+    text = lab.config_path.read_text(encoding="utf-8")
+    assert text.count('kind = "counter"') == 1
+    daemon_cfg.write_text('plugins = ["tests.plugin_counter"]\n'
+                          + text.replace('kind = "counter"', 'kind = "acme-counter"'))  # fmt: skip
+    with SimBenchProcess(lab), DaemonProcess(replace(lab, config_path=daemon_cfg)):
+        async with DaemonClient(load_config(daemon_cfg)) as client:
+            await wait_connected(client)
+            (inst,) = await client.request("instruments")
+            assert inst["kind"] == "acme-counter", inst
+            run = (await client.request("run.start", {"count_time_s": 5}))["run"]
+            async with asyncio.timeout(60):
+                while (res := await client.request("results", {"run": run}))["stop"] is None:
+                    await asyncio.sleep(0.05)
+    assert res["state"] == "completed" and len(res["wells"]) == 96
+    docs = [json.loads(p) for p in _documents(lab.journal_path, run)]
+    (entry,) = docs[0]["instruments"].values()
+    assert (entry["kind"], entry["role"]) == ("acme-counter", "counter")
+    assert entry["identity"]["vendor"] == "Acme"
+
+
+def _documents(journal: Path, run: str) -> list[bytes]:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        rows = db.execute("SELECT payload FROM documents WHERE run = ? ORDER BY seq", (run,))
+        return [bytes(r[0]) for r in rows.fetchall()]
+
+
+def test_a_step_refuses_an_instrument_that_does_not_play_its_role(tmp_path: Path) -> None:
+    from acquisition.commands import ProtocolRunArgs, RunStartArgs
+    from acquisition.engine.launch import setup_from_args
+
+    path = tmp_path / "lab.toml"
+    path.write_text('plugins = ["tests.plugin_kinds", "tests.plugin_counter"]\n' + BALANCE
+                    + '[[instruments]]\nid = "c9"\nkind = "acme-counter"\n'
+                    'address = "TCPIP::127.0.0.1::5025::SOCKET"\n')  # fmt: skip
+    importlib.reload(importlib.import_module("tests.plugin_kinds"))
+    importlib.reload(importlib.import_module("tests.plugin_counter"))
+    config = load_config(path)
+    setup = asyncio.run(setup_from_args(config, RunStartArgs(instrument="c9"), "x" * 8))
+    assert setup.instruments == {"counter": "c9"}
+    with pytest.raises(CommandError, match=r"args.instrument: 'b1' is a balance, not a counter"):
+        asyncio.run(setup_from_args(config, RunStartArgs(instrument="b1"), "x" * 8))
+    protocol = ('name = "p"\n[[steps]]\ntype = "count"\ninstrument = "b1"\n'
+                'isotope = "H3"\ncount_time = "1 s"\n')  # fmt: skip
+    with pytest.raises(CommandError, match=r"steps\[0\]\.instrument: a counter of the lab "
+                                           r"config \(c9\), got 'b1'"):  # fmt: skip
+        asyncio.run(setup_from_args(config, ProtocolRunArgs(protocol="p", protocol_toml=protocol),
+                                    "x" * 8))  # fmt: skip

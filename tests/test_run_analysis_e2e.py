@@ -13,7 +13,7 @@ import pytest
 
 from acquisition.cli.client import DaemonClient
 from devtools.mosquitto import MosquittoBroker
-from tests.e2e import lab_stack, wait_connected
+from tests.e2e import lab_stack, terminal_env, wait_connected
 
 pytestmark = pytest.mark.slow
 
@@ -73,5 +73,5 @@ def _assay(config: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).parent / "assay"), "--config", config, *args],
         capture_output=True, text=True, timeout=60, check=False,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env=terminal_env(),
     )  # fmt: skip

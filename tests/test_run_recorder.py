@@ -11,11 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from acquisition.config import LabConfig
 from acquisition.errors import JournalError
-from acquisition.journal import Journal
-from acquisition.payloads import Progress, WellReading
+from acquisition.journal import Journal, run_documents
+from acquisition.payloads import (
+    DATA_STREAMS,
+    DataDocument,
+    DataStream,
+    Progress,
+    StartDocument,
+    StopDocument,
+    UnreadableDocument,
+    WellReading,
+    read_document,
+    register_stream,
+)
 from acquisition.run_recorder import RunRecorder
 
 
@@ -138,3 +150,79 @@ async def test_a_reading_must_be_of_its_registered_stream(tmp_journal: Journal) 
         await rec.data(reading(0), None, stream="temperature")
     with pytest.raises(ValueError, match="stream 'sweep'"):
         await rec.data(reading(0), None, stream="sweep")
+
+
+@pytest.mark.parametrize("readings", [2, 1], ids=["a reading before it", "the stop itself"])
+async def test_a_stop_whose_write_or_an_earlier_one_fails_leaves_the_run_stoppable(
+    tmp_journal: Journal, monkeypatch: pytest.MonkeyPatch, readings: int
+) -> None:
+    """The stop that meets a failed write raises it without taking the state on; the
+    run's end (``failed``) is then recorded, with the documents on disk counted."""
+    rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+    await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
+    real = tmp_journal.submit_append
+    failed: list[int] = []
+
+    def failing_once(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        if seq == 3 and not failed:  # the second reading, or the stop after the first
+            failed.append(seq)
+
+            def fail(conn: sqlite3.Connection) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            return tmp_journal.worker.submit(fail)
+        return real(run, seq, *args, **kwargs)
+
+    monkeypatch.setattr(tmp_journal, "submit_append", failing_once)
+    for i in range(readings):  # seq 2, 3
+        await rec.data(reading(i), Progress(done=i + 1, total=2))
+    with pytest.raises(JournalError, match="disk I/O error"):
+        await rec.stop("success", "counted", "completed")
+    assert rec.state == "running" and not rec.stopped
+    await rec.stop("fail", "journal write failed", "failed")
+    docs = [json.loads(p) for p in await tmp_journal.documents(rec.run)]
+    assert [d["kind"] for d in docs] == ["start", "data", "stop"]
+    assert docs[-1]["exit_status"] == "fail" and docs[-1]["counts"] == {"data": 1}
+    record = await tmp_journal.get_run(rec.run)
+    assert record is not None and record.state == "failed"
+
+
+class SweepSummary(BaseModel):
+    """A plug-in's reading (the patch-clamp rig's sweeps, next): not a shipped model."""
+
+    sweep: int
+    peak_pa: float
+
+
+async def test_a_plug_in_streams_readings_are_recorded_and_read_back_typed(
+    tmp_journal: Journal,
+) -> None:
+    register_stream(DataStream("sweep-test", SweepSummary, "a sweep's summary"))
+    try:
+        rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+        await rec.start(protocol={}, plate=None, instruments={}, simulated=True)
+        await rec.data(SweepSummary(sweep=1, peak_pa=-812.5), None, stream="sweep-test")
+        await rec.data(reading(0), Progress(done=1, total=1))
+        with pytest.raises(ValueError, match="not a reading of stream 'well'"):
+            await rec.data(SweepSummary(sweep=2, peak_pa=0.0), None)
+        await rec.stop("success", "done", "completed")
+        docs = await run_documents(tmp_journal, rec.run)
+        start, sweep, well, stop = docs
+        assert isinstance(start, StartDocument) and start.plate is None
+        assert isinstance(sweep, DataDocument) and sweep.reading == SweepSummary(
+            sweep=1, peak_pa=-812.5)
+        assert isinstance(well, DataDocument) and isinstance(well.reading, WellReading)
+        assert isinstance(stop, StopDocument) and stop.counts == {"data": 2}
+    finally:
+        DATA_STREAMS.pop("sweep-test", None)
+    # Without the plug-in its readings still read back, as the JSON objects they are.
+    (_, sweep, _, _) = await run_documents(tmp_journal, rec.run)
+    assert isinstance(sweep, DataDocument) and sweep.reading == {"sweep": 1, "peak_pa": -812.5}
+
+
+def test_a_document_this_version_cannot_read_is_kept_with_why() -> None:
+    damaged = read_document(b'{"kind": "data", "seq": 7, "stream": "well", "reading": {}}')
+    assert isinstance(damaged, UnreadableDocument)
+    assert (damaged.kind, damaged.seq) == ("data", 7) and "reading" in damaged.error
+    assert isinstance(read_document(b"\xff"), UnreadableDocument)
+    assert read_document(b"[1]") == UnreadableDocument({}, "not a JSON object")

@@ -51,11 +51,14 @@ def test_a_model_whose_type_is_not_its_literal_name_is_refused() -> None:
 
 @pytest.mark.parametrize("module", CORE)
 def test_the_engine_core_names_no_step_type(module: str) -> None:
-    """No string literal that is a shipped step type, no import of a step type's module
-    (the step context and the labware view are the steps' common ground, not a type)."""
+    """No string literal that is a shipped step type or instrument kind, no import of a step
+    type's module (the step context and the labware view are the steps' common ground)."""
+    from acquisition.kinds import instrument_kinds
+
+    names = set(SHIPPED) | set(instrument_kinds())
     tree = ast.parse((ENGINE / f"{module}.py").read_text(encoding="utf-8"))
     named = [node.value for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and node.value in SHIPPED]  # fmt: skip
+             if isinstance(node, ast.Constant) and node.value in names]  # fmt: skip
     step_modules = {f"acquisition.steps.{name}" for name in SHIPPED}
     imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 and node.module in step_modules]  # fmt: skip

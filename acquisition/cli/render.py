@@ -223,7 +223,7 @@ def results_text(results: dict[str, Any], fmt: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["run", "plate_id", *WELL_COLUMNS])
-    plate_id = (results.get("plate") or {}).get("plate_id")
+    plate_id = _plate_id(results)
     for well in results["wells"]:
         row = [well.get(c) for c in WELL_COLUMNS]
         row[WELL_COLUMNS.index("flags")] = ";".join(well.get("flags") or [])
@@ -258,9 +258,17 @@ def _ci(low: Any, high: Any) -> str:
     return "-" if low is None and high is None else f"{_g(low)} to {_g(high)}"
 
 
+def _plate_id(results: dict[str, Any]) -> str | None:
+    """The run's plate: its start document's, else (count-plate: the plate in the counter)
+    the one its readings name."""
+    held = (results.get("plate") or {}).get("plate_id")
+    if held is None:
+        held = next((w["plate_id"] for w in results["wells"] if w.get("plate_id")), None)
+    return None if held is None else str(held)
+
+
 def print_results(console: Console, results: dict[str, Any]) -> None:
-    plate = results.get("plate") or {}
-    title = f"run {results['run']}  plate {plate.get('plate_id') or '-'}  ({results['state']})"
+    title = f"run {results['run']}  plate {_plate_id(results) or '-'}  ({results['state']})"
     table = Table(title=title)
     for col, justify in (
         ("well", "left"),

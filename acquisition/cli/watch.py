@@ -102,8 +102,8 @@ async def watch_run(
         console.print(f"run {escape(run)}: [{style}]{final}[/{style}] {escape(message)}")
     if (
         final == "interrupted"
-        and session.state.get("protocol") != "count-plate"
         and "assay run resume" not in message  # the daemon's message already says it
+        and not (session.follower is not None and session.follower.stopped)  # it has ended
     ):
         session.say(f"resume it with `assay run resume {run}` (or `assay run abort {run}`)")
     return 0 if final == "completed" else 1

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from acquisition.commands import ProtocolRunArgs
+from acquisition.commands import ProtocolRunArgs, RunStartArgs
 from acquisition.config import LabConfig
+from acquisition.count_plate import LAYOUT_SOURCE, count_plate_protocol
+from acquisition.count_plate import SOURCE as COUNT_PLATE_SOURCE
 from acquisition.engine.operator import VirtualOperator
 from acquisition.engine.recovery import ResumePoint
 from acquisition.engine.setup import RunSetup
 from acquisition.errors import CommandError, ConfigError
+from acquisition.kinds import role_of
 from acquisition.plate_maps import layout_from_data, parse_plate_map
 from acquisition.protocols import Protocol, parse_protocol, protocol_from_data
 from acquisition.steps import step_type
@@ -35,8 +39,24 @@ def _read(directory: Path, name: str, what: str) -> tuple[str, str]:
         raise CommandError("bad_request", f"{path}: cannot read it ({exc})") from None
 
 
-async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: str) -> RunSetup:
-    """The files named are read on a worker thread: the daemon's loop never waits on a disk."""
+async def setup_from_args(
+    config: LabConfig, args: ProtocolRunArgs | RunStartArgs, run_hint: str
+) -> RunSetup:
+    """The files named are read on a worker thread: the daemon's loop never waits on a disk.
+
+    :class:`RunStartArgs` are the shipped count-plate protocol's arguments
+    (:mod:`acquisition.count_plate`): no file, and no plate id (the plate is the one in the
+    counter; its readings say which)."""
+    if isinstance(args, RunStartArgs):
+        definition, made = count_plate_protocol(args, config)
+        try:
+            protocol = protocol_from_data(definition, source=COUNT_PLATE_SOURCE)
+            made_layout = layout_from_data(made, source=LAYOUT_SOURCE) if made else None
+        except ConfigError as exc:
+            raise CommandError("bad_request", str(exc)) from None
+        setup = _setup(config, protocol, definition, COUNT_PLATE_SOURCE, None, made,
+                       LAYOUT_SOURCE if made else None, made_layout)  # fmt: skip
+        return replace(setup, label=args.label)
     if args.protocol_toml is not None:
         text, source = args.protocol_toml, f"{args.protocol}.toml (sent by the terminal)"
     else:
@@ -64,6 +84,17 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
+    plate_id = args.plate_id or f"P{run_hint[-6:]}"
+    return replace(_setup(config, protocol, definition, source, plate_id, plate_map,
+                          plate_source, layout), label=args.label)  # fmt: skip
+
+
+def _setup(  # noqa: PLR0917 - one private call shape, named at its two callers
+    config: LabConfig, protocol: Protocol, definition: dict[str, Any], source: str,
+    plate_id: str | None, plate_map: dict[str, Any] | None, plate_source: str | None,
+    layout: Any,
+) -> RunSetup:  # fmt: skip
+    """What every run start checks against its plate map and the lab config."""
     needs_map = [why for s in protocol.steps if (why := step_type(s.type).needs_plate_map)]
     if layout is None and needs_map:
         raise CommandError(
@@ -77,7 +108,6 @@ async def setup_from_args(config: LabConfig, args: ProtocolRunArgs, run_hint: st
         if problem is not None:
             raise CommandError("bad_request", f"{source}: steps[{i}]{problem[0]}: {problem[1]}")
     instruments = _instruments(config, protocol, source)
-    plate_id = args.plate_id or f"P{run_hint[-6:]}"
     return RunSetup(
         protocol=protocol, protocol_definition=definition, protocol_source=source,
         plate_id=plate_id, plate_map=plate_map, plate_map_source=plate_source, layout=layout,
@@ -91,34 +121,37 @@ def setup_from_resume(config: LabConfig, point: ResumePoint) -> RunSetup:
     protocol = protocol_from_data(point.protocol_definition, source=point.protocol_source)
     plate_map = point.plate.get("map")
     layout = layout_from_data(plate_map, source="the run's plate map") if plate_map else None
-    plate_id = str(point.plate.get("plate_id") or "P")
+    held = point.plate.get("plate_id")
+    plate_id = str(held) if held else None  # None: count-plate, the plate in the counter
     instruments = point.instruments or _instruments(config, protocol, point.protocol_source)
     return RunSetup(
         protocol=protocol, protocol_definition=point.protocol_definition,
         protocol_source=point.protocol_source, plate_id=plate_id, plate_map=plate_map,
         plate_map_source=point.plate.get("source"), layout=layout, instruments=instruments,
         virtual_operator=_operator(config, plate_id, plate_map, instruments),
+        label=point.label,
     )  # fmt: skip
 
 
 def _instruments(config: LabConfig, protocol: Protocol, source: str) -> dict[str, str]:
-    """kind -> instrument id for every role of every step."""
+    """role -> instrument id for every role of every step."""
     out: dict[str, str] = {}
     for i, step in enumerate(protocol.steps):
-        for kind in step_type(step.type).roles:
-            out[kind] = _one_of_kind(config, kind, getattr(step, "instrument", None),
-                                     out.get(kind), f"{source}: steps[{i}]")  # fmt: skip
+        for role in step_type(step.type).roles:
+            out[role] = _one_playing(config, role, getattr(step, "instrument", None),
+                                     out.get(role), f"{source}: steps[{i}]")  # fmt: skip
     return out
 
 
-def _one_of_kind(
+def _one_playing(
     config: LabConfig, kind: str, wanted: str | None, chosen_before: str | None, where: str
 ) -> str:
-    """The instrument of ``kind`` a step names (or the config's only one); one per run."""
-    of_kind = [c.id for c in config.instruments if c.kind == kind]
+    """The instrument playing the role ``kind`` (a counter: of kind counter, or of any kind
+    that plays it) a step names, or the config's only one; one per role and run."""
+    of_kind = [c.id for c in config.instruments if role_of(c.kind) == kind]
     if wanted is not None:
         match = next((c for c in config.instruments if c.id == wanted), None)
-        if match is None or match.kind != kind:
+        if match is None or role_of(match.kind) != kind:
             raise CommandError(
                 "bad_request",
                 f"{where}.instrument: a {kind} of the lab config "
@@ -139,15 +172,17 @@ def _one_of_kind(
 
 
 def _operator(
-    config: LabConfig, plate_id: str, plate_map: dict[str, Any] | None,
+    config: LabConfig, plate_id: str | None, plate_map: dict[str, Any] | None,
     instruments: dict[str, str],
 ) -> VirtualOperator | None:  # fmt: skip
     sim = config.simulation
-    if not (sim.enabled and sim.virtual_operator and sim.control_port is not None):
-        return None
+    if plate_id is None or not (
+        sim.enabled and sim.virtual_operator and sim.control_port is not None
+    ):
+        return None  # no plate of its own (count-plate) is never moved by the operator
     # A prompt may move the plate to an instrument no step drives (put it in the incubator
     # before a protocol that starts at the harvest): the config's first of each kind.
     where: dict[str, str] = {}
     for inst in config.instruments:
-        where.setdefault(inst.kind, inst.id)
+        where.setdefault(role_of(inst.kind), inst.id)
     return VirtualOperator(sim, plate_id, plate_map, {**where, **instruments})

@@ -32,7 +32,7 @@ async def lease_all(
     needed: dict[str, str],
     stack: contextlib.AsyncExitStack,
 ) -> dict[str, InstrumentHandle]:
-    """Lease ``needed`` (kind -> instrument id) for ``recorder``'s run; the leases are
+    """Lease ``needed`` (role -> instrument id) for ``recorder``'s run; the leases are
     released when ``stack`` closes. Only handles actually held are returned."""
     run = recorder.run
     ids = frozenset(needed.values())
@@ -48,9 +48,9 @@ async def lease_all(
             attempt = contextlib.AsyncExitStack()
             handles: dict[str, InstrumentHandle] = {}
             try:
-                for kind in sorted(needed):
-                    handles[kind] = await attempt.enter_async_context(
-                        instruments.lease(needed[kind], run, kind=kind)
+                for role in sorted(needed):
+                    handles[role] = await attempt.enter_async_context(
+                        instruments.lease(needed[role], run, role=role)
                     )
             except CommandError as exc:
                 await attempt.aclose()  # held by nobody: not ours to make safe later

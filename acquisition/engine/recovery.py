@@ -4,7 +4,7 @@ The journal is the only memory that survives a daemon crash, so everything a res
 is in the run's documents: the start document holds the protocol and the plate map as they
 were run; step documents (``detail.index``) say which steps started and finished; data
 documents say which wells were counted and how far the incubation timer got. Pure code:
-documents in, :class:`ResumePoint` out.
+typed documents in (:func:`acquisition.journal.run_documents`), :class:`ResumePoint` out.
 
 What a resume does with a started step is its type's to say (:func:`decide`,
 :class:`~acquisition.steps.StepType`): a step with an assessment (the harvest) is never
@@ -13,18 +13,26 @@ step with a resume policy (the incubation: is the temperature known over the gap
 a question to the operator; any other goes on from its progress as its data documents
 rebuilt it (a count from the next uncounted well) or is simply done again (a prompt, a
 wait, the analysis). Data documents are folded into the progress by the step type's
-``rebuild``; one it does not know (a stream of a newer version) is left alone.
+``rebuild`` (which dispatches on the reading's model); a reading this version cannot read
+(a stream of a newer version, a damaged one) is left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
 
+from acquisition.payloads import (
+    DataDocument,
+    ReadDocument,
+    StartDocument,
+    StepDocument,
+    UnreadableDocument,
+)
 from acquisition.protocols import Protocol
 from acquisition.steps import step_types
 from acquisition.steps.context import StepProgress
@@ -39,62 +47,75 @@ class ResumePoint:
     protocol_definition: dict[str, Any]
     protocol_source: str
     plate: dict[str, Any]
-    instruments: dict[str, str]  # kind -> id
+    instruments: dict[str, str]  # role -> id
     next_index: int  # 1-based number of the first step not finished
     progress: dict[int, StepProgress] = field(default_factory=dict)
     completed: list[int] = field(default_factory=list)
+    label: str | None = None
 
 
-def read_run(documents: Sequence[Mapping[str, Any]]) -> ResumePoint:
-    """ValueError if the documents are not those of a protocol run."""
-    start = next((d for d in documents if d.get("kind") == "start"), None)
-    if start is None or "definition" not in start.get("protocol", {}):
+def read_run(documents: Sequence[ReadDocument]) -> ResumePoint:
+    """Where the run stands, from its documents read back typed
+    (:func:`acquisition.journal.run_documents`). ValueError if they are not those of a
+    protocol run; TypeError naming the document if one the resume depends on (the start, a
+    step) cannot be read. A reading that cannot be read is left out (a stream of a newer
+    version, a plug-in not loaded, a damaged one): never fatal to the run."""
+    start = next((d for d in documents if isinstance(d, StartDocument)), None)
+    if start is None:
+        _refuse_unreadable(d for d in documents if d.kind == "start")
+    if start is None or "definition" not in start.protocol:
         raise ValueError("not a protocol run (no protocol definition in its start document)")
-    proto = start["protocol"]
+    definition = dict(start.protocol["definition"])
     point = ResumePoint(
-        protocol_definition=dict(proto["definition"]),
-        protocol_source=str(proto.get("source", "")),
-        plate=dict(start.get("plate", {})),
-        instruments={
-            str(v.get("kind")): str(k) for k, v in (start.get("instruments") or {}).items()
-            if isinstance(v, dict) and v.get("kind")
+        protocol_definition=definition,
+        protocol_source=str(start.protocol.get("source", "")),
+        plate=dict(start.plate or {}),  # a run with no plate has none
+        instruments={  # role -> id (a run before roles had names: its kind was its role)
+            str(v.get("role") or v.get("kind")): str(k)
+            for k, v in start.instruments.items()
+            if isinstance(v, dict) and (v.get("role") or v.get("kind"))
         },
         next_index=1,
+        label=str(start.protocol["label"]) if start.protocol.get("label") else None,
     )
     current: int | None = None
-    steps = proto["definition"].get("steps", [])
+    steps = definition.get("steps", [])
     types = step_types()
     for doc in documents:
-        kind = doc.get("kind")
-        if kind == "step":
-            index = int(doc.get("detail", {}).get("index", 0))
-            if index < 1:
-                continue
-            phase = doc.get("phase")
+        if isinstance(doc, UnreadableDocument):
+            if doc.kind != "data":
+                _refuse_unreadable([doc])
+            log.warning("reading left out of the resume", seq=doc.seq, error=doc.error)
+        elif isinstance(doc, StepDocument):
+            index = doc.detail.get("index", 0)
+            if not isinstance(index, int) or index < 1:
+                continue  # a step of a run before steps were numbered
             prog = point.progress.setdefault(index, StepProgress())
-            if phase in ("started", "resumed"):
+            if doc.phase in ("started", "resumed"):
                 current = index
                 prog.started = True
-                prog.before = {k: v for k, v in doc.get("detail", {}).items() if k != "index"}
-            elif phase in ("finished", "skipped"):
+                prog.before = {k: v for k, v in doc.detail.items() if k != "index"}
+            elif doc.phase in ("finished", "skipped"):
                 point.completed.append(index)
                 current = None
-        elif kind == "data" and current is not None and current <= len(steps):
+        elif isinstance(doc, DataDocument) and current is not None and current <= len(steps):
             entry = types.get(str(steps[current - 1].get("type")))
             if entry is not None and entry.rebuild is not None:
-                prog = point.progress.setdefault(current, StepProgress())
                 try:
-                    entry.rebuild(prog, doc)
+                    entry.rebuild(point.progress.setdefault(current, StepProgress()), doc)
                 except (KeyError, TypeError, ValueError, AttributeError):
-                    # a reading this version cannot read: left out, never fatal to the run
-                    log.warning("reading left out of the resume", seq=doc.get("seq"),
-                                stream=doc.get("stream"))  # fmt: skip
+                    # a plug-in's rebuild that cannot take this reading: left out, not fatal
+                    log.warning("reading left out of the resume", seq=doc.seq,
+                                stream=doc.stream)  # fmt: skip
     done = set(point.completed)
-    point.next_index = next(
-        (i for i in range(1, len(proto["definition"].get("steps", [])) + 2) if i not in done),
-        1,
-    )
+    point.next_index = next((i for i in range(1, len(steps) + 2) if i not in done), 1)
     return point
+
+
+def _refuse_unreadable(docs: Iterable[ReadDocument]) -> None:
+    for doc in docs:
+        if isinstance(doc, UnreadableDocument):
+            raise TypeError(f"document seq {doc.seq} ({doc.kind}) cannot be read: {doc.error}")
 
 
 def decide(

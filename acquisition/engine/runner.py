@@ -153,8 +153,8 @@ class ProtocolRun(Asking):
 
     async def _lease_all(self, stack: contextlib.AsyncExitStack) -> None:
         """Hold every instrument of the protocol; ``queued`` while one is busy or offline."""
-        needed = {kind: self.setup.instruments[kind] for s in self.setup.protocol.steps
-                  for kind in step_type(s.type).roles}  # fmt: skip
+        needed = {role: self.setup.instruments[role] for s in self.setup.protocol.steps
+                  for role in step_type(s.type).roles}  # fmt: skip
         try:
             self.handles = await lease_all(
                 self.instruments, self.recorder, self.control, needed, stack
@@ -166,13 +166,14 @@ class ProtocolRun(Asking):
         s = self.setup
         await self.recorder.start(
             protocol={"name": s.protocol.name, "source": s.protocol_source,
-                      "definition": s.protocol_definition},
+                      "definition": s.protocol_definition,
+                      **({"label": s.label} if s.label is not None else {})},
             plate={"plate_id": s.plate_id, "format": 96, "source": s.plate_map_source,
                    "map": s.plate_map},
             instruments={
-                h.config.id: {"kind": h.config.kind, "address": h.config.address,
-                              "identity": h.identity}
-                for h in self.handles.values()
+                h.config.id: {"kind": h.config.kind, "role": role,
+                              "address": h.config.address, "identity": h.identity}
+                for role, h in self.handles.items()
             },
             simulated=self.config.simulation.enabled,
         )  # fmt: skip
@@ -336,8 +337,8 @@ class ProtocolRun(Asking):
         faulted (a fault met before or after a daemon restart alike)."""
         faulted = err.instrument if isinstance(err, InstrumentError) else None
         roles = step_type(step.type).roles
-        return [h for kind, h in self.handles.items()
-                if kind in roles or h.config.id == faulted]  # fmt: skip
+        return [h for role, h in self.handles.items()
+                if role in roles or h.config.id == faulted]  # fmt: skip
 
     def _step_names(self) -> list[str]:
         return [s.type for s in self.setup.protocol.steps]

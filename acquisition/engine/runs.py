@@ -3,19 +3,18 @@ interrupted after a restart, and resume an interrupted one from its documents.""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 import structlog
 
-from acquisition.commands import ProtocolRunArgs
+from acquisition.commands import ProtocolRunArgs, RunStartArgs
 from acquisition.engine.launch import setup_from_args, setup_from_resume
 from acquisition.engine.recovery import read_run
 from acquisition.engine.runner import ProtocolRun, resume_hint
 from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError, ConfigError
-from acquisition.journal import Journal, RunRecord
+from acquisition.journal import Journal, RunRecord, run_documents
 from acquisition.run_recorder import RunRecorder
 from acquisition.steps import step_types
 
@@ -24,10 +23,16 @@ __all__ = ["interrupt_open_run", "protocol_run_from_args", "resumed_protocol_run
 log = structlog.get_logger("acquisition.engine")
 
 
-async def protocol_run_from_args(daemon: RunServices, args: ProtocolRunArgs) -> ProtocolRun:
+async def protocol_run_from_args(
+    daemon: RunServices, args: ProtocolRunArgs | RunStartArgs
+) -> ProtocolRun:
+    """A protocol run (or the shipped count-plate one) created from ``run.start``."""
     setup = await setup_from_args(daemon.config, args, uuid.uuid4().hex)
-    params = args.model_dump(mode="json", exclude={"protocol_toml", "plate_map_toml"})
-    params["plate_id"] = setup.plate_id
+    if isinstance(args, ProtocolRunArgs):
+        params = args.model_dump(mode="json", exclude={"protocol_toml", "plate_map_toml"})
+        params["plate_id"] = setup.plate_id
+    else:
+        params = args.model_dump(mode="json")
     recorder = await RunRecorder.create(
         daemon.config, daemon.journal, daemon.link.notify, setup.protocol.name, params,
         clock=daemon.wall,
@@ -36,10 +41,6 @@ async def protocol_run_from_args(daemon: RunServices, args: ProtocolRunArgs) -> 
         daemon.config, daemon.journal, daemon.instruments, recorder, setup, daemon.clock,
         daemon.link.notify,
     )  # fmt: skip
-
-
-async def _documents(journal: Journal, run: str) -> list[dict[str, Any]]:
-    return [json.loads(p) for p in await journal.documents(run)]
 
 
 async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
@@ -53,12 +54,8 @@ async def resumed_protocol_run(daemon: RunServices, run: str) -> ProtocolRun:
         raise CommandError(
             "conflict", f"run '{run}' is {record.state}: only an interrupted run can be resumed"
         )
-    if record.protocol == "count-plate":
-        raise CommandError(
-            "conflict", f"run '{run}' is a count-plate run, which ended when it was interrupted"
-        )
-    documents = await _documents(daemon.journal, run)
-    if any(d.get("kind") == "stop" for d in documents):
+    documents = await run_documents(daemon.journal, run)
+    if any(d.kind == "stop" for d in documents):
         raise CommandError("conflict", f"run '{run}' has ended (it has a stop document)")
     try:
         point = read_run(documents)
@@ -82,11 +79,18 @@ async def interrupt_open_run(journal: Journal, recorder: RunRecorder, record: Ru
     """After a crash: an interruption document saying where the run stood, and the state
     ``interrupted`` (no stop document: the run can be resumed or aborted)."""
     detail: dict[str, Any] = {"previous": record.state, "last_seq": record.last_seq}
+    documents = await run_documents(journal, record.run)
     try:
-        point = read_run(await _documents(journal, record.run))
+        point = read_run(documents)
     except ValueError:
-        # It never started (no start document): nothing to resume, the run ends here.
         await recorder.interruption("daemon restarted", detail)
+        if any(d.kind == "start" for d in documents):
+            # Started without a protocol definition: a count-plate run of a version before
+            # count-plate ran on the engine. It cannot be resumed; it ends as it did then.
+            await recorder.stop("interrupted", "the daemon stopped while the run was open",
+                                "interrupted")  # fmt: skip
+            return
+        # It never started (no start document): nothing to resume, the run ends here.
         await recorder.stop("interrupted", "the daemon stopped before the run started", "aborted")
         return
     except (KeyError, TypeError, AttributeError) as exc:

@@ -34,7 +34,7 @@ async def make_safe(
         entry = types.get(name)
         if entry is None or entry.make_safe is None:
             continue
-        mine = {kind: h for kind, h in handles.items() if kind in entry.roles}
+        mine = {role: h for role, h in handles.items() if role in entry.roles}
         if not mine:
             continue
         try:

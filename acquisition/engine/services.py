@@ -26,7 +26,7 @@ class Notifier(Protocol):
 
 class ActiveEntry(Protocol):
     @property
-    def engine(self) -> ProtocolRun | None: ...
+    def engine(self) -> ProtocolRun: ...
 
 
 class RunServices(Protocol):

@@ -18,9 +18,10 @@ class RunSetup:
     protocol: Protocol
     protocol_definition: dict[str, Any]  # the file's data, as validated
     protocol_source: str
-    plate_id: str
+    plate_id: str | None  # None: no plate of its own (count-plate counts what is in the counter)
     plate_map: dict[str, Any] | None
     plate_map_source: str | None
     layout: Any  # PlateLayout | None
-    instruments: dict[str, str]  # kind -> id
+    instruments: dict[str, str]  # role -> id
     virtual_operator: VirtualOperator | None = None
+    label: str | None = None  # the run.start label, in the start document

@@ -4,7 +4,6 @@ interrupted run): what each does to a protocol run, and when it is refused (``co
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from acquisition.commands import AnswerArgs, PauseArgs, RecoverArgs, RunRef
@@ -12,7 +11,7 @@ from acquisition.engine.recovery import read_run
 from acquisition.engine.safety import make_safe
 from acquisition.engine.services import RunServices
 from acquisition.errors import CommandError
-from acquisition.journal import RunRecord
+from acquisition.journal import RunRecord, run_documents
 from acquisition.run_recorder import RunRecorder
 from acquisition.run_states import refuse
 from acquisition.steps.labware import BenchView, strays, survey
@@ -102,12 +101,10 @@ def _reply(engine: ProtocolRun, message: str) -> dict[str, Any]:
 
 async def _engine(daemon: RunServices, run: str) -> ProtocolRun:
     active = daemon.active.get(run)
-    if active is None or active.engine is None:
+    if active is None:
         record = await daemon.journal.get_run(run)
         if record is None:
             raise CommandError("not_found", f"no run '{run}'")
-        if active is not None:
-            raise CommandError("conflict", f"run '{run}' is a count-plate run (abort only)")
         raise CommandError("conflict", f"run '{run}' is not active (it is {record.state})")
     return active.engine
 
@@ -120,22 +117,24 @@ async def abort_interrupted(daemon: RunServices, record: RunRecord) -> dict[str,
     recorder = await RunRecorder.resume(
         daemon.config, daemon.journal, daemon.link.notify, record, clock=daemon.wall
     )
-    if recorder.stopped:  # ended already (a repeated abort)
-        return {"run": record.run, "state": record.state}
-    documents = [json.loads(p) for p in await daemon.journal.documents(record.run)]
+    if recorder.stopped:  # ended already: a repeated abort, or a run that cannot resume
+        if record.state == "aborted":
+            return {"run": record.run, "state": record.state}
+        raise CommandError("conflict", f"run '{record.run}' has ended (it has a stop document)")
+    documents = await run_documents(daemon.journal, record.run)
     problems: list[str] = []
     try:
         point = read_run(documents)
         instruments = point.instruments
         step_names = [str(st.get("type")) for st in point.protocol_definition.get("steps", [])]
-    except ValueError:
+    except (ValueError, TypeError):  # no protocol run, or documents it cannot read: it ends
         instruments, step_names = {}, []
     async with contextlib.AsyncExitStack() as stack:
         handles = {}
-        for kind, iid in instruments.items():
+        for role, iid in instruments.items():
             try:
-                handles[kind] = await stack.enter_async_context(
-                    daemon.instruments.lease(iid, record.run, kind=kind)
+                handles[role] = await stack.enter_async_context(
+                    daemon.instruments.lease(iid, record.run, role=role)
                 )
             except CommandError as exc:
                 problems.append(f"{iid} not made safe ({exc.message})")

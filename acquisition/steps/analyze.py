@@ -34,6 +34,17 @@ class AnalyzeStep(StepModel):
     competitor: str = Field(min_length=1, max_length=100)
     constants: dict[str, StrictFloat] = Field(default_factory=dict)
     rate: Literal["ccpm", "cpm"] = "ccpm"
+    subtract_blanks: bool = Field(True, description="background = mean of the blank wells")
+    efficiency: StrictFloat | None = Field(
+        None, gt=0, le=1, description="counting efficiency (fraction) -> DPM"
+    )
+    specific_activity_ci_per_mmol: StrictFloat | None = Field(
+        None, gt=0, description="of the radioligand, Ci/mmol -> fmol"
+    )
+    protein_mg: StrictFloat | None = Field(None, gt=0, description="per well -> fmol/mg")
+    added_cpm: StrictFloat | None = Field(
+        None, gt=0, description="counted aliquot of the added radioligand -> fraction bound"
+    )
 
 
 async def run_analyze(ctx: StepContext, step: AnalyzeStep, progress: StepProgress) -> None:
@@ -56,7 +67,9 @@ async def run_analyze(ctx: StepContext, step: AnalyzeStep, progress: StepProgres
     result = await asyncio.to_thread(
         analyze_count_run, docs, ctx.plate_layout, model=step.model,
         constants=step.constants, competitor=step.competitor, rate=step.rate,
-        background_cpm=None,
+        background_cpm=None if step.subtract_blanks else 0.0, efficiency=step.efficiency,
+        specific_activity_ci_per_mmol=step.specific_activity_ci_per_mmol,
+        protein_mg=step.protein_mg, added_cpm=step.added_cpm,
     )  # fmt: skip
     payload = result.model_dump_json(by_alias=True).encode()
     topic = ctx.config.topic("runs", ctx.recorder.run, "result")

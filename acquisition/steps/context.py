@@ -50,16 +50,17 @@ class StepContext:
     recorder: RunRecorder
     journal: Journal
     clock: Clock
-    handles: dict[str, InstrumentHandle]  # by kind: "incubator", "harvester", "counter"
-    plate_id: str
+    handles: dict[str, InstrumentHandle]  # by role: "incubator", "harvester", "counter"
+    plate_id: str | None  # None: the run has no plate of its own (count-plate)
     plate_layout: PlateLayout | None
     index: int  # 1-based step number
     notify: Callable[[], None]  # wake the MQTT link
     steps_before: tuple[Any, ...] = ()  # the protocol's steps before this one
     bench: BenchView | None = None  # a simulated bench's world, to check labware against
 
-    def handle(self, kind: str) -> InstrumentHandle:
-        return self.handles[kind]
+    def handle(self, role: str) -> InstrumentHandle:
+        """The run's instrument playing ``role`` (one of the step type's ``roles``)."""
+        return self.handles[role]
 
     async def progress(self, progress: Progress, latest: dict[str, Any] | None = None) -> None:
         """Publish the step's progress in the retained run state."""

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import structlog
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from acquisition.errors import PreconditionError
-from acquisition.payloads import Progress, WellReading
+from acquisition.payloads import DataDocument, Progress, WellReading
 from acquisition.quantities import DURATION, PERCENT, format_duration, quantity
 from acquisition.run_recorder import utcnow
 from acquisition.steps.registry import (
@@ -28,7 +27,7 @@ from acquisition.steps.registry import (
 )
 from drivers.errors import InstrumentError
 from drivers.roles import Counter
-from labware import wells
+from labware import normalize_well, wells
 
 if TYPE_CHECKING:
     from acquisition.instruments import InstrumentHandle
@@ -60,7 +59,32 @@ class CountStep(StepModel):
     precision_pct: Annotated[float | None, quantity(PERCENT, lo=0, lo_open=True, hi=100)] = Field(
         None, alias="precision", description="stop a well early at this %2-sigma"
     )
+    wells: list[str] | None = Field(
+        None, min_length=1, max_length=PLATE_WELLS, description="default: every well"
+    )
 
+    @field_validator("wells")
+    @classmethod
+    def _wells_once(cls, v: list[str] | None) -> list[str] | None:
+        """Well names as the counter writes them (A1-H12), each once."""
+        if v is None:
+            return v
+        out: list[str] = []
+        for name in v:
+            well = normalize_well(name, PLATE_WELLS)
+            if well is None:
+                raise ValueError(f"well names A1-H12 (got {name!r})")
+            if well in out:
+                raise ValueError(f"each well once ({well} is repeated)")
+            out.append(well)
+        return out
+
+    def plate_wells(self) -> tuple[str, ...]:
+        """The wells this step counts, in the counter's order."""
+        if self.wells is None:
+            return ALL_WELLS
+        chosen = set(self.wells)
+        return tuple(w for w in ALL_WELLS if w in chosen)
 
 
 async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -> None:
@@ -72,8 +96,9 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
     driver = ctx.handle("counter").driver
     assert isinstance(driver, Counter)  # the role, whatever the vendor
     counted = set(progress.counted)
-    remaining = [w for w in ALL_WELLS if w not in counted]
-    total = len(ALL_WELLS)
+    plate = step.plate_wells()
+    remaining = [w for w in plate if w not in counted]
+    total = len(plate)
     if not remaining:
         return
     status = await driver.status()
@@ -126,7 +151,8 @@ def _reading(count: WellCount, index: int, plate_id: str | None) -> WellReading:
 
 def _plan(step: CountStep) -> PlanLine:
     d = format_duration
-    positions = math.ceil(PLATE_WELLS / COUNTER_DETECTORS)
+    # 12 detectors count a row of the plate at once: one position per row with wells to count
+    positions = len({well[0] for well in step.plate_wells()})
     stop = "" if step.precision_pct is None else f" or {step.precision_pct:g} % 2-sigma"
     note = (
         f"{positions} positions x ({d(step.count_time_s)} + {COUNT_OVERHEAD_S:g} s), "
@@ -138,19 +164,22 @@ def _plan(step: CountStep) -> PlanLine:
                     positions * (step.count_time_s + COUNT_OVERHEAD_S), note)  # fmt: skip
 
 
-def _rebuild(progress: StepProgress, doc: Mapping[str, Any]) -> None:
+def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
     """A well's count: that well is done."""
-    if doc.get("stream", "well") == "well":
-        well = doc["reading"]["well"]  # a malformed reading raises: left out of the resume
-        if not isinstance(well, str):
-            raise TypeError(f"well {well!r}")
-        if well not in progress.counted:
-            progress.counted.append(well)
+    if isinstance(doc.reading, WellReading) and doc.reading.well not in progress.counted:
+        progress.counted.append(doc.reading.well)
 
 
 def _interrupted(progress: StepProgress) -> tuple[dict[str, Any], Progress | None]:
     done = len(progress.counted)
-    return {"wells_done": done}, Progress(done=done, total=len(ALL_WELLS))
+    total = progress.before.get("wells")  # the started document's (older runs: all 96)
+    total = total if isinstance(total, int) else len(ALL_WELLS)
+    return {"wells_done": done}, Progress(done=done, total=total)
+
+
+async def _prepare(ctx: StepContext, step: CountStep, progress: StepProgress) -> dict[str, Any]:
+    """The started document says how many wells the step counts."""
+    return {"wells": len(step.plate_wells())}
 
 
 async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> None:
@@ -164,5 +193,5 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
 
 COUNT = register_step_type(StepType(
     name="count", model=CountStep, plan=_plan, run=run_count, roles=("counter",),
-    rebuild=_rebuild, interrupted=_interrupted, make_safe=_make_safe,
+    prepare=_prepare, rebuild=_rebuild, interrupted=_interrupted, make_safe=_make_safe,
 ))  # fmt: skip

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -35,7 +34,8 @@ from pydantic import Field, StrictInt
 
 from acquisition.config import HarvesterConfig
 from acquisition.errors import PreconditionError
-from acquisition.payloads import Progress
+from acquisition.journal import run_documents
+from acquisition.payloads import Progress, StartDocument, StepDocument
 from acquisition.quantities import DURATION, VOLUME, format_duration, quantity
 from acquisition.steps.registry import (
     Assessment,
@@ -126,16 +126,16 @@ async def _harvests_since(ctx: StepContext, iid: str, made: int | None) -> list[
         if other.run == me.run:
             continue
         # its start and step documents only: a run's thousands of readings stay on disk
-        docs = [json.loads(raw) for raw in
-                await ctx.journal.documents(other.run, kinds=("start", "step"))]  # fmt: skip
-        start: dict[str, Any] = next((d for d in docs if d.get("kind") == "start"), {})
-        if (start.get("instruments", {}).get(iid) or {}).get("kind") != "harvester":
+        docs = await run_documents(ctx.journal, other.run, kinds=("start", "step"))
+        start = next((d for d in docs if isinstance(d, StartDocument)), None)
+        used = (start.instruments.get(iid) if start is not None else None) or {}
+        if (used.get("role") or used.get("kind")) != "harvester":  # older runs: no role
             continue
         for doc in docs:
-            if (doc.get("kind"), doc.get("step")) != ("step", "harvest") or doc.get(
-                "phase") not in ("started", "resumed"):
+            if not (isinstance(doc, StepDocument) and doc.step == "harvest"
+                    and doc.phase in ("started", "resumed")):  # fmt: skip
                 continue
-            theirs = (doc.get("detail", {}).get("harvester") or {}).get("mats_made")
+            theirs = (doc.detail.get("harvester") or {}).get("mats_made")
             if made is None or theirs is None or int(theirs) >= made:
                 found.append(other.run)
                 break

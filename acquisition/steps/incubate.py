@@ -13,13 +13,13 @@ import contextlib
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import structlog
 from pydantic import BeforeValidator, Field
 
 from acquisition.errors import InterlockError
-from acquisition.payloads import Progress, TemperatureReading
+from acquisition.payloads import DataDocument, Progress, TemperatureReading
 from acquisition.quantities import (
     DURATION,
     SPEED,
@@ -227,12 +227,11 @@ def _plan(step: IncubateStep) -> PlanLine:
                     f"{d(step.duration_s)}")  # fmt: skip
 
 
-def _rebuild(progress: StepProgress, doc: Mapping[str, Any]) -> None:
+def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
     """A temperature sample: how far the timer got, and when the sample was taken."""
-    reading = doc.get("reading") or {}
-    if doc.get("stream") == "temperature" and "sampled_at" in reading:
-        progress.elapsed_s = max(progress.elapsed_s, float(reading.get("elapsed_s", 0.0)))
-        progress.last_sample_at = datetime.fromisoformat(str(reading["sampled_at"]))
+    if isinstance(doc.reading, TemperatureReading):
+        progress.elapsed_s = max(progress.elapsed_s, doc.reading.elapsed_s)
+        progress.last_sample_at = doc.reading.sampled_at
 
 
 def _resume(step: IncubateStep, progress: StepProgress, now: datetime,

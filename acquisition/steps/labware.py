@@ -80,7 +80,7 @@ async def survey(
     return out
 
 
-def strays(found: Mapping[str, Any], plate_id: str) -> list[str]:
+def strays(found: Mapping[str, Any], plate_id: str | None) -> list[str]:
     """Labware that is not this run's and sits where the run will need the place, in
     words: a plate in the harvester, a used mat seated in it, another plate's mat in the
     counter."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from acquisition.instruments import InstrumentHandle
-    from acquisition.payloads import Progress
+    from acquisition.payloads import DataDocument, Progress
     from acquisition.steps.context import StepContext, StepProgress
 
 __all__ = [
@@ -88,7 +88,8 @@ class StepType:
     """Does the step; None: an operator prompt, asked by the run loop (``text``, ``action``
     and ``timeout_s`` of the model)."""
     roles: tuple[str, ...] = ()
-    """The instrument kinds it drives, leased for the whole run."""
+    """The instrument roles it drives ("counter": whatever kind plays it, acquisition.kinds
+    ``plays``), leased for the whole run; ``ctx.handle(role)`` in the executor."""
     pausable_midway: bool = True
     """A pause ``now`` may cancel it and go on from its progress (else: after the step)."""
     check: Callable[[Any, Sequence[StepModel]], tuple[str, str] | None] | None = None
@@ -109,7 +110,7 @@ class StepType:
     """On skip: leave the instrument free; what it holds afterwards is recorded."""
     make_safe: MakeSafe | None = None
     """Leave its instruments (by kind) safe when the run ends, aborts or the daemon stops."""
-    rebuild: Callable[[StepProgress, Mapping[str, Any]], None] | None = None
+    rebuild: Callable[[StepProgress, DataDocument], None] | None = None
     """Fold one of the step's data documents into its progress (the resume after a crash)."""
     resume: Callable[[Any, StepProgress, datetime, float], str | None] | None = None
     """After a restart, started but not finished: None to go on from the progress, else the
