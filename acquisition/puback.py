@@ -150,9 +150,7 @@ class PubackRouter(Generic[_T]):
     counts as not acknowledged. One router per client, installed before the first publish.
     """
 
-    def __init__(
-        self, client: aiomqtt.Client, on_answer: Callable[[_T, ReasonCode], None]
-    ) -> None:
+    def __init__(self, client: aiomqtt.Client, on_answer: Callable[[_T, ReasonCode], None]) -> None:
         self._paho = client._client
         self._on_answer = on_answer
         self._tokens: dict[int, _T] = {}
