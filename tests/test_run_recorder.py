@@ -138,3 +138,21 @@ async def test_a_reading_must_be_of_its_registered_stream(tmp_journal: Journal) 
         await rec.data(reading(0), None, stream="temperature")
     with pytest.raises(ValueError, match="stream 'sweep'"):
         await rec.data(reading(0), None, stream="sweep")
+
+
+async def test_document_ids_are_unique_uuid4_hex_across_runs(tmp_journal: Journal) -> None:
+    """Ids come from a seeded generator, not from the OS per document: still uuid4-shaped."""
+    import uuid
+
+    cfg = LabConfig(node="lab1")
+    ids: list[str] = []
+    for _ in range(2):
+        recorder = await RunRecorder.create(cfg, tmp_journal, lambda: None, "p", {})
+        for i in range(200):
+            await recorder.data(reading(i % 12), Progress(done=i + 1, total=200))
+        await recorder.flush()
+        ids += [json.loads(d)["id"] for d in await tmp_journal.documents(recorder.run)]
+    assert len(ids) == len(set(ids)) == 400
+    for doc_id in ids:
+        parsed = uuid.UUID(doc_id)
+        assert parsed.hex == doc_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
