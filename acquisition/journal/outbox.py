@@ -125,11 +125,23 @@ class OutboxTail:
 
     def remove(self, ids: Sequence[int]) -> None:
         with self._lock:
+            gone = set()
             for row_id in ids:
                 row = self._rows.pop(row_id, None)
                 if row is not None:
-                    del self._ids[bisect.bisect_left(self._ids, row_id)]
+                    gone.add(row_id)
                     self._bytes -= len(row.payload)
+            if not gone:
+                return
+            # Acknowledged rows are mostly the oldest: then one cut from the front, not a
+            # shift of the whole list per row (a backlog can hold thousands).
+            head = 0
+            while head < len(self._ids) and self._ids[head] in gone:
+                head += 1
+            if head == len(gone):
+                del self._ids[:head]
+            else:
+                self._ids = [i for i in self._ids if i not in gone]
 
     def after(self, after_id: int, limit: int) -> list[OutboxRow] | None:
         """The rows, or None if they must be read from SQLite."""

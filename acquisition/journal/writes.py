@@ -39,7 +39,7 @@ _NEXT_OUTBOX_ID = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ is per document, and cheaper so
 class Append:
     """One document append, a job of the journal thread: alone (``__call__``) or with the
     appends queued right behind it (``group``: what they would do one by one, in a few
