@@ -154,45 +154,44 @@ class PubackRouter(Generic[_T]):
         self._paho = client._client
         self._on_answer = on_answer
         self._tokens: dict[int, _T] = {}
-        self._early: dict[int, ReasonCode] = {}  # answered inside paho's publish() call
-        self._publishing = False
+        self._early: list[tuple[Any, ...]] | None = None  # answers during paho's publish()
         self._closed = False
-        aiomqtt_on_publish: Any = self._paho.on_publish  # aiomqtt's _on_publish (API v2)
+        self._aiomqtt_on_publish: Any = self._paho.on_publish  # aiomqtt's _on_publish (API v2)
+        self._paho.on_publish = self._on_publish
 
-        def on_publish(
-            c: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
-        ) -> None:
-            if mid in self._tokens:
-                token = self._tokens.pop(mid)
-                if not self._closed:
-                    self._on_answer(token, reason_code)
-            elif self._publishing:
-                self._early[mid] = reason_code
-            else:
-                aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
-
-        self._paho.on_publish = on_publish
-
-    def __len__(self) -> int:
-        """Publishes waiting for their answer."""
-        return len(self._tokens)
+    def _on_publish(
+        self, c: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        if mid in self._tokens:
+            token = self._tokens.pop(mid)
+            if not self._closed:
+                self._on_answer(token, reason_code)
+        elif self._early is not None:  # perhaps the one being published: sorted out after
+            self._early.append((c, userdata, mid, reason_code, properties))
+        else:
+            self._aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, token: _T) -> None:
         """Hand one message to paho; ``on_answer(token, ...)`` follows. Raises
         :class:`aiomqtt.MqttCodeError` if paho refuses it (not connected), as aiomqtt does."""
-        self._publishing = True
+        early: list[tuple[Any, ...]] = []
+        self._early = early
         try:
             info = self._paho.publish(topic, payload, qos, retain)
         finally:
-            self._publishing = False
+            self._early = None
+        ours = None
+        for answer in early:  # none unless paho answered inside publish() (QoS0 written)
+            if answer[2] == info.mid and ours is None:
+                ours = answer[3]
+            else:
+                self._aiomqtt_on_publish(*answer)
         if info.rc != paho_client.MQTT_ERR_SUCCESS:
-            self._early.clear()
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        early = self._early.pop(info.mid, None) if self._early else None
-        if early is None:
+        if ours is None:
             self._tokens[info.mid] = token
         elif not self._closed:
-            self._on_answer(token, early)
+            self._on_answer(token, ours)
 
     def close(self) -> None:
         """Drop every answer from now on (the connection is over)."""

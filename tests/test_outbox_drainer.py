@@ -180,3 +180,37 @@ async def test_a_refused_row_stays_its_topic_waits_and_the_probe_reopens_it(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_router_sorts_answers_given_inside_publish_and_passes_on_the_rest() -> None:
+    """paho answers inside ``publish()`` only when it writes at once (QoS0 on an unregistered
+    socket); the router then still hands the answer to its own token, and any other
+    client's publish (aiomqtt's: status, replies) goes on to aiomqtt's callback."""
+    from acquisition.puback import PubackRouter
+
+    client = FakeClient()
+    paho = client._client
+    answers: list[tuple[str, int]] = []
+    router: PubackRouter[str] = PubackRouter(
+        cast(aiomqtt.Client, client), lambda token, rc: answers.append((token, rc.value))
+    )
+    publish = paho.publish
+
+    def publish_and_answer_at_once(topic: str, payload: bytes, qos: int, retain: bool) -> _Info:
+        info = publish(topic, payload, qos, retain)
+        paho.answer(999)  # someone else's (aiomqtt's) publish, answered meanwhile
+        paho.answer(info.mid)
+        return info
+
+    paho.publish = publish_and_answer_at_once  # type: ignore[method-assign]
+    router.publish("t", b"x", 0, False, "first")
+    paho.publish = publish  # type: ignore[method-assign]
+    router.publish("t", b"y", 1, False, "second")
+    paho.answer(77)
+    assert answers == [("first", 0)] and paho.passed_on == [999, 77]
+    paho.answer(paho.sent[-1][0], code=0x87)
+    assert answers == [("first", 0), ("second", 0x87)]
+    router.close()
+    router.publish("t", b"z", 1, False, "third")
+    paho.answer(paho.sent[-1][0])
+    assert answers[-1][0] == "second", "answers after close are dropped"
