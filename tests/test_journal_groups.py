@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,3 +137,40 @@ async def test_ids_keep_growing_across_deletes_and_reopen(tmp_path: Path, reopen
         await journal.close()
     assert min(second) == max(first) + 1
     assert second == sorted(set(second))
+
+
+async def test_a_state_given_as_a_function_is_encoded_only_if_stored(
+    tmp_journal: Journal,
+) -> None:
+    await tmp_journal.create_run("r1", "p", {}, T0)
+    called: list[int] = []
+
+    def state(seq: int) -> Callable[[], bytes]:
+        def encode() -> bytes:
+            called.append(seq)
+            if seq == 25:
+                raise ValueError("not a state")
+            return f"state {seq}".encode()
+
+        return encode
+
+    gate = threading.Event()  # hold the thread: the 20 appends queue up behind each other
+    held = tmp_journal.worker.submit(lambda c: gate.wait(10))
+    calls = [
+        tmp_journal.submit_append("r1", seq, f"d{seq}", "data", b"x", state_payload=state(seq))
+        for seq in range(1, 21)
+    ]
+    gate.set()
+    await held
+    await asyncio.gather(*calls)
+    assert called == [20], "one group, one state stored: only the newest is encoded"
+    record = await tmp_journal.get_run("r1")
+    assert record is not None and record.state_payload == b"state 20"
+    calls = [
+        tmp_journal.submit_append("r1", seq, f"d{seq}", "data", b"x", state_payload=state(seq))
+        for seq in range(21, 26)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:4] == [None] * 4 and isinstance(results[4], ValueError)
+    record = await tmp_journal.get_run("r1")
+    assert record is not None and (record.last_seq, record.state_payload) == (24, b"state 24")

@@ -188,11 +188,14 @@ class Journal:
         *,
         outbox: Sequence[OutboxMessage] = (),
         state: str | None = None,
-        state_payload: bytes | None = None,
+        state_payload: bytes | Callable[[], bytes] | None = None,
     ) -> asyncio.Future[None]:
         """Queue the append of document ``seq`` now; the future completes once committed.
 
-        Queued synchronously: whatever the caller submits next is written after it."""
+        Queued synchronously: whatever the caller submits next is written after it. A
+        ``state_payload`` given as a function is called on the journal thread, and only if
+        it is the state that ends up stored (appends that commit together store the newest);
+        what it raises fails this append."""
         job = Append(
             self._committed, run, seq, doc_id, kind, payload, tuple(outbox), state, state_payload
         )

@@ -53,7 +53,7 @@ class Append:
     payload: bytes
     outbox: tuple[OutboxMessage, ...]
     state: str | None
-    state_payload: bytes | None
+    state_payload: bytes | Callable[[], bytes] | None  # a function: encoded if stored
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         run, seq = self.run, self.seq
@@ -75,7 +75,7 @@ class Append:
                 "UPDATE runs SET last_seq = ?, updated_at = ?,"
                 " state = COALESCE(?, state), state_payload = COALESCE(?, state_payload)"
                 " WHERE run = ?",
-                (seq, now(), self.state, self.state_payload, run),
+                (seq, now(), self.state, _encoded(self.state_payload), run),
             )
             rows = insert_outbox(conn, self.outbox)
         self.committed(rows)
@@ -92,8 +92,8 @@ class Append:
             if job.run != run or job.seq != first.seq + k:
                 return None
         state = next((j.state for j in reversed(jobs) if j.state is not None), None)
-        state_payload = next(
-            (j.state_payload for j in reversed(jobs) if j.state_payload is not None), None
+        state_payload = _encoded(
+            next((j.state_payload for j in reversed(jobs) if j.state_payload is not None), None)
         )
         cur = conn.execute(
             "UPDATE runs SET last_seq = ?, updated_at = ?,"
@@ -119,6 +119,10 @@ class Append:
             )
         first.committed(rows)
         return [None] * len(jobs)
+
+
+def _encoded(payload: bytes | Callable[[], bytes] | None) -> bytes | None:
+    return payload() if callable(payload) else payload
 
 
 @contextmanager
