@@ -7,6 +7,11 @@ returns as if it had been delivered. :func:`watch_puback_reasons` (once per clie
 outbox uses it to keep refused rows; the bench terminal to say "not authorized" at once
 instead of waiting for a reply that will never come.
 
+:class:`PubackRouter` is the outbox drainer's way to publish: straight on aiomqtt's paho
+client, each answer handed to a callback as it is read from the socket, with no task,
+event or timer per message (aiomqtt's ``publish`` costs about as much as the rest of the
+durable pipeline together).
+
 aiomqtt has no public API for a publish's reason code, so this reads two of its internals;
 pyproject.toml pins the exact aiomqtt it was written for, and tests/test_puback_internals.py
 fails, naming what moved, when another version or changed internals are installed.
@@ -15,13 +20,23 @@ fails, naming what moved, when another version or changed internals are installe
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiomqtt
+import paho.mqtt.client as paho_client
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["PubackWatch", "PublishRefusedError", "publish_checked", "watch_puback_reasons"]
+__all__ = [
+    "PubackRouter",
+    "PubackWatch",
+    "PublishRefusedError",
+    "publish_checked",
+    "watch_puback_reasons",
+]
+
+_T = TypeVar("_T")
 
 
 class PublishRefusedError(Exception):
@@ -118,3 +133,67 @@ async def publish_checked(
         reasons = [r for mid in mids if (r := watch.refused.pop(mid, None)) is not None]
     if reasons:
         raise PublishRefusedError(topic, reasons[0])
+
+
+class PubackRouter(Generic[_T]):
+    """Publishes on the paho client inside an aiomqtt client and routes each publish's
+    answer to ``on_answer(token, reason_code)`` (a hack on aiomqtt 2.5.1 internals, like
+    :func:`watch_puback_reasons`; tests/test_puback_internals.py guards them).
+
+    :meth:`publish` hands the message to paho at once (paho writes it to the socket from
+    aiomqtt's writer callback, in call order) and returns; when the broker's PUBACK (QoS1;
+    for QoS0 the socket write) is read, ``on_answer`` runs synchronously inside paho's
+    ``on_publish`` callback on the event loop, with the token given to ``publish``. It must
+    not raise (paho would take the connection down). Every other publish of the client
+    (aiomqtt's own: status, replies) goes on to aiomqtt's callback untouched. After
+    :meth:`close`, answers are dropped: a publish not answered within its connection's life
+    counts as not acknowledged. One router per client, installed before the first publish.
+    """
+
+    def __init__(self, client: aiomqtt.Client, on_answer: Callable[[_T, ReasonCode], None]) -> None:
+        self._paho = client._client
+        self._on_answer = on_answer
+        self._tokens: dict[int, _T] = {}
+        self._early: list[tuple[Any, ...]] | None = None  # answers during paho's publish()
+        self._closed = False
+        self._aiomqtt_on_publish: Any = self._paho.on_publish  # aiomqtt's _on_publish (API v2)
+        self._paho.on_publish = self._on_publish
+
+    def _on_publish(
+        self, c: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        if mid in self._tokens:
+            token = self._tokens.pop(mid)
+            if not self._closed:
+                self._on_answer(token, reason_code)
+        elif self._early is not None:  # perhaps the one being published: sorted out after
+            self._early.append((c, userdata, mid, reason_code, properties))
+        else:
+            self._aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, token: _T) -> None:
+        """Hand one message to paho; ``on_answer(token, ...)`` follows. Raises
+        :class:`aiomqtt.MqttCodeError` if paho refuses it (not connected), as aiomqtt does."""
+        early: list[tuple[Any, ...]] = []
+        self._early = early
+        try:
+            info = self._paho.publish(topic, payload, qos, retain)
+        finally:
+            self._early = None
+        ours = None
+        for answer in early:  # none unless paho answered inside publish() (QoS0 written)
+            if answer[2] == info.mid and ours is None:
+                ours = answer[3]
+            else:
+                self._aiomqtt_on_publish(*answer)
+        if info.rc != paho_client.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if ours is None:
+            self._tokens[info.mid] = token
+        elif not self._closed:
+            self._on_answer(token, ours)
+
+    def close(self) -> None:
+        """Drop every answer from now on (the connection is over)."""
+        self._closed = True
+        self._tokens.clear()

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import math
+import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -64,6 +66,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _document_ids() -> Callable[[], str]:
+    """A source of document ids: 32 hex digits, 80 random bits drawn from ``os.urandom`` once
+    per recorder, then a 48-bit counter. Unique as long as two recorders never draw the same
+    80 bits; one run's ids sort in order, so the journal's unique index on them grows at one
+    end instead of at a random page per document (``uuid4`` also made a system call per
+    document, handing the GIL to the journal thread)."""
+    prefix = os.urandom(10).hex()
+    counter = itertools.count(1)
+
+    def next_id() -> str:
+        return f"{prefix}{next(counter):012x}"
+
+    return next_id
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable, unique, and short enough to type: ``20261126-142800-3f9a1c``."""
     stamp = (now or utcnow()).strftime("%Y%m%d-%H%M%S")
@@ -93,6 +110,7 @@ class RunRecorder:
         self._writes: list[asyncio.Future[None]] = []
         self._failure: BaseException | None = None
         self._clock: Clock = clock or MonotonicClock()
+        self._new_id = _document_ids()
         self._state_sent_at = -math.inf
         self._deferred_state: asyncio.Task[None] | None = None
         self.state: RunStateName = record.state  # type: ignore[assignment]
@@ -161,26 +179,27 @@ class RunRecorder:
         through the same in-order journal, so by the time it is published those documents
         are on disk. Pass ``last_seq=recorder.last_seq`` for a state answered directly.
         """
-        return (
-            RunState(
-                node=self._config.node,
-                run=self.run,
-                protocol=self.protocol,
-                state=self.state,
-                step=self.step,
-                progress=self.progress,
-                last_seq=self._next_seq - 1 if last_seq is None else last_seq,
-                latest=self.latest,
-                message=self.message,
-                step_index=self.step_index,
-                steps_total=self.steps_total,
-                prompt=self.prompt,
-                created_at=self.created_at,
-                updated_at=utcnow(),
-            )
-            .model_dump_json(by_alias=True)
-            .encode()
-        )
+        return _state_json(self._state_fields(last_seq))
+
+    def _state_fields(self, last_seq: int | None = None) -> dict[str, Any]:
+        """The retained run state's fields as of now (immutable values, or the caller's
+        ``latest`` dict, which is replaced, never changed in place)."""
+        return {
+            "node": self._config.node,
+            "run": self.run,
+            "protocol": self.protocol,
+            "state": self.state,
+            "step": self.step,
+            "progress": self.progress,
+            "last_seq": self._next_seq - 1 if last_seq is None else last_seq,
+            "latest": self.latest,
+            "message": self.message,
+            "step_index": self.step_index,
+            "steps_total": self.steps_total,
+            "prompt": self.prompt,
+            "created_at": self.created_at,
+            "updated_at": utcnow(),
+        }
 
     def _state_message(self, payload: bytes) -> OutboxMessage:
         return OutboxMessage(self._state_topic, payload, qos=1, retain=True)
@@ -207,7 +226,7 @@ class RunRecorder:
 
     def _base(self) -> dict[str, Any]:
         return {
-            "id": uuid.uuid4().hex,
+            "id": self._new_id(),
             "run": self.run,
             "node": self._config.node,
             "seq": self._next_seq,
@@ -231,18 +250,25 @@ class RunRecorder:
         if self._failure is not None:
             await self._recover()
         payload = doc.model_dump_json(by_alias=True).encode()
-        state_payload = self.state_payload(last_seq=doc.seq)
+        state_fields = self._state_fields(last_seq=doc.seq)
+        state_payload: bytes | Callable[[], bytes]
         self._next_seq = doc.seq + 1
         outbox = [OutboxMessage(self._events_topic, payload, qos=1, retain=False)]
         now = self._clock.monotonic()
         if not throttle_state or now - self._state_sent_at >= STATE_INTERVAL_S:
+            state_payload = _state_json(state_fields)
             outbox.append(self._state_message(state_payload))
             self._state_sent_at = now
             self._cancel_deferred_state()
-        elif self._deferred_state is None:
-            self._deferred_state = asyncio.create_task(
-                self._send_state_later(), name=f"state:{self.run}"
-            )
+        else:
+            # Stored with the run (run.get answers it), not sent: the journal encodes it only
+            # if it is the one that ends up stored (the newest of the appends that commit
+            # together), on its own thread.
+            state_payload = partial(_state_json, state_fields)
+            if self._deferred_state is None:
+                self._deferred_state = asyncio.create_task(
+                    self._send_state_later(), name=f"state:{self.run}"
+                )
         # Queued on the journal thread right now: whatever is submitted next (a state, the
         # next document) is written after it.
         write = self._journal.submit_append(
@@ -450,6 +476,10 @@ class RunRecorder:
             raise
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _state_json(fields: dict[str, Any]) -> bytes:
+    return RunState(**fields).model_dump_json(by_alias=True).encode()
 
 
 def _inside_with_size_and_sha256(data_dir: Path, file: Path) -> tuple[str, int, str]:

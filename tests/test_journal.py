@@ -277,6 +277,19 @@ def test_outbox_tail_sheds_to_sqlite_when_it_grows_past_its_limit() -> None:
     assert tail.after(15, 10) == []
 
 
+def test_outbox_tail_removes_the_oldest_rows_and_scattered_ones() -> None:
+    tail = OutboxTail(floor=0)
+    rows = [OutboxRow(i, "t", b"xx", 1, False) for i in range(1, 11)]
+    tail.add(rows)
+    tail.remove([2, 1, 3, 99])  # the oldest (any order), and an id it does not hold
+    assert tail.after(0, 100) == rows[3:]
+    tail.remove([5, 9, 4])  # not a prefix
+    assert tail.after(0, 100) == [rows[5], rows[6], rows[7], rows[9]]
+    assert tail.held_bytes == 2 * 4
+    tail.remove([6, 7, 8, 10])
+    assert tail.after(0, 100) == [] and tail.held_bytes == 0
+
+
 def test_outbox_tail_sheds_to_sqlite_when_its_payloads_outgrow_its_bytes() -> None:
     """Few rows but large ones (sweep summaries, a broker away for hours): memory stays
     bounded by bytes too; what was shed is read from SQLite."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,58 @@ async def test_jobs_queued_before_stop_still_run(tmp_path: Path) -> None:
     assert await queued == 1
     with pytest.raises(WorkerDead):
         await worker.submit(lambda c: 1)
+
+
+async def test_a_group_does_its_jobs_at_once_and_falls_back_to_one_by_one(tmp_path: Path) -> None:
+    """Consecutive jobs carrying the same ``group`` run through it in one savepoint; if it
+    declines or raises, its writes and effects are undone and the jobs run one by one."""
+    worker = JournalWorker(lambda: _connect(tmp_path / "g.sqlite3"))
+    await worker.start()
+    effects: list[str] = []
+    grouped: list[list[int]] = []
+    mode = {"group": "ok"}
+
+    class Insert:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __call__(self, conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t (n) VALUES (?)", (self.n,))
+            worker.after_commit(lambda: effects.append(f"one {self.n}"))
+            return self.n
+
+        @staticmethod
+        def group(conn: sqlite3.Connection, jobs: list[Insert]) -> list[int] | None:
+            ns = [j.n for j in jobs]
+            conn.executemany("INSERT INTO t (n) VALUES (?)", [(n,) for n in ns])
+            worker.after_commit(lambda: effects.append(f"group {ns}"))
+            if mode["group"] == "decline":
+                return None
+            grouped.append(ns)
+            return ns  # raises IntegrityError first if an n is taken
+
+    try:
+        blocker = threading.Event()
+
+        async def queued_together(ns: tuple[int, ...]) -> list[Any]:
+            # Hold the thread so the jobs queue up behind each other and share a batch.
+            hold = worker.submit(lambda c: blocker.wait(10))
+            calls = [worker.submit(Insert(n)) for n in ns]
+            blocker.set()
+            await hold
+            blocker.clear()
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        assert await queued_together((1, 2, 3)) == [1, 2, 3]
+        results = await queued_together((4, 2, 5))  # 2 is taken
+        mode["group"] = "decline"
+        assert await queued_together((6, 7)) == [6, 7]
+        rows = await worker.submit(lambda c: [r[0] for r in c.execute("SELECT n FROM t")])
+    finally:
+        await worker.stop()
+    assert results[0] == 4 and isinstance(results[1], sqlite3.IntegrityError) and results[2] == 5
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6, 7]
+    # Effects only of what committed: no effect of a group that raised or declined.
+    assert "group [4, 2, 5]" not in effects and "group [6, 7]" not in effects
+    assert {"one 4", "one 5", "one 6", "one 7"} <= set(effects)
+    assert grouped == [[1, 2, 3]] and "group [1, 2, 3]" in effects

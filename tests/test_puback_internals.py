@@ -35,3 +35,16 @@ async def test_the_internals_puback_wraps_are_where_it_expects_them() -> None:
     source = inspect.getsource(aiomqtt.Client.publish)
     assert "self._client.publish(" in source
     assert source.index("self._client.publish(") < source.index("await ")
+
+
+def test_what_the_outbox_router_calls_on_paho_is_where_it_expects_it() -> None:
+    """PubackRouter (the outbox drainer's publish path) calls paho's publish(topic, payload,
+    qos, retain) itself, reads the returned info's ``rc`` and ``mid``, and relies on paho
+    calling ``on_publish`` for a PUBACK before it forgets the message."""
+    params = list(inspect.signature(paho.Client.publish).parameters)
+    assert params[:5] == ["self", "topic", "payload", "qos", "retain"]
+    info = paho.MQTTMessageInfo(7)
+    assert info.mid == 7 and hasattr(info, "rc")
+    source = inspect.getsource(paho.Client._handle_pubackcomp)
+    assert "_do_on_publish(" in source
+    assert "on_publish(" in inspect.getsource(paho.Client._do_on_publish)

@@ -226,3 +226,47 @@ def test_a_document_this_version_cannot_read_is_kept_with_why() -> None:
     assert (damaged.kind, damaged.seq) == ("data", 7) and "reading" in damaged.error
     assert isinstance(read_document(b"\xff"), UnreadableDocument)
     assert read_document(b"[1]") == UnreadableDocument({}, "not a JSON object")
+
+
+async def test_document_ids_are_unique_across_runs_and_sort_within_one(
+    tmp_journal: Journal,
+) -> None:
+    """Ids: a random prefix per recorder, then a counter (not uuid4 per document)."""
+    cfg = LabConfig(node="lab1")
+    runs: list[list[str]] = []
+    for _ in range(2):
+        recorder = await RunRecorder.create(cfg, tmp_journal, lambda: None, "p", {})
+        for i in range(200):
+            await recorder.data(reading(i % 12), Progress(done=i + 1, total=200))
+        await recorder.flush()
+        runs.append([json.loads(d)["id"] for d in await tmp_journal.documents(recorder.run)])
+    ids = runs[0] + runs[1]
+    assert len(ids) == len(set(ids)) == 400
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert runs[0] == sorted(runs[0]) and runs[0][0][:20] != runs[1][0][:20]
+
+
+async def test_the_stored_state_follows_every_document_of_a_fast_count(
+    tmp_journal: Journal,
+) -> None:
+    """During a fast count the retained state goes out throttled, but the state stored with
+    the run (what run.get answers) is that of the newest document on disk, encoded by the
+    journal only for the newest of the appends that commit together."""
+    recorder = await RunRecorder.create(LabConfig(node="lab1"), tmp_journal, lambda: None, "p", {})
+    for i in range(300):
+        await recorder.data(
+            reading(i % 12), Progress(done=i + 1, total=300), latest={"well": f"A{i % 12 + 1}"}
+        )
+        if i in (0, 150):
+            await recorder.flush()
+            record = await tmp_journal.get_run(recorder.run)
+            assert record is not None and record.state_payload is not None
+            stored = json.loads(record.state_payload)
+            assert (stored["last_seq"], stored["progress"]["done"]) == (record.last_seq, i + 1)
+    await recorder.flush()
+    record = await tmp_journal.get_run(recorder.run)
+    assert record is not None and record.state_payload is not None
+    stored = json.loads(record.state_payload)
+    assert stored["last_seq"] == record.last_seq == 300
+    assert stored["progress"]["done"] == 300 and stored["latest"] == {"well": "A12"}
+    assert stored == {**json.loads(recorder.state_payload()), "updated_at": stored["updated_at"]}

@@ -2,26 +2,30 @@
 
 One :class:`OutboxDrainer` lives as long as the :class:`~acquisition.mqtt_link.MqttLink`;
 :meth:`OutboxDrainer.run` runs once per broker connection. Rows are read in id order and
-published with up to ``window`` publishes in flight. Each publish is its own task and the
-tasks are created in id order, so paho writes them to the socket in id order and the
-broker sees them in order. A row is deleted only after its PUBACK (aiomqtt's QoS1
-``publish`` returns when PUBACK arrives); deletes are batched by a second task. When the
-connection dies the session's TaskGroup cancels everything; the next session starts again
-from the oldest undeleted row, so a message may be delivered twice (same payload, same
-document id) but never lost. Rows acknowledged but not yet deleted are remembered across
-sessions and not resent.
+published with up to ``window`` publishes in flight, handed to paho one by one in id order
+(:class:`~acquisition.puback.PubackRouter`), so paho writes them to the socket in id order
+and the broker sees them in order. There is no task per message: the publisher task reads
+rows ahead (from the journal's in-memory tail) and fills the window; each PUBACK, handled
+in paho's callback as it is read, marks its row acknowledged and sends the next row read.
+A row is deleted only after its PUBACK; deletes are batched by a second task. A publish
+unanswered for ``publish_timeout_s`` ends the connection. When the connection dies the
+session's TaskGroup cancels everything and the answers still due are dropped; the next
+session starts again from the oldest undeleted row, so a message may be delivered twice
+(same payload, same document id) but never lost. Rows acknowledged but not yet deleted are
+remembered across sessions and not resent.
 
 A publish the broker *refuses* (a PUBACK with a reason code >= 0x80, e.g. 0x87 "not
 authorized" from an ACL) is not an acknowledgement: aiomqtt 2.5.1 ignores PUBACK reason
-codes, so :func:`~acquisition.puback.watch_puback_reasons` makes them visible and the publish raises
-:class:`PublishRefusedError`. The row stays in the outbox, one error per topic per
-connection is logged, and the topic is *held*: no later row of that topic is sent (per-topic
-order is kept) while other topics keep flowing. After a backoff the oldest refused row goes
-out alone as a probe; when the broker accepts it, the rest of the topic follows in id order,
-otherwise the hold waits longer (up to ``refused_backoff.cap_s``). A new connection starts
-with no holds. A refusal is taken as a verdict on the topic (what Mosquitto's ACLs give): a
-later row of the topic that was already in flight when the first was refused and that the
-broker then accepted would arrive before the refused one.
+codes, so :class:`~acquisition.puback.PubackRouter` hands the reason code to the drainer,
+which takes a failure as :class:`PublishRefusedError`. The row stays in the outbox, one
+error per topic per connection is logged, and the topic is *held*: no later row of that
+topic is sent (per-topic order is kept) while other topics keep flowing. After a backoff the
+oldest refused row goes out alone as a probe; when the broker accepts it, the rest of the
+topic follows in id order, otherwise the hold waits longer (up to
+``refused_backoff.cap_s``). A new connection starts with no holds. A refusal is taken as a
+verdict on the topic (what Mosquitto's ACLs give): a later row of the topic that was already
+in flight when the first was refused and that the broker then accepted would arrive before
+the refused one.
 
 The outbox's data types live here too (re-exported by :mod:`acquisition.journal`), with
 :class:`OutboxTail`, the journal's in-memory mirror of freshly committed rows.
@@ -34,19 +38,16 @@ import bisect
 import contextlib
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
-from acquisition.puback import (
-    PubackWatch,
-    PublishRefusedError,
-    publish_checked,
-    watch_puback_reasons,
-)
+from acquisition.puback import PubackRouter, PublishRefusedError
 from drivers.backoff import Backoff
 
 
@@ -124,11 +125,23 @@ class OutboxTail:
 
     def remove(self, ids: Sequence[int]) -> None:
         with self._lock:
+            gone = set()
             for row_id in ids:
                 row = self._rows.pop(row_id, None)
                 if row is not None:
-                    del self._ids[bisect.bisect_left(self._ids, row_id)]
+                    gone.add(row_id)
                     self._bytes -= len(row.payload)
+            if not gone:
+                return
+            # Acknowledged rows are mostly the oldest: then one cut from the front, not a
+            # shift of the whole list per row (a backlog can hold thousands).
+            head = 0
+            while head < len(self._ids) and self._ids[head] in gone:
+                head += 1
+            if head == len(gone):
+                del self._ids[:head]
+            else:
+                self._ids = [i for i in self._ids if i not in gone]
 
     def after(self, after_id: int, limit: int) -> list[OutboxRow] | None:
         """The rows, or None if they must be read from SQLite."""
@@ -137,17 +150,6 @@ class OutboxTail:
                 return None
             start = bisect.bisect_right(self._ids, after_id)
             return [self._rows[i] for i in self._ids[start : start + limit]]
-
-
-async def _publish_acknowledged(
-    client: aiomqtt.Client, watch: PubackWatch, row: OutboxRow, timeout_s: float
-) -> None:
-    """Publish ``row``; return once the broker accepted it (a success PUBACK for QoS1).
-
-    Raises :class:`PublishRefusedError` for a failure PUBACK, MqttError as aiomqtt does.
-    """
-    await publish_checked(client, watch, row.topic, row.payload, qos=row.qos,
-                          retain=row.retain, timeout_s=timeout_s)  # fmt: skip
 
 
 @dataclass
@@ -191,31 +193,45 @@ class OutboxDrainer:
         self._to_delete: list[int] = []
         self._refused_backoff = refused_backoff or Backoff(base_s=1.0, factor=2.0, cap_s=60.0)
         # Per connection (reset by run):
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, float] = {}  # row id -> loop time it was sent, oldest first
+        self._pending: deque[OutboxRow] = deque()  # read, not yet looked at, in id order
+        self._cursor = 0  # the last row taken from _pending (sent or skipped)
+        self._reads = 0  # bumped by a rewind: a read started before it is stale
         self._holds: dict[str, _Hold] = {}
         self._refusal_logged: set[str] = set()
-        self._rewind_to: int | None = None  # re-read the outbox from this row id
-        self._watch = PubackWatch()
+        self._router: PubackRouter[OutboxRow] | None = None
+        self._failure: BaseException | None = None  # raised in a PUBACK callback
         self.published = 0  # rows acknowledged by the broker, over the link's lifetime
         self.refused = 0  # publishes the broker refused (rows kept), over its lifetime
 
     def notify(self) -> None:
-        """New outbox rows were committed: wake the publisher."""
-        self._wake.set()
+        """New outbox rows were committed: wake the publisher (if it has read everything;
+        otherwise the PUBACK that empties its read-ahead makes it read again)."""
+        if not self._pending:
+            self._wake.set()
 
     async def run(self, client: aiomqtt.Client) -> None:
         """Drain over ``client`` until cancelled or the connection fails (MqttError).
 
-        Call once per client: it wraps the client's PUBACK handling (see
-        :func:`~acquisition.puback.watch_puback_reasons`)."""
+        Call once per client: it takes over the client's PUBACK handling for the rows it
+        publishes (see :class:`~acquisition.puback.PubackRouter`)."""
         self._inflight.clear()
+        self._pending.clear()
+        self._cursor = 0  # a new connection resends from the oldest undeleted row
+        self._reads += 1
         self._holds.clear()
         self._refusal_logged.clear()
-        self._rewind_to = None
-        self._watch = watch_puback_reasons(client)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._deleter(), name="outbox-deleter")
-            await self._publisher(client, tg)
+        self._failure = None
+        self._router = PubackRouter(client, self._answered)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._deleter(), name="outbox-deleter")
+                await self._publisher()
+        finally:
+            self._router.close()  # unanswered rows stay in the outbox for the next session
+            self._router = None
+            self._inflight.clear()
+            self._pending.clear()
 
     async def wait_drained(self) -> None:
         """Return once every outbox row has been acknowledged and deleted."""
@@ -224,7 +240,7 @@ class OutboxDrainer:
             await self.flush()
             if await self._journal.outbox_size() == 0:
                 return
-            self.notify()
+            self._wake.set()
             await self._progress.wait()
 
     async def flush(self) -> None:
@@ -238,77 +254,74 @@ class OutboxDrainer:
             del self._to_delete[: len(batch)]
             self._acked.difference_update(batch)
 
-    async def _publisher(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        slots = asyncio.Semaphore(self._window)
-        cursor = 0  # a new connection resends from the oldest undeleted row
+    async def _publisher(self) -> None:
+        """Read rows in id order and keep the window full; the PUBACK callback
+        (:meth:`_answered`) refills the window between the publisher's wake-ups."""
         batch = max(64, self._window * 4)
         while True:
             self._wake.clear()
-            cursor = self._release_due_holds(cursor)
-            rows = await self._journal.outbox_after(cursor, batch)
-            if not rows:
-                if not self._holds:  # with a hold, progress comes from the probe's answer
-                    self._progress.set()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._idle_wait()):
-                        await self._wake.wait()
+            if self._failure is not None:
+                raise self._failure
+            self._check_timeouts()
+            self._release_due_holds()
+            if not self._pending:
+                reads = self._reads
+                rows = await self._journal.outbox_after(self._cursor, batch)
+                if reads != self._reads:
+                    continue  # rewound while reading: read again from the new cursor
+                if not rows:
+                    if not self._holds:  # with a hold, progress comes from the probe's answer
+                        self._progress.set()
+                    await self._idle()
+                    continue
+                self._pending.extend(rows)
+            self._pump()
+            if self._pending:  # the window is full: PUBACKs send the rest
+                await self._idle()
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._idle_wait()):
+                await self._wake.wait()
+
+    def _pump(self) -> None:
+        """Send read rows, in id order, while the window has room."""
+        router = self._router
+        assert router is not None
+        pending, inflight = self._pending, self._inflight
+        now = asyncio.get_running_loop().time()
+        while pending and len(inflight) < self._window:
+            row = pending.popleft()
+            self._cursor = row.id
+            if not self._may_send(row):
                 continue
-            for row in rows:
-                cursor = row.id
-                if not self._may_send(row):
-                    continue
-                await slots.acquire()
-                if not self._may_send(row):  # refused or resent while we waited for a slot
-                    slots.release()
-                    continue
-                hold = self._holds.get(row.topic)
-                if hold is not None:
-                    hold.probe_id = row.id
-                self._inflight.add(row.id)
-                tg.create_task(self._publish(client, row, slots), name=f"outbox-publish-{row.id}")
+            hold = self._holds.get(row.topic)
+            if hold is not None:
+                hold.probe_id = row.id
+            inflight[row.id] = now
+            try:
+                router.publish(row.topic, row.payload, row.qos, row.retain, row)
+            except BaseException:
+                del inflight[row.id]
+                raise
 
-    def _may_send(self, row: OutboxRow) -> bool:
-        if row.id in self._acked or row.id in self._inflight:
-            return False
-        hold = self._holds.get(row.topic)
-        if hold is None:
-            return True
-        # A held topic sends nothing but its probe, once per retry.
-        return hold.probing and hold.probe_id is None and row.id == hold.first_id
-
-    def _release_due_holds(self, cursor: int) -> int:
-        """Apply a pending rewind and arm the probes that are due; the new cursor."""
-        now = asyncio.get_running_loop().time()
-        for hold in self._holds.values():
-            if not hold.probing and hold.retry_at <= now:
-                hold.probing, hold.probe_id, hold.retry_at = True, None, math.inf
-                self._rewind(hold.first_id)
-        if self._rewind_to is not None:
-            cursor = min(cursor, self._rewind_to - 1)
-            self._rewind_to = None
-        return cursor
-
-    def _rewind(self, row_id: int) -> None:
-        """Make the publisher read the outbox again from ``row_id`` (skipped rows, probes)."""
-        self._rewind_to = row_id if self._rewind_to is None else min(self._rewind_to, row_id)
-        self._wake.set()
-
-    def _idle_wait(self) -> float:
-        now = asyncio.get_running_loop().time()
-        next_probe = min((h.retry_at for h in self._holds.values()), default=math.inf)
-        return max(0.0, min(self._poll_s, next_probe - now))
-
-    async def _publish(
-        self, client: aiomqtt.Client, row: OutboxRow, slots: asyncio.Semaphore
-    ) -> None:
+    def _answered(self, row: OutboxRow, reason: ReasonCode) -> None:
+        """The broker's answer to ``row`` (in paho's callback: must not raise)."""
         try:
-            await _publish_acknowledged(client, self._watch, row, self._timeout)
-        except PublishRefusedError as exc:
-            self._refused(row, exc)
-            return
-        finally:
-            self._inflight.discard(row.id)
-            slots.release()
+            self._inflight.pop(row.id, None)
+            if reason.is_failure:
+                self._refused(row, PublishRefusedError(row.topic, reason))
+            else:
+                self._accepted(row)
+            had_pending = bool(self._pending)
+            self._pump()
+            if had_pending and not self._pending:
+                self._wake.set()  # read-ahead used up: read the next rows
+        except Exception as exc:
+            self._failure = self._failure or exc
+            self._wake.set()
+
+    def _accepted(self, row: OutboxRow) -> None:
         self.published += 1
         hold = self._holds.get(row.topic)
         if hold is not None and row.id == hold.probe_id:
@@ -322,6 +335,47 @@ class OutboxDrainer:
         if len(self._to_delete) >= self._delete_batch:
             self._batch_full.set()
         self._progress.set()
+
+    def _check_timeouts(self) -> None:
+        """A publish unanswered for ``publish_timeout_s`` ends the connection (as aiomqtt's
+        ``publish(timeout=...)`` did): the next one resends it."""
+        if self._inflight:
+            oldest = next(iter(self._inflight.values()))
+            if asyncio.get_running_loop().time() - oldest >= self._timeout:
+                raise aiomqtt.MqttError("Operation timed out")
+
+    def _may_send(self, row: OutboxRow) -> bool:
+        if row.id in self._acked or row.id in self._inflight:
+            return False
+        hold = self._holds.get(row.topic)
+        if hold is None:
+            return True
+        # A held topic sends nothing but its probe, once per retry.
+        return hold.probing and hold.probe_id is None and row.id == hold.first_id
+
+    def _release_due_holds(self) -> None:
+        """Arm the probes that are due (each rewinds the reading to its row)."""
+        now = asyncio.get_running_loop().time()
+        for hold in self._holds.values():
+            if not hold.probing and hold.retry_at <= now:
+                hold.probing, hold.probe_id, hold.retry_at = True, None, math.inf
+                self._rewind(hold.first_id)
+
+    def _rewind(self, row_id: int) -> None:
+        """Read the outbox again from ``row_id`` (skipped rows, probes): the read-ahead
+        (rows after the cursor) is dropped and read again."""
+        self._cursor = min(self._cursor, row_id - 1)
+        self._pending.clear()
+        self._reads += 1
+        self._wake.set()
+
+    def _idle_wait(self) -> float:
+        now = asyncio.get_running_loop().time()
+        next_probe = min((h.retry_at for h in self._holds.values()), default=math.inf)
+        deadline = next_probe
+        if self._inflight:
+            deadline = min(deadline, next(iter(self._inflight.values())) + self._timeout)
+        return max(0.0, min(self._poll_s, deadline - now))
 
     def _refused(self, row: OutboxRow, exc: PublishRefusedError) -> None:
         """Keep the row; hold its topic and schedule a probe after a backoff."""

@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 from acquisition.errors import JournalError
 from acquisition.journal.outbox import OutboxMessage, OutboxRow, OutboxTail
 from acquisition.journal.worker import JournalWorker
+from acquisition.journal.writes import Append, insert_outbox, now, transaction
 
 __all__ = ["SCHEMA_VERSION", "Journal", "OutboxMessage", "OutboxRow", "RunRecord"]
 
@@ -85,10 +85,6 @@ class RunRecord:
     state_payload: bytes | None
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
 def _record(row: tuple[Any, ...]) -> RunRecord:
     run, protocol, state, created, updated, last_seq, params, state_payload = row
     return RunRecord(
@@ -101,19 +97,6 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         params=json.loads(params),
         state_payload=None if state_payload is None else bytes(state_payload),
     )
-
-
-def _insert_outbox(conn: sqlite3.Connection, outbox: Sequence[OutboxMessage]) -> list[OutboxRow]:
-    rows = []
-    for m in outbox:
-        cur = conn.execute(
-            "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
-            (m.topic, m.payload, m.qos, int(m.retain)),
-        )
-        if cur.lastrowid is None:
-            raise JournalError("SQLite returned no id for a new outbox row")
-        rows.append(OutboxRow(cur.lastrowid, m.topic, m.payload, m.qos, m.retain))
-    return rows
 
 
 class Journal:
@@ -146,6 +129,11 @@ class Journal:
     @property
     def worker(self) -> JournalWorker:
         return self._worker
+
+    def _committed(self, rows: list[OutboxRow]) -> None:
+        """On the journal thread, inside a job: mirror ``rows`` once they are committed."""
+        if rows:
+            self._worker.after_commit(partial(self._tail.add, rows))
 
     async def close(self) -> None:
         """Finish the work queued so far, close the connection, stop the thread. Idempotent."""
@@ -180,7 +168,7 @@ class Journal:
         ts = created_at.isoformat()
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 if conn.execute("SELECT 1 FROM runs WHERE run = ?", (run,)).fetchone():
                     raise JournalError(f"run {run!r} already exists")
                 conn.execute(
@@ -200,38 +188,18 @@ class Journal:
         *,
         outbox: Sequence[OutboxMessage] = (),
         state: str | None = None,
-        state_payload: bytes | None = None,
+        state_payload: bytes | Callable[[], bytes] | None = None,
     ) -> asyncio.Future[None]:
         """Queue the append of document ``seq`` now; the future completes once committed.
 
-        Queued synchronously: whatever the caller submits next is written after it."""
-        messages = tuple(outbox)
-
-        def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                row = conn.execute("SELECT last_seq FROM runs WHERE run = ?", (run,)).fetchone()
-                if row is None:
-                    raise JournalError(f"run {run!r} does not exist")
-                if seq != row[0] + 1:
-                    raise JournalError(f"run {run!r}: seq {seq} does not follow last_seq {row[0]}")
-                try:
-                    conn.execute(
-                        "INSERT INTO documents (run, seq, doc_id, kind, payload)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (run, seq, doc_id, kind, payload),
-                    )
-                except sqlite3.IntegrityError as exc:
-                    raise JournalError(f"run {run!r}: duplicate document id {doc_id!r}") from exc
-                conn.execute(
-                    "UPDATE runs SET last_seq = ?, updated_at = ?,"
-                    " state = COALESCE(?, state), state_payload = COALESCE(?, state_payload)"
-                    " WHERE run = ?",
-                    (seq, _now(), state, state_payload, run),
-                )
-                rows = _insert_outbox(conn, messages)
-            self._worker.after_commit(partial(self._tail.add, rows))
-
-        return self._submit(work)
+        Queued synchronously: whatever the caller submits next is written after it. A
+        ``state_payload`` given as a function is called on the journal thread, and only if
+        it is the state that ends up stored (appends that commit together store the newest);
+        what it raises fails this append."""
+        job = Append(
+            self._committed, run, seq, doc_id, kind, payload, tuple(outbox), state, state_payload
+        )
+        return self._submit(job)
 
     async def append(
         self,
@@ -266,14 +234,14 @@ class Journal:
         messages = tuple(outbox)
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 cur = conn.execute(
                     "UPDATE runs SET state = ?, state_payload = ?, updated_at = ? WHERE run = ?",
-                    (state, state_payload, _now(), run),
+                    (state, state_payload, now(), run),
                 )
                 if cur.rowcount != 1:
                     raise JournalError(f"run {run!r} does not exist")
-                rows = _insert_outbox(conn, messages)
+                rows = insert_outbox(conn, messages)
             self._worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
@@ -357,8 +325,8 @@ class Journal:
         batch = tuple(messages)
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                rows = _insert_outbox(conn, batch)
+            with transaction(conn):
+                rows = insert_outbox(conn, batch)
             self._worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
@@ -388,7 +356,7 @@ class Journal:
             return
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.executemany("DELETE FROM outbox WHERE id = ?", batch)
             self._worker.after_commit(partial(self._tail.remove, list(ids)))
 
@@ -403,13 +371,13 @@ class Journal:
         messages = tuple(outbox)
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute(
                     "INSERT INTO results (run, payload) VALUES (?, ?)"
                     " ON CONFLICT (run) DO UPDATE SET payload = excluded.payload",
                     (run, payload),
                 )
-                rows = _insert_outbox(conn, messages)
+                rows = insert_outbox(conn, messages)
             self._worker.after_commit(partial(self._tail.add, rows))
 
         await self._call(work)
@@ -426,29 +394,6 @@ class Journal:
             return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
         return await self._call(work)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """All or nothing: a savepoint inside the worker's batch, else its own transaction."""
-    if conn.in_transaction:
-        conn.execute("SAVEPOINT tx")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have aborted the whole transaction
-                conn.execute("ROLLBACK TO tx")
-                conn.execute("RELEASE tx")
-            raise
-        conn.execute("RELEASE tx")
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -478,7 +423,7 @@ def _initialise(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
         raise JournalError(f"{path}: WAL mode unavailable (got {mode})")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
-    with _transaction(conn):
+    with transaction(conn):
         for statement in filter(str.strip, _SCHEMA.split(";")):
             conn.execute(statement)
         row = conn.execute("SELECT version FROM schema_version").fetchone()

@@ -8,6 +8,13 @@ a job that raises is rolled back alone (its caller gets the exception), the othe
 A burst of appends then costs one COMMIT instead of one each, and one wake-up of the event
 loop per batch.
 
+A job may carry a ``group`` attribute: a function ``group(conn, jobs) -> results`` that does
+the work of several consecutive jobs carrying the same function at once (the journal's
+appends: one ``executemany`` instead of a handful of statements each). The group runs in
+one savepoint; if it declines (returns None) or raises, that savepoint is rolled back and
+the jobs run one by one as above, so a group only ever does what its jobs, run in order,
+would have done, and a failing job still fails alone.
+
 Side effects that must only happen once data is on disk (exposing new outbox rows to the
 drainer) are registered by a job with :meth:`JournalWorker.after_commit`; they run after the
 COMMIT and are dropped with a job that is rolled back. If SQLite aborts the whole
@@ -151,10 +158,22 @@ class JournalWorker:
         outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _, _ in batch:
-                outcomes.append(self._run_job(conn, fn))
-                if not conn.in_transaction:  # SQLite aborted the whole transaction
-                    _aborted(outcomes[-1][1])
+            i = 0
+            while i < len(batch):
+                group = getattr(batch[i][0], "group", None)
+                end = i + 1
+                while group is not None and end < len(batch):
+                    if getattr(batch[end][0], "group", None) is not group:
+                        break
+                    end += 1
+                if end - i > 1 and self._run_group(conn, group, batch[i:end], outcomes):
+                    i = end
+                    continue
+                for fn, _, _ in batch[i:end]:
+                    outcomes.append(self._run_job(conn, fn))
+                    if not conn.in_transaction:  # SQLite aborted the whole transaction
+                        _aborted(outcomes[-1][1])
+                i = end
             conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
@@ -185,6 +204,29 @@ class JournalWorker:
             return None, exc
         conn.execute("RELEASE job")
         return result, None
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: Any, jobs: list[_Job], outcomes: list[_Outcome]
+    ) -> bool:
+        """Run consecutive jobs sharing a ``group`` function in one savepoint, as
+        ``group(conn, fns) -> results``; False (nothing done) if it declines (returns None)
+        or raises: then they run one by one, each in its own savepoint, as ever."""
+        mark = len(self._post)
+        conn.execute("SAVEPOINT grp")
+        try:
+            results = group(conn, [fn for fn, _, _ in jobs])
+        except Exception as exc:
+            results = None
+            if not conn.in_transaction:  # SQLite aborted the whole transaction
+                _aborted(exc)
+        if results is None:
+            del self._post[mark:]
+            conn.execute("ROLLBACK TO grp")
+            conn.execute("RELEASE grp")
+            return False
+        conn.execute("RELEASE grp")
+        outcomes.extend((result, None) for result in results)
+        return True
 
     @staticmethod
     def _answer(batch: list[_Job], outcomes: list[_Outcome]) -> None:
