@@ -220,7 +220,12 @@ class _Process:
             self._log = None
 
     def __enter__(self) -> _Process:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # it never got going: nothing of it left open
+            self.stop()
+            self._close_log()
+            raise
         return self
 
     def __exit__(

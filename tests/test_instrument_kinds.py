@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -123,7 +124,11 @@ async def test_a_kind_of_another_name_playing_the_counter_role_runs_the_count_st
     assert text.count('kind = "counter"') == 1
     daemon_cfg.write_text('plugins = ["tests.plugin_counter"]\n'
                           + text.replace('kind = "counter"', 'kind = "acme-counter"'))  # fmt: skip
-    with SimBenchProcess(lab), DaemonProcess(replace(lab, config_path=daemon_cfg)):
+    # the daemon imports the plug-in from this checkout (tests is not an installed package)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    acme = replace(lab, config_path=daemon_cfg, env={**lab.env, **env})
+    with SimBenchProcess(lab), DaemonProcess(acme):
         async with DaemonClient(load_config(daemon_cfg)) as client:
             await wait_connected(client)
             (inst,) = await client.request("instruments")
