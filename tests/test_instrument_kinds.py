@@ -28,6 +28,7 @@ from drivers.counter import CounterDriver
 from drivers.roles import Counter, Harvester, Incubator, Perfusion
 from tests.e2e import wait_connected
 
+REPO = str(Path(__file__).resolve().parents[1])
 BALANCE = '[[instruments]]\nid = "b1"\nkind = "balance"\naddress = "tcp://10.0.0.5:4001"\n'
 
 
@@ -125,8 +126,7 @@ async def test_a_kind_of_another_name_playing_the_counter_role_runs_the_count_st
     daemon_cfg.write_text('plugins = ["tests.plugin_counter"]\n'
                           + text.replace('kind = "counter"', 'kind = "acme-counter"'))  # fmt: skip
     # the daemon imports the plug-in from this checkout (tests is not an installed package)
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     acme = replace(lab, config_path=daemon_cfg, env={**lab.env, **env})
     with SimBenchProcess(lab), DaemonProcess(acme):
         async with DaemonClient(load_config(daemon_cfg)) as client:
