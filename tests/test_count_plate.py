@@ -181,3 +181,15 @@ def _first_document(journal: Path, run: str) -> bytes:
         (payload,) = db.execute("SELECT payload FROM documents WHERE run = ? AND seq = 1",
                                 (run,)).fetchone()  # fmt: skip
     return bytes(payload)
+
+
+def test_the_count_eta_goes_by_rows_until_a_row_has_come_in() -> None:
+    """12 detectors count a row at once: after 1 well the pace of single wells would say
+    95 x the time of a row; the plan's time per row is used until a row is in."""
+    from acquisition.steps.count import _eta
+
+    step = protocol_from_data(count_plate_protocol(RunStartArgs(count_time_s=30))[0]).steps[0]
+    plate = step.plate_wells()
+    assert _eta(step, plate, {"A1"}, 1, 30.0) == 8 * 32.0  # row A still has 11 to go
+    first_row = {f"A{c}" for c in range(1, 13)}
+    assert _eta(step, plate, first_row, 12, 32.0) == 32.0 / 12 * 84  # then the pace

@@ -128,8 +128,9 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
             counted.add(count.well)
             progress.counted.append(count.well)
             done = len(progress.counted)
-            pace = (ctx.clock.monotonic() - start) / max(1, done - done_before)
-            prog = Progress(done=done, total=total, eta_s=pace * (total - done))
+            prog = Progress(done=done, total=total,
+                            eta_s=_eta(step, plate, counted, done - done_before,
+                                       ctx.clock.monotonic() - start))  # fmt: skip
             await ctx.recorder.data(_reading(count, done - 1, status.plate_id), prog,
                                     latest={"well": count.well, "cpm": count.cpm,
                                             "ccpm": count.ccpm})  # fmt: skip
@@ -138,6 +139,17 @@ async def run_count(ctx: StepContext, step: CountStep, progress: StepProgress) -
             await asyncio.shield(driver.abort())
         raise
     progress.detail = {"wells": len(progress.counted), "plate_id": status.plate_id}
+
+
+def _eta(step: CountStep, plate: tuple[str, ...], counted: set[str], since: int,
+         elapsed_s: float) -> float:  # fmt: skip
+    """Run-clock seconds left. A row of the plate is counted at once (12 detectors), so the
+    pace of single wells means nothing until a row has come in since the count (re)started:
+    until then, the plan's time per row for the rows left."""
+    left = [w for w in plate if w not in counted]
+    if since >= COUNTER_DETECTORS:
+        return elapsed_s / since * len(left)
+    return len({w[0] for w in left}) * (step.count_time_s + COUNT_OVERHEAD_S)
 
 
 def _reading(count: WellCount, index: int, plate_id: str | None) -> WellReading:
