@@ -62,6 +62,19 @@ class Bath:
     def of(self, name: str) -> float:
         return max(0.0, float(self.molar.get(name, 0.0)))
 
+    @classmethod
+    def mixed(
+        cls, composition: Mapping[int, float], solutions: Mapping[int, Mapping[str, float]]
+    ) -> Bath:
+        """The bath the perfusion makes: ``composition`` (valve -> fraction of the bath,
+        :meth:`simulators.perfusion_bath.BathModel.composition`) of ``solutions`` (valve ->
+        compound -> molar; a valve not listed is plain saline)."""
+        molar: dict[str, float] = {}
+        for valve, fraction in composition.items():
+            for name, c in solutions.get(valve, {}).items():
+                molar[name] = molar.get(name, 0.0) + fraction * c
+        return cls(molar)
+
 
 def _s1r_free(bath: Bath, effects: DrugEffects) -> float:
     """The fraction of S1R an antagonist leaves free (competitive, occupancy c/(c+Ki))."""

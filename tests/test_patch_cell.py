@@ -67,3 +67,17 @@ def test_nmda_evokes_an_inward_current_that_preg_s_potentiates() -> None:
     assert evoked < -5e-12
     factor = nmda_scale(Bath({"PREG-S": 50e-6}), cell.effects)
     assert potentiated / evoked == pytest.approx(factor, rel=0.05) and factor > 1.5
+
+
+def test_the_bath_is_what_the_perfusion_mixed() -> None:
+    from simulators.perfusion_bath import BathModel
+
+    solutions = {2: {"DHEA-S": 10e-6}, 3: {"DHEA-S": 10e-6, "NE-100": 100e-9}}
+    bath = BathModel(flow_ul_per_s=30.0, dead_volume_ul=60.0, exchange_tau_s=20.0)
+    bath.set_inlet(0.0, [2])  # DHEA-S from t = 0: it arrives after 2 s of dead volume
+    early = Bath.mixed(bath.composition(1.0), solutions)
+    late = Bath.mixed(bath.composition(2.0 + 5 * 20.0), solutions)
+    assert early.of("DHEA-S") == 0.0
+    assert late.of("DHEA-S") == pytest.approx(10e-6, rel=0.01)
+    cell = PatchCell()
+    assert inap_scale(late, cell.effects) < inap_scale(early, cell.effects)
