@@ -208,6 +208,17 @@ class PerfusionConfig(_SerialInstrument):
 
     kind: Literal["perfusion"]
     device_address: int = Field(0, ge=0, le=9, description="ValveLink8 address switch")
+    # The rig's bath, as measured on it (a dye switch): what a perfuse step waits for.
+    flow_ul_per_s: float = Field(50.0, gt=0, le=10_000, description="perfusion flow rate")
+    dead_volume_ul: float = Field(
+        250.0, ge=0, le=100_000, description="line volume from the valves to the bath"
+    )
+    exchange_tau_s: float = Field(
+        10.0, gt=0, le=3600, description="the bath's exchange time constant"
+    )
+    control_valve: int = Field(
+        1, ge=1, le=8, description="the control solution: where an abort leaves it"
+    )
 
 
 InstrumentConfig = Annotated[

@@ -121,7 +121,8 @@ BAD = {
     "unknown step type": (
         _replace(GOOD, 'type = "count"', 'type = "centrifuge"'),
         "steps[1].type",
-        "a step type: one of incubate, harvest, count, prompt, analyze, wait (got 'centrifuge')",
+        "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse "
+        "(got 'centrifuge')",
     ),
     "missing type": (
         _replace(GOOD, 'type = "count"\n', ""),
