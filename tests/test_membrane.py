@@ -1,0 +1,60 @@
+"""The membrane test finds the simulated model cell's Ra, Rm and Cm (its truth), filtered
+or not; the decimated trace keeps the transient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import bessel, lfilter
+
+from acquisition.analysis.membrane import decimate, membrane_test
+from acquisition.errors import AnalysisError
+from simulators.patch_cell import MODEL_CELL
+
+
+def _step(rate: float, dv: float = -0.005) -> tuple[np.ndarray, int, int]:
+    n = int(0.040 * rate)
+    command = np.full(n, -0.070)
+    start, end = n // 4, 3 * n // 4
+    command[start:end] += dv
+    current, _ = MODEL_CELL.voltage_clamp(command, rate)
+    return current, start, end
+
+
+@pytest.mark.parametrize("rate", [20_000.0, 100_000.0])
+def test_the_membrane_test_finds_the_model_cell(rate: float) -> None:
+    current, start, end = _step(rate)
+    got = membrane_test(current, rate, start, end, -0.005)
+    assert got.rt_ohm == pytest.approx(510e6, rel=0.01)
+    assert got.rm_ohm == pytest.approx(500e6, rel=0.02)
+    assert got.ra_ohm == pytest.approx(10e6, rel=0.10)
+    assert got.cm_f == pytest.approx(33e-12, rel=0.05)
+    assert got.tau_s == pytest.approx(MODEL_CELL.tau_s(), rel=0.05)
+
+
+def test_through_a_2_khz_bessel_filter_the_charge_still_gives_rm_and_cm() -> None:
+    """What the reference recording shows (science.md): the peak is filtered away, the
+    charge and the decay are not."""
+    rate = 100_000.0
+    current, start, end = _step(rate)
+    b, a = bessel(4, 2_000.0, fs=rate, norm="mag")
+    filtered = lfilter(b, a, current - current[0]) + current[0]
+    got = membrane_test(filtered, rate, start, end, -0.005)
+    assert got.rm_ohm == pytest.approx(500e6, rel=0.03)
+    assert got.cm_f == pytest.approx(33e-12, rel=0.15)
+    peak = abs(float(np.min(filtered[start:end] - filtered[start - 1])))
+    assert peak < 0.8 * 0.005 / 10e6, "the filter cuts the peak (dV/Ra) down"
+
+
+def test_no_transient_is_an_analysis_error_not_a_number() -> None:
+    flat = np.zeros(1000)
+    with pytest.raises(AnalysisError, match="no steady change"):
+        membrane_test(flat, 20_000.0, 250, 750, -0.005)
+
+
+def test_decimate_keeps_the_extremes_in_order() -> None:
+    current, _, _ = _step(100_000.0)
+    small = decimate(current, 1000)
+    assert len(small) <= 1000
+    assert small.min() == current.min() and small.max() == current.max()
+    assert np.array_equal(decimate(current[:500], 1000), current[:500])
