@@ -3,6 +3,8 @@ or not; the decimated trace keeps the transient."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.signal import bessel, lfilter
@@ -58,3 +60,22 @@ def test_decimate_keeps_the_extremes_in_order() -> None:
     assert len(small) <= 1000
     assert small.min() == current.min() and small.max() == current.max()
     assert np.array_equal(decimate(current[:500], 1000), current[:500])
+
+
+def test_on_a_real_model_cell_recording_the_charge_gives_its_nominal_rm_and_cm() -> None:
+    """A PATCH-1U model cell (Rm 500 MOhm +-1%, Cm 33 pF +-10%) recorded through a 2 kHz
+    Bessel filter at 20 kHz (tests/data/patchclamp): the membrane test on the mean sweep."""
+    import pyabf
+
+    abf = pyabf.ABF(str(Path(__file__).parent / "data" / "patchclamp" / "model_vc_step.abf"))
+    sweeps = []
+    for number in abf.sweepList:
+        abf.setSweep(number)
+        sweeps.append(abf.sweepY * 1e-12)  # pA -> A
+    command = abf.sweepC * 1e-3  # mV -> V
+    start, end = (int(i) + 1 for i in np.nonzero(np.diff(command))[0][:2])
+    got = membrane_test(np.mean(sweeps, axis=0), float(abf.sampleRate), start, end,
+                        float(command[start] - command[0]))  # fmt: skip
+    assert got.rm_ohm == pytest.approx(500e6, rel=0.02)
+    assert got.cm_f == pytest.approx(33e-12, rel=0.10)
+    assert 5e6 < got.ra_ohm < 20e6
