@@ -45,6 +45,7 @@ __all__ = [
     "StartDocument",
     "StepDocument",
     "StopDocument",
+    "SweepReading",
     "TemperatureReading",
     "UnreadableDocument",
     "WellReading",
@@ -233,8 +234,32 @@ def register_stream(stream: DataStream) -> DataStream:
     return stream
 
 
+class SweepReading(_Payload):
+    """One recorded sweep's summary (stream ``sweep``); its samples are in the run's spool
+    and NWB file, never in a document. Currents in A, resistances in ohm, Cm in F."""
+
+    sweep: int = Field(ge=1, description="1-based, in the run")
+    step_index: int = Field(ge=1)
+    started_at: datetime
+    sample_rate_hz: float = Field(gt=0)
+    samples: int = Field(ge=0, description="per channel")
+    stimulus: str = Field(max_length=200)
+    solution: str | None = Field(None, max_length=200, description="what the bath held")
+    holding_a: float | None = None
+    peak_a: float | None = None
+    steady_a: float | None = None
+    ra_ohm: float | None = None
+    rm_ohm: float | None = None
+    cm_f: float | None = None
+    qc: list[str] = Field(default_factory=list, description="why it failed QC, if it did")
+    trace: list[float] = Field(
+        default_factory=list, max_length=1000, description="the current decimated, A"
+    )
+
+
 register_stream(DataStream("well", WellReading, "one counted well"))
 register_stream(DataStream("temperature", TemperatureReading, "one incubator sample"))
+register_stream(DataStream("sweep", SweepReading, "one recorded sweep's summary"))
 
 
 class DataDocument(_DocumentBase):
@@ -249,7 +274,8 @@ class DataDocument(_DocumentBase):
     # Validated by _reading_of_its_stream (the registry, not this union, decides); serialised
     # as whatever model it is.
     reading: Annotated[
-        SerializeAsAny[WellReading | TemperatureReading | dict[str, Any]], SkipValidation
+        SerializeAsAny[WellReading | TemperatureReading | SweepReading | dict[str, Any]],
+        SkipValidation,
     ]
 
     @model_validator(mode="before")

@@ -270,3 +270,20 @@ async def test_the_stored_state_follows_every_document_of_a_fast_count(
     assert stored["last_seq"] == record.last_seq == 300
     assert stored["progress"]["done"] == 300 and stored["latest"] == {"well": "A12"}
     assert stored == {**json.loads(recorder.state_payload()), "updated_at": stored["updated_at"]}
+
+
+async def test_a_sweeps_summary_is_a_shipped_stream_read_back_typed(tmp_journal: Journal) -> None:
+    from acquisition.payloads import SweepReading
+
+    rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
+    await rec.start(protocol={}, plate=None, instruments={}, simulated=True)
+    summary = SweepReading(sweep=1, step_index=2, started_at=datetime.now(UTC),
+                           sample_rate_hz=20_000.0, samples=4000, stimulus="ramp -90 -> 20 mV",
+                           solution="aCSF", holding_a=-40e-12, ra_ohm=10e6, rm_ohm=500e6,
+                           cm_f=33e-12, trace=[-40e-12, -41e-12])  # fmt: skip
+    await rec.data(summary, Progress(done=1, total=10, unit="sweeps"), stream="sweep")
+    await rec.flush()
+    (_, doc) = await run_documents(tmp_journal, rec.run)
+    assert isinstance(doc, DataDocument) and doc.reading == summary
+    with pytest.raises(ValueError, match="trace"):
+        SweepReading.model_validate({**summary.model_dump(), "trace": [0.0] * 1001})
