@@ -162,3 +162,14 @@ def terminal_env() -> dict[str, str]:
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
+
+
+async def wait_run_state(
+    client: DaemonClient, run: str, *states: str, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """Poll ``run.get`` until the run is in one of ``states``; its state then."""
+    async with asyncio.timeout(timeout_s):
+        while (got := await client.request("run.get", {"run": run}))["state"] not in states:
+            await asyncio.sleep(0.05)
+    result: dict[str, Any] = got
+    return result

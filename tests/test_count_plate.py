@@ -21,7 +21,7 @@ from acquisition.errors import CommandError
 from acquisition.plate_maps import layout_from_data
 from acquisition.protocols import ProtocolFileError, protocol_from_data
 from devtools.mosquitto import MosquittoBroker
-from tests.e2e import lab_stack, wait_connected
+from tests.e2e import lab_stack, wait_connected, wait_run_state
 
 LAYOUT = {"competitors": {"progesterone-like": "ABC", "haloperidol-like": "DEF"},
           "descending": False, "blank_rows": "GH"}  # fmt: skip
@@ -109,15 +109,6 @@ def test_the_count_steps_wells_are_checked(wells: list[str], expected: str) -> N
     assert expected in str(err.value)
 
 
-async def _wait(
-    client: DaemonClient, run: str, *states: str, timeout_s: float = 30
-) -> dict[str, Any]:
-    async with asyncio.timeout(timeout_s):
-        while (got := await client.request("run.get", {"run": run}))["state"] not in states:
-            await asyncio.sleep(0.05)
-    return got
-
-
 async def _ended(client: DaemonClient, run: str) -> dict[str, Any]:
     async with asyncio.timeout(60):
         while (res := await client.request("results", {"run": run}))["stop"] is None:
@@ -137,7 +128,7 @@ async def test_a_count_plate_run_pauses_mid_count_and_resumes_counting_each_well
                 while (await client.request("run.get", {"run": run}))["last_seq"] < 8:
                     await asyncio.sleep(0.05)
             await client.request("run.pause", {"run": run})
-            paused = await _wait(client, run, "paused")
+            paused = await wait_run_state(client, run, "paused")
             done = len((await client.request("results", {"run": run}))["wells"])
             assert 0 < done < 96, paused
             await client.request("run.resume", {"run": run})

@@ -18,7 +18,7 @@ from acquisition.cli.client import DaemonClient
 from acquisition.protocols import parse_protocol, plan
 from acquisition.steps.perfuse import exchange_time_s
 from devtools.mosquitto import MosquittoBroker
-from tests.e2e import lab_stack, wait_connected
+from tests.e2e import lab_stack, wait_connected, wait_run_state
 
 PROTOCOL = """
 name = "switch-to-drug"
@@ -46,13 +46,6 @@ async def _valve(client: DaemonClient) -> Any:
     return perfusion["readings"]["open_valve"]
 
 
-async def _until(client: DaemonClient, run: str, *states: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while (got := await client.request("run.get", {"run": run}))["state"] not in states:
-            await asyncio.sleep(0.05)
-    return got
-
-
 @pytest.mark.slow
 async def test_perfuse_selects_the_solution_waits_and_an_abort_restores_the_control(
     broker: MosquittoBroker, tmp_path: Path
@@ -62,7 +55,7 @@ async def test_perfuse_selects_the_solution_waits_and_an_abort_restores_the_cont
             await wait_connected(client)
             run = (await client.request("run.start", {"protocol": "switch-to-drug",
                                                       "protocol_toml": PROTOCOL}))["run"]
-            await _until(client, run, "running")
+            await wait_run_state(client, run, "running")
             async with asyncio.timeout(30):  # the wait step: the exchange is over
                 while (running := await client.request("run.get", {"run": run}))[
                         "step"] != "wait":  # fmt: skip
@@ -79,7 +72,7 @@ async def test_perfuse_selects_the_solution_waits_and_an_abort_restores_the_cont
             assert perfused["detail"]["open_valves"] == [3]
             assert perfused["detail"]["waited_s"] == round(exchange_time_s(50, 250, 10, 95), 1)
             await client.request("run.abort", {"run": run})
-            await _until(client, run, "aborted")
+            await wait_run_state(client, run, "aborted")
             async with asyncio.timeout(10):
                 while await _valve(client) != 1:  # the control solution
                     await asyncio.sleep(0.05)

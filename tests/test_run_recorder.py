@@ -38,6 +38,24 @@ def reading(i: int) -> WellReading:
     )  # fmt: skip
 
 
+def _fail_once_at_seq(journal: Journal, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """The journal's first write of seq ``at`` fails on its thread (a disk I/O error)."""
+    real = journal.submit_append
+    failed: list[int] = []
+
+    def failing(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        if seq == at and not failed:
+            failed.append(seq)
+
+            def fail(conn: sqlite3.Connection) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            return journal.worker.submit(fail)
+        return real(run, seq, *args, **kwargs)
+
+    monkeypatch.setattr(journal, "submit_append", failing)
+
+
 async def test_a_cancel_while_a_document_is_queued_still_writes_it(tmp_journal: Journal) -> None:
     config = LabConfig(node="rec")
     rec = await RunRecorder.create(config, tmp_journal, lambda: None, "count-plate", {})
@@ -74,20 +92,7 @@ async def test_after_a_failed_write_the_run_can_still_record_its_stop(
     config = LabConfig(node="rec")
     rec = await RunRecorder.create(config, tmp_journal, lambda: None, "count-plate", {})
     await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
-    real = tmp_journal.submit_append
-    failed: list[int] = []
-
-    def failing_seq_3(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
-        if seq == 3 and not failed:  # the first write of seq 3 fails, once
-            failed.append(seq)
-
-            def fail(conn: sqlite3.Connection) -> None:
-                raise sqlite3.OperationalError("disk I/O error")
-
-            return tmp_journal.worker.submit(fail)
-        return real(run, seq, *args, **kwargs)
-
-    monkeypatch.setattr(tmp_journal, "submit_append", failing_seq_3)
+    _fail_once_at_seq(tmp_journal, monkeypatch, 3)  # the first write of seq 3 fails, once
     await rec.data(reading(0), Progress(done=1, total=3))  # seq 2
     await rec.data(reading(1), Progress(done=2, total=3))  # seq 3: fails on the thread
     with pytest.raises(JournalError, match="disk I/O error"):
@@ -160,20 +165,7 @@ async def test_a_stop_whose_write_or_an_earlier_one_fails_leaves_the_run_stoppab
     run's end (``failed``) is then recorded, with the documents on disk counted."""
     rec = await RunRecorder.create(LabConfig(node="rec"), tmp_journal, lambda: None, "p", {})
     await rec.start(protocol={}, plate={}, instruments={}, simulated=True)
-    real = tmp_journal.submit_append
-    failed: list[int] = []
-
-    def failing_once(run: str, seq: int, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
-        if seq == 3 and not failed:  # the second reading, or the stop after the first
-            failed.append(seq)
-
-            def fail(conn: sqlite3.Connection) -> None:
-                raise sqlite3.OperationalError("disk I/O error")
-
-            return tmp_journal.worker.submit(fail)
-        return real(run, seq, *args, **kwargs)
-
-    monkeypatch.setattr(tmp_journal, "submit_append", failing_once)
+    _fail_once_at_seq(tmp_journal, monkeypatch, 3)  # the second reading, or the stop
     for i in range(readings):  # seq 2, 3
         await rec.data(reading(i), Progress(done=i + 1, total=2))
     with pytest.raises(JournalError, match="disk I/O error"):
