@@ -23,6 +23,7 @@ __all__ = [
     "parse_modbus_address",
     "parse_port",
     "parse_socket_url",
+    "parse_tcp_address",
     "parse_visa_socket",
 ]
 
@@ -112,6 +113,14 @@ def parse_socket_url(url: str, *, allow_zero: bool = False) -> tuple[str, int]:
     if not url.startswith("socket://"):
         raise AddressError("socket://host:port")
     return _host_port(url.removeprefix("socket://"), "socket://host:port", allow_zero=allow_zero)
+
+
+def parse_tcp_address(address: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """``tcp://host:port`` (an instrument on a raw TCP socket: the amplifier's bridge, the
+    digitizer)."""
+    if not address.startswith("tcp://"):
+        raise AddressError("tcp://host:port")
+    return _host_port(address.removeprefix("tcp://"), "tcp://host:port", allow_zero=allow_zero)
 
 
 def parse_modbus_address(address: str, *, allow_zero: bool = False) -> tuple[str, int] | None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy import signal
 
 __all__ = ["MODEL_CELL", "Bath", "DrugEffects", "PatchCell", "inap_scale", "nmda_scale"]
 
@@ -136,6 +137,11 @@ class PatchCell:
         cmd = np.asarray(command_v, dtype=np.float64)
         vm = np.empty_like(cmd)
         v = (cmd[0] * g_a + self.e_leak_v * g_m) / (g_a + g_m) if vm0_v is None else vm0_v
+        if g_nap == 0.0 and g_nmda == 0.0:  # linear: the same exact step, vectorised
+            v_inf = (cmd * g_a + self.e_leak_v * g_m) / (g_a + g_m)
+            out, _ = signal.lfilter([1.0 - decay], [1.0, -decay], v_inf, zi=[decay * v])
+            vm = np.asarray(out, dtype=np.float64)
+            return (cmd - vm) * g_a, vm
         for i, vc in enumerate(cmd):
             ionic = self._ionic(v, g_nap, g_nmda)
             # the linear circuit's exact step, the gated currents held over the sample

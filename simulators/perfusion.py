@@ -362,8 +362,10 @@ class PerfusionSimHandle:
 async def start_perfusion_simulator(
     spec: PerfusionSimSpec, clock: Clock, world: WorldHooks | None = None
 ) -> PerfusionSimHandle:
-    """Start one perfusion controller on a pty (``world`` is not used yet)."""
-    del world
+    """Start one perfusion controller on a pty; its bath is the world's (the patch rig's
+    cell answers what it holds)."""
     sim = PerfusionSimulator(spec, clock)
+    if world is not None:
+        world.register_bath(spec.instrument_id, sim.bath_composition)
     await sim.start()
     return PerfusionSimHandle(sim)

@@ -25,7 +25,7 @@ import contextlib
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -127,6 +127,8 @@ class World:
         self._plates: dict[str, _Plate] = {}
         self._mats: dict[str, _Mat] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._baths: dict[str, Callable[[], Mapping[int, float]]] = {}
+        self._shared: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ WorldHooks
 
@@ -143,6 +145,28 @@ class World:
         self, instrument_id: str, load_mat: Callable[[FilterMat | None], None]
     ) -> None:
         self._counters[instrument_id] = load_mat
+
+    def register_bath(
+        self, instrument_id: str, composition: Callable[[], Mapping[int, float]]
+    ) -> None:
+        self._baths[instrument_id] = composition
+
+    def bath_composition(self, instrument_id: str | None = None) -> Mapping[int, float] | None:
+        """What bathes the cell now (valve -> fraction) from the perfusion ``instrument_id``
+        (default: the only one); None without a perfusion simulator."""
+        if instrument_id is None:
+            if len(self._baths) != 1:
+                return None
+            instrument_id = next(iter(self._baths))
+        source = self._baths.get(instrument_id)
+        return None if source is None else source()
+
+    def shared(self, key: str, make: Callable[[], Any]) -> Any:
+        """The one object of ``key`` several simulators work on (the patch rig the amplifier
+        and the digitizer both wire to), made by the first that asks."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     def plate_at(self, location: str) -> str | None:
         """The plate placed last at ``location``, if any."""

@@ -54,6 +54,12 @@ class WorldHooks(Protocol):
         """The counter simulator is told when a mat is placed in it (None: removed)."""
         ...
 
+    def register_bath(
+        self, instrument_id: str, composition: Callable[[], Mapping[int, float]]
+    ) -> None:
+        """The perfusion simulator tells the world what its bath holds (valve -> fraction)."""
+        ...
+
     def plate_at(self, location: str) -> str | None:
         """The id of the plate at ``location`` (e.g. ``harvester:harvester``), if any."""
         ...

@@ -1,0 +1,292 @@
+"""The simulated patch-clamp rig: pipette, seal, cell and the amplifier's analog path.
+
+One rig per bench, shared by the amplifier simulator (its control: modes, holding, gain,
+filter, seal test, compensation; :mod:`simulators.amplifier`) and the digitizer simulator
+(its analog wires: command out, primary and secondary outputs in;
+:mod:`simulators.digitizer`). Everything is on the bench clock:
+
+* **The patch**: ``bath`` (the pipette's resistance only) -> ``cell_attached`` (a seal that
+  grows towards ``seal_ohm``, above 1 GOhm) -> ``whole_cell`` (the cell of
+  :mod:`simulators.patch_cell` behind an access resistance that drifts slowly), moved on by
+  the control channel's ``patch`` op (the virtual operator's hands).
+* **The bath**: what the perfusion simulator delivers (the world's bath composition, valve
+  -> fraction) mixed from ``solutions`` (valve -> compound -> molar), read at each chunk.
+* **The analog path**: the command at the cell (holding + the digitizer's command volts x
+  the external command sensitivity, less the electrode offset left uncompensated); the
+  current through the feedback resistor with its noise (by range), the Bessel low-pass, the
+  gain, and +-10 V saturation. The digitizer quantises.
+* **Faults**: ``seal_loss`` (the seal falls to 100 MOhm), ``rs_runaway`` (access grows 5x
+  over a minute), ``commander_not_open`` / ``commander_open`` (the amplifier answers 6002).
+
+Compensation settings are recorded and reported in the telegraph; of them only Rs
+correction changes the simulated current (it divides the effective access resistance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import signal
+
+from drivers.clock import Clock
+from simulators.patch_cell import MODEL_CELL, Bath, DrugEffects, PatchCell
+
+__all__ = ["ChannelState", "PatchRig", "RigSpec", "Stage"]
+
+Array = npt.NDArray[np.float64]
+Stage = Literal["bath", "cell_attached", "whole_cell"]
+STAGES: Final = ("bath", "cell_attached", "whole_cell")
+# feedback resistor -> rms noise at full bandwidth (A), the 700B's figures
+NOISE_A: Final = {50e9: 0.28e-12, 5e9: 0.9e-12, 500e6: 1.4e-12, 50e6: 4.0e-12}
+EXT_CMD_VC: Final = 0.020  # V at the cell per command volt
+EXT_CMD_IC: Final = 400e-12  # A per command volt
+SATURATION_V: Final = 10.0
+RIG_FAULTS: Final = ("seal_loss", "rs_runaway", "commander_not_open", "commander_open")
+
+
+@dataclass(frozen=True)
+class RigSpec:
+    """``[simulation.rig]``: the cell, the pipette and the pharmacology (true values)."""
+
+    cell: str = "neuron"  # "neuron" (gated currents) or "model_cell" (the PATCH-1U model)
+    stage: str = "whole_cell"  # where the patch starts
+    pipette_ohm: float = 5e6
+    seal_ohm: float = 3e9
+    seal_time_s: float = 20.0  # the seal's time constant once cell-attached
+    ra_ohm: float = 10e6
+    ra_drift_per_min: float = 0.01  # fractional access growth per minute
+    rm_ohm: float = 500e6
+    cm_f: float = 33e-12
+    g_nap_s: float = 2e-9
+    g_nmda_s: float = 3e-9
+    electrode_offset_v: float = 0.008
+    dheas_inap_max_inhibition: float = 0.40
+    dheas_ic50_m: float = 1e-6
+    pregs_nmda_max_potentiation: float = 0.60
+    pregs_ec50_m: float = 5e-6
+    solutions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """valve (as text, TOML keys) -> compound -> molar; a valve not listed is saline."""
+    perfusion: str | None = None  # the perfusion simulator feeding the bath (default: the one)
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cell not in ("neuron", "model_cell"):
+            raise ValueError("cell: 'neuron' or 'model_cell'")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage: one of {', '.join(STAGES)}")
+        for name in ("pipette_ohm", "seal_ohm", "ra_ohm", "rm_ohm", "cm_f", "seal_time_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive")
+        for valve, compounds in self.solutions.items():
+            if not valve.isdigit() or not 1 <= int(valve) <= 8:
+                raise ValueError(f"solutions.{valve}: a valve 1-8")
+            for name, molar in compounds.items():
+                if not isinstance(molar, int | float) or molar < 0:
+                    raise ValueError(f"solutions.{valve}.{name}: a concentration >= 0 (molar)")
+
+    def effects(self) -> DrugEffects:
+        return DrugEffects(dheas_inap_max_inhibition=self.dheas_inap_max_inhibition,
+                           dheas_ic50_m=self.dheas_ic50_m,
+                           pregs_nmda_max_potentiation=self.pregs_nmda_max_potentiation,
+                           pregs_ec50_m=self.pregs_ec50_m)  # fmt: skip
+
+
+@dataclass
+class ChannelState:
+    """One headstage's settings, as the amplifier simulator sets them."""
+
+    mode: str = "VC"
+    holding: float = -0.070  # V in VC, A in IC
+    holding_enable: bool = True
+    primary_signal: str = "membrane_current"
+    gain: int = 1
+    lpf_hz: float | None = 10_000.0
+    feedback_ohm: float = 500e6
+    test_amplitude_v: float = 0.010
+    test_frequency_hz: float = 50.0
+    test_enable: bool = False
+    offset_compensation_v: float = 0.0
+    fast_cap_f: float = 0.0
+    fast_tau_s: float = 0.0
+    slow_cap_f: float = 0.0
+    slow_tau_s: float = 0.0
+    wc_cm_f: float = 0.0
+    wc_rs_ohm: float = 0.0
+    rs_enable: bool = False
+    rs_correction_pct: float = 0.0
+    rs_prediction_pct: float = 0.0
+    rs_bandwidth_hz: float = 1_000.0
+
+    def scale_v_per_a(self) -> float:
+        return self.feedback_ohm * self.gain if self.mode == "VC" else 0.0
+
+    def telegraph(self) -> dict[str, Any]:
+        vc = self.mode == "VC"
+        return {"mode": self.mode, "gain": float(self.gain),
+                "scale_v_per_unit": self.scale_v_per_a() if vc else 10.0 * self.gain,
+                "lpf_hz": self.lpf_hz, "cm_f": self.wc_cm_f, "rs_ohm": self.wc_rs_ohm,
+                "ext_cmd_sensitivity": EXT_CMD_VC if vc else EXT_CMD_IC,
+                "feedback_ohm": self.feedback_ohm}  # fmt: skip
+
+
+class PatchRig:
+    """The rig's physics; see the module docstring. Pure apart from the clock and the bath."""
+
+    def __init__(self, spec: RigSpec, clock: Clock, bath: Any = None) -> None:
+        self.spec = spec
+        self.clock = clock
+        self._bath_source = bath  # () -> valve -> fraction, or None
+        self.channels = {1: ChannelState(), 2: ChannelState()}
+        self.stage: str = spec.stage
+        self._stage_at = clock.monotonic()
+        self._seal_floor_ohm: float | None = None  # after seal_loss
+        self._runaway_at: float | None = None
+        self.commander_open = True
+        self._rng = np.random.default_rng(spec.seed)
+        base = MODEL_CELL if spec.cell == "model_cell" else PatchCell()
+        self.cell = replace(base, rm_ohm=spec.rm_ohm, cm_f=spec.cm_f,
+                            g_nap_s=0.0 if spec.cell == "model_cell" else spec.g_nap_s,
+                            g_nmda_s=0.0 if spec.cell == "model_cell" else spec.g_nmda_s,
+                            effects=spec.effects())  # fmt: skip
+        self._filters: dict[tuple[float, float], Any] = {}
+
+    # ------------------------------------------------------------------ the patch
+
+    def move_to(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage: one of {', '.join(STAGES)}")
+        self.stage = stage
+        self._stage_at = self.clock.monotonic()
+        if stage == "bath":
+            self._seal_floor_ohm = None
+            self._runaway_at = None
+
+    def inject_fault(self, kind: str) -> None:
+        if kind not in RIG_FAULTS:
+            raise ValueError(f"unknown rig fault {kind!r}; known: {', '.join(RIG_FAULTS)}")
+        if kind == "seal_loss":
+            self._seal_floor_ohm = 100e6
+        elif kind == "rs_runaway":
+            self._runaway_at = self.clock.monotonic()
+        else:
+            self.commander_open = kind == "commander_open"
+
+    def seal_ohm(self) -> float:
+        if self.stage == "bath":
+            return math.inf
+        grown = self.spec.seal_ohm
+        if self.stage == "cell_attached":
+            t = self.clock.monotonic() - self._stage_at
+            grown = 50e6 + (self.spec.seal_ohm - 50e6) * (1 - math.exp(-t / self.spec.seal_time_s))
+        return min(grown, self._seal_floor_ohm) if self._seal_floor_ohm else grown
+
+    def ra_ohm(self) -> float:
+        """The access resistance now: a slow drift since break-in, a runaway if injected."""
+        minutes = (self.clock.monotonic() - self._stage_at) / 60.0
+        ra = self.spec.ra_ohm * (1 + self.spec.ra_drift_per_min * minutes)
+        if self._runaway_at is not None:
+            ra *= 1 + 4 * min(1.0, (self.clock.monotonic() - self._runaway_at) / 60.0)
+        return ra
+
+    def resistance_ohm(self) -> float:
+        """What a seal test measures: the steady resistance the pipette sees."""
+        if self.stage == "bath":
+            return self.spec.pipette_ohm
+        if self.stage == "cell_attached":
+            return self.spec.pipette_ohm + self.seal_ohm()
+        rm = 1 / (1 / self.cell.rm_ohm + 1 / self.seal_ohm())
+        return self.ra_ohm() + rm
+
+    def bath(self) -> Bath:
+        source = self._bath_source() if self._bath_source is not None else None
+        if not source:
+            return Bath()
+        solutions = {int(k): v for k, v in self.spec.solutions.items()}
+        return Bath.mixed(source, solutions)
+
+    def truth(self) -> dict[str, Any]:
+        return {"stage": self.stage, "seal_ohm": self.seal_ohm(), "ra_ohm": self.ra_ohm(),
+                "rm_ohm": self.cell.rm_ohm, "cm_f": self.cell.cm_f,
+                "electrode_offset_v": self.spec.electrode_offset_v,
+                "bath_molar": dict(self.bath().molar),
+                "effects": self.spec.effects().__dict__}  # fmt: skip
+
+    # ------------------------------------------------------------------ the analog path
+
+    def respond(self, channel: int, command_v: Array, rate_hz: float) -> tuple[Array, Array]:
+        """The amplifier's primary and secondary outputs (V, before the digitizer) for the
+        digitizer's ``command_v`` at ``rate_hz``; the bath and access as they are now."""
+        ch = self.channels[channel]
+        ext = EXT_CMD_VC if ch.mode == "VC" else EXT_CMD_IC
+        hold = ch.holding if ch.holding_enable else 0.0
+        drive = hold + np.asarray(command_v, dtype=np.float64) * ext
+        if ch.test_enable and ch.mode == "VC":
+            drive = drive + self._test_pulses(ch, len(drive), rate_hz)
+        if ch.mode == "VC":
+            current, vm = self._clamp(ch, drive, rate_hz)
+            primary = current + self._rng.normal(0.0, NOISE_A[ch.feedback_ohm], len(current))
+            primary_v = primary * ch.scale_v_per_a()
+            secondary_v = drive * 10.0  # 10 mV/mV command potential
+        else:
+            injected = drive if ch.mode == "IC" else np.zeros_like(drive)
+            vm = self._current_clamp(injected, rate_hz)
+            primary_v = vm * 10.0 * ch.gain + self._rng.normal(0.0, 20e-6, len(vm))
+            secondary_v = injected * 1e9 * 0.5  # 0.5 V/nA
+        if ch.lpf_hz is not None and ch.lpf_hz < rate_hz / 2:
+            primary_v = self._bessel(ch.lpf_hz, rate_hz, primary_v)
+        return (np.clip(primary_v, -SATURATION_V, SATURATION_V),
+                np.clip(secondary_v, -SATURATION_V, SATURATION_V))  # fmt: skip
+
+    def holding_current_a(self, channel: int) -> float:
+        """The steady current at the holding command (the meter's reading)."""
+        ch = self.channels[channel]
+        if ch.mode != "VC":
+            return ch.holding if ch.mode == "IC" and ch.holding_enable else 0.0
+        v = (ch.holding if ch.holding_enable else 0.0) - self._offset_left(ch)
+        if self.stage != "whole_cell":
+            return v / self.resistance_ohm()
+        rm = 1 / (1 / self.cell.rm_ohm + 1 / self.seal_ohm())
+        return (v - self.cell.e_leak_v * self.seal_ohm() / (rm + self.seal_ohm())) \
+            / (self.ra_ohm() + rm)  # fmt: skip
+
+    def _offset_left(self, ch: ChannelState) -> float:
+        return self.spec.electrode_offset_v - ch.offset_compensation_v
+
+    def _clamp(self, ch: ChannelState, drive: Array, rate_hz: float) -> tuple[Array, Array]:
+        at_tip = drive - self._offset_left(ch)
+        if self.stage != "whole_cell":
+            return at_tip / self.resistance_ohm(), at_tip
+        ra = self.ra_ohm()
+        if ch.rs_enable:
+            ra *= 1 - 0.95 * min(ch.rs_correction_pct, 95.0) / 100.0
+        seal = self.seal_ohm()
+        rm = 1 / (1 / self.cell.rm_ohm + 1 / seal)
+        cell = replace(self.cell, ra_ohm=ra, rm_ohm=rm)
+        current, vm = cell.voltage_clamp(at_tip, rate_hz, self.bath())
+        return current, vm
+
+    def _current_clamp(self, injected: Array, rate_hz: float) -> Array:
+        c = self.cell
+        tau = c.rm_ohm * c.cm_f
+        a = math.exp(-1 / (rate_hz * tau))
+        v_inf = c.e_leak_v + injected * c.rm_ohm
+        out, _ = signal.lfilter([1 - a], [1, -a], v_inf, zi=[a * v_inf[0]])
+        return np.asarray(out, dtype=np.float64)
+
+    def _test_pulses(self, ch: ChannelState, n: int, rate_hz: float) -> Array:
+        t = (np.arange(n) / rate_hz) * ch.test_frequency_hz
+        return np.where((t % 1.0) < 0.5, ch.test_amplitude_v, 0.0)
+
+    def _bessel(self, cutoff_hz: float, rate_hz: float, x: Array) -> Array:
+        key = (cutoff_hz, rate_hz)
+        if key not in self._filters:
+            self._filters[key] = signal.bessel(4, cutoff_hz, fs=rate_hz, norm="mag", output="sos")
+        sos = self._filters[key]
+        zi = signal.sosfilt_zi(sos) * x[0]
+        out, _ = signal.sosfilt(sos, x, zi=zi)
+        return np.asarray(out, dtype=np.float64)
