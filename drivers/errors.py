@@ -14,6 +14,7 @@ foreign exceptions (``OSError``, ``pyvisa.VisaIOError``, pydantic's ``Validation
     │   ├── LinkError            transport failed: refused, reset, closed   retryable
     │   │   └── InstrumentTimeoutError  no reply in time                    retryable
     │   ├── InstrumentReplyError the instrument answered with an error code or nonsense
+    │   ├── DataLossError        samples of an acquisition were lost (a gap, an overrun)
     │   └── InstrumentFaultError the instrument is in a fault state (door open, jam, ...)
     │       └── PreconditionError  a step's needs are not in place     (acquisition)
     ├── ConfigError              a config file or override is invalid      (acquisition)
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "AssayError",
+    "DataLossError",
     "FrameTooLongError",
     "InstrumentError",
     "InstrumentFaultError",
@@ -96,3 +98,18 @@ class InstrumentFaultError(InstrumentError):
     def __init__(self, message: str, *, instrument: str | None = None, fault: str = "") -> None:
         super().__init__(message, instrument=instrument)
         self.fault = fault
+
+
+class DataLossError(InstrumentError):
+    """Samples of an acquisition never arrived intact: a missing frame, a checksum error or
+    an overrun. ``lost`` names the sample ranges (per channel, ``[start, stop)``) that are
+    gone; nothing was interpolated. What did arrive is not returned: the sweep is marked."""
+
+    def __init__(
+        self, message: str, *, instrument: str | None = None, acquisition: int = 0,
+        lost: tuple[tuple[int, int], ...] = (), reasons: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(message, instrument=instrument)
+        self.acquisition = acquisition
+        self.lost = lost
+        self.reasons = reasons

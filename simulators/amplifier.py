@@ -141,7 +141,7 @@ class AmplifierSimulator:
         self.instrument_id = instrument_id
         self.serial = serial
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._faults: list[str] = []
         self.requests: list[Request] = []
         """Every request served (tests check what a driver sent)."""
@@ -166,11 +166,7 @@ class AmplifierSimulator:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await end_connections(self._conns)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -194,7 +190,7 @@ class AmplifierSimulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         buf = bytearray()
         try:
             while chunk := await reader.read(4096):
@@ -213,7 +209,7 @@ class AmplifierSimulator:
         except (ConnectionError, OSError):
             pass
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -315,3 +311,13 @@ class AmplifierSimulator:
             return {"cap_f": repr(ch.slow_cap_f), "tau_s": repr(ch.slow_tau_s)}
         ch.wc_cm_f, ch.wc_rs_ohm = rig.cell.cm_f, rig.ra_ohm()
         return {"cm_f": repr(ch.wc_cm_f), "rs_ohm": repr(ch.wc_rs_ohm)}
+
+
+async def end_connections(conns: dict[asyncio.Task[None], asyncio.StreamWriter]) -> None:
+    """Close each connection's socket and let its task end by itself (a cancelled
+    connection task makes asyncio's server log an error)."""
+    for writer in conns.values():
+        writer.close()
+    for task in list(conns):
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await task

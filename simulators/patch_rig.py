@@ -177,7 +177,8 @@ class PatchRig:
             self.commander_open = kind == "commander_open"
 
     def seal_ohm(self) -> float:
-        if self.stage == "bath":
+        if self.stage == "bath" or (self.spec.cell == "model_cell" and not self._seal_floor_ohm):
+            # the model cell's circuit has no seal: its Rm is all the leak there is
             return math.inf
         grown = self.spec.seal_ohm
         if self.stage == "cell_attached":
