@@ -33,28 +33,43 @@ from pydantic_settings import (
 )
 
 from acquisition.errors import ConfigError
+from acquisition.instrument_config import (
+    AmplifierConfig,
+    CounterConfig,
+    DigitizerConfig,
+    HarvesterConfig,
+    IncubatorConfig,
+    InstrumentConfig,
+    InstrumentSettings,
+    PerfusionConfig,
+    accept_kind,
+    accepted_kinds,
+    forget_kind,
+)
 from drivers.addresses import (
     AddressError,
     check_host,
-    parse_modbus_address,
-    parse_socket_url,
-    parse_visa_socket,
 )
 from drivers.toml_file import TomlFileError, read_toml
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AmplifierConfig",
     "CounterConfig",
+    "DigitizerConfig",
     "HarvesterConfig",
     "IncubatorConfig",
     "InstrumentConfig",
+    "InstrumentSettings",
     "JournalConfig",
     "LabConfig",
     "LoggingConfig",
     "MqttConfig",
     "PerfusionConfig",
     "SimulationConfig",
+    "accept_kind",
     "config_path",
+    "forget_kind",
     "load_config",
     "short_repr",
 ]
@@ -131,116 +146,6 @@ class LoggingConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
-class InstrumentSettings(_Strict):
-    """What every ``[[instruments]]`` table has; a kind's config model extends it."""
-
-    kind: str  # each kind's model narrows it to Literal["<its name>"]
-
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-    address: str
-    timeout_s: float = Field(3.0, gt=0, le=120)
-    status_interval_s: float = Field(2.0, gt=0, le=3600)
-
-
-class CounterConfig(InstrumentSettings):
-    """A microplate scintillation counter reached through VISA."""
-
-    kind: Literal["counter"]
-    address: str = Field(description="VISA resource, e.g. TCPIP::127.0.0.1::5025::SOCKET")
-    poll_interval_s: float = Field(0.25, gt=0, le=60)
-
-    @field_validator("address")
-    @classmethod
-    def _visa_socket(cls, v: str) -> str:
-        _checked(parse_visa_socket, v)
-        return v
-
-
-class IncubatorConfig(InstrumentSettings):
-    """An incubator / temperature controller with shaker (Eurotherm 3200 map) over Modbus."""
-
-    kind: Literal["incubator"]
-    address: str = Field(
-        description="modbus-tcp://host:port, or modbus-rtu://<serial device or socket:// URL>"
-    )
-    device_id: int = Field(1, ge=1, le=247, description="Modbus unit id")
-    decimals: int = Field(1, ge=0, le=3, description="decimal places of scaled registers")
-    idle_setpoint_c: float = Field(
-        25.0, ge=4, le=60, description="where a run leaves the setpoint when it ends or aborts"
-    )
-
-    @field_validator("address")
-    @classmethod
-    def _modbus(cls, v: str) -> str:
-        _checked(parse_modbus_address, v)
-        return v
-
-
-class _SerialInstrument(InstrumentSettings):
-    address: str = Field(
-        description="serial device (/dev/ttyUSB0, a pty path or a link to it) or socket://host:port"
-    )
-
-    @field_validator("address")
-    @classmethod
-    def _serial(cls, v: str) -> str:
-        if v.startswith("socket://"):
-            _checked(parse_socket_url, v)
-        elif not v.startswith("/"):
-            raise ValueError("a serial device path like /dev/ttyUSB0, or socket://host:port")
-        return v
-
-
-class HarvesterConfig(_SerialInstrument):
-    """A cell harvester (Brandel / FilterMate-style) over RS-232."""
-
-    kind: Literal["harvester"]
-    buffer_capacity_ml: float = Field(
-        4000.0, gt=0, le=100_000, description="wash-buffer reservoir volume (mL)"
-    )
-    waste_capacity_ml: float = Field(
-        2000.0, gt=0, le=100_000, description="waste-trap volume (mL)"
-    )
-
-
-class PerfusionConfig(_SerialInstrument):
-    """A perfusion valve controller (AutoMate ValveLink8 ASCII) over RS-232."""
-
-    kind: Literal["perfusion"]
-    device_address: int = Field(0, ge=0, le=9, description="ValveLink8 address switch")
-    # The rig's bath, as measured on it (a dye switch): what a perfuse step waits for.
-    flow_ul_per_s: float = Field(50.0, gt=0, le=10_000, description="perfusion flow rate")
-    dead_volume_ul: float = Field(
-        250.0, ge=0, le=100_000, description="line volume from the valves to the bath"
-    )
-    exchange_tau_s: float = Field(
-        10.0, gt=0, le=3600, description="the bath's exchange time constant"
-    )
-    control_valve: int = Field(
-        1, ge=1, le=8, description="the control solution: where an abort leaves it"
-    )
-
-
-InstrumentConfig = Annotated[
-    CounterConfig | IncubatorConfig | HarvesterConfig | PerfusionConfig,
-    Field(discriminator="kind"),
-]
-# Every kind the config accepts, by name: the shipped ones, and those a plug-in registers
-# (acquisition.kinds.register_kind calls accept_kind).
-_ACCEPTED: dict[str, type[InstrumentSettings]] = {
-    "counter": CounterConfig, "incubator": IncubatorConfig, "harvester": HarvesterConfig,
-    "perfusion": PerfusionConfig,
-}  # fmt: skip
-
-
-def accept_kind(name: str, model: type[InstrumentSettings]) -> None:
-    """Let ``[[instruments]]`` tables of ``kind = name`` in: validated by ``model``."""
-    _ACCEPTED[name] = model
-
-
-def forget_kind(name: str) -> None:
-    _ACCEPTED.pop(name, None)
-
 
 class SimulationConfig(_Strict):
     """Present when the instruments are simulators (``assay-sim bench``)."""
@@ -256,6 +161,7 @@ class SimulationConfig(_Strict):
     incubator: dict[str, Any] = Field(default_factory=dict)
     harvester: dict[str, Any] = Field(default_factory=dict)
     perfusion: dict[str, Any] = Field(default_factory=dict)
+    rig: dict[str, Any] = Field(default_factory=dict, description="the patch rig's cell")
     world: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("control_host")
@@ -405,7 +311,7 @@ def _load_plugins(source: str, modules: list[str]) -> None:
 def _with_file(data: dict[str, Any]) -> type[LabConfig]:
     """LabConfig reading ``data`` (the parsed file) below the environment and init values,
     its instruments of every kind accepted now (plug-ins included)."""
-    kinds: Any = Annotated[Union[tuple(_ACCEPTED.values())], Field(discriminator="kind")]  # noqa: UP007
+    kinds: Any = Annotated[Union[tuple(accepted_kinds().values())], Field(discriminator="kind")]  # noqa: UP007
     cls = create_model("LabConfig", __base__=LabConfig, __module__=__name__,
                        instruments=(list[kinds], Field(default_factory=list)))  # fmt: skip
     cls._file_data = data
@@ -452,7 +358,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _ACCEPTED and out.startswith(
+        elif part in accepted_kinds() and out.startswith(
             "instruments["
         ):
             continue  # the discriminated-union tag adds noise to the path

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from acquisition.config import (
+    AmplifierConfig,
     CounterConfig,
+    DigitizerConfig,
     HarvesterConfig,
     IncubatorConfig,
     InstrumentSettings,
@@ -24,7 +26,7 @@ from acquisition.config import (
     accept_kind,
     forget_kind,
 )
-from drivers.roles import Counter, Harvester, Incubator, Perfusion
+from drivers.roles import Amplifier, Counter, Digitizer, Harvester, Incubator, Perfusion
 
 if TYPE_CHECKING:
     from drivers.base import Instrument
@@ -115,6 +117,21 @@ def _perfusion(cfg: PerfusionConfig, clock: Clock) -> Instrument:
                            clock=clock)  # fmt: skip
 
 
+def _amplifier(cfg: AmplifierConfig, clock: Clock) -> Instrument:
+    from drivers.amplifier import AmplifierDriver
+
+    return AmplifierDriver(cfg.address, instrument_id=cfg.id, channel=cfg.channel,
+                           timeout_s=cfg.timeout_s, clock=clock)  # fmt: skip
+
+
+def _digitizer(cfg: DigitizerConfig, clock: Clock) -> Instrument:
+    from drivers.digitizer import DigitizerDriver
+
+    del clock  # its waits are the wire's (real time)
+    return DigitizerDriver(cfg.address, instrument_id=cfg.id, timeout_s=cfg.timeout_s,
+                           queue_size=cfg.queue_frames)  # fmt: skip
+
+
 register_kind(InstrumentKind("counter", CounterConfig, _counter, Counter,
                              "microplate scintillation counter (VISA socket)"))  # fmt: skip
 register_kind(InstrumentKind("incubator", IncubatorConfig, _incubator, Incubator,
@@ -123,6 +140,10 @@ register_kind(InstrumentKind("harvester", HarvesterConfig, _harvester, Harvester
                              "cell harvester (RS-232)"))  # fmt: skip
 register_kind(InstrumentKind("perfusion", PerfusionConfig, _perfusion, Perfusion,
                              "perfusion valve controller (ValveLink8, RS-232)"))  # fmt: skip
+register_kind(InstrumentKind("amplifier", AmplifierConfig, _amplifier, Amplifier,
+                             "patch-clamp amplifier (MultiClamp 700B commands, TCP)"))  # fmt: skip
+register_kind(InstrumentKind("digitizer", DigitizerConfig, _digitizer, Digitizer,
+                             "16-bit streaming digitizer (binary frames, TCP)"))  # fmt: skip
 
 
 def role_of(kind: str) -> str:

@@ -3,7 +3,7 @@
 Parsing is strict: a bare number is refused (the unit is part of the value), only the listed
 units are accepted, and the error says what was expected (``a duration like '90 min'``) so a
 validation message can be shown as is. Values are returned in base units: seconds, degrees
-Celsius, millilitres, percent, rpm.
+Celsius, millilitres, percent, rpm, volts, hertz.
 
 ``quantity(kind, lo=..., hi=...)`` is a pydantic ``BeforeValidator`` for a ``float`` field.
 """
@@ -19,7 +19,9 @@ from pydantic import BeforeValidator
 
 __all__ = [
     "DURATION",
+    "FREQUENCY",
     "PERCENT",
+    "POTENTIAL",
     "SPEED",
     "TEMPERATURE",
     "TEMPERATURE_TOLERANCE",
@@ -46,12 +48,14 @@ class Kind:
         return format_duration(value) if self is DURATION else f"{value:g} {self.base}"
 
 
-DURATION = Kind("a duration", "90 min", {"s": 1.0, "min": 60.0, "h": 3600.0}, "s")
+DURATION = Kind("a duration", "90 min", {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}, "s")
 TEMPERATURE = Kind("a temperature", "37 C", {"C": 1.0, "°C": 1.0}, "C")
 TEMPERATURE_TOLERANCE = Kind("a temperature tolerance", "0.5 C", {"C": 1.0, "°C": 1.0}, "C")
 VOLUME = Kind("a volume", "1 mL", {"mL": 1.0, "uL": 1e-3, "µL": 1e-3}, "mL")
 PERCENT = Kind("a percentage", "2 %", {"%": 1.0}, "%")
 SPEED = Kind("a shaking speed", "300 rpm", {"rpm": 1.0}, "rpm")
+POTENTIAL = Kind("a potential", "-70 mV", {"mV": 1e-3, "V": 1.0}, "V")
+FREQUENCY = Kind("a sample rate", "20 kHz", {"Hz": 1.0, "kHz": 1e3}, "Hz")
 
 
 def parse_quantity(
@@ -108,7 +112,9 @@ def quantity(
 
 
 def format_duration(seconds: float) -> str:
-    """``6766`` -> ``'1 h 52 min 46 s'``; ``90`` -> ``'1 min 30 s'``; ``0.5`` -> ``'0.5 s'``."""
+    """``6766`` -> ``'1 h 52 min 46 s'``; ``90`` -> ``'1 min 30 s'``; ``0.25`` -> ``'250 ms'``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g} ms"
     if seconds < 60:
         return f"{seconds:g} s"
     total = round(seconds)

@@ -66,7 +66,7 @@ def write_lab_config(
     """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
 
     ``kinds``: which instruments the bench has (``counter``, ``incubator``, ``harvester``,
-    ``perfusion``); serial ones get a pty link inside ``workdir``. ``journal_path``: default
+    ``perfusion``, ``amplifier``, ``digitizer``); serial ones get a pty link inside ``workdir``. ``journal_path``: default
     ``workdir/journal.sqlite3`` (give another to restart a daemon on the same journal).
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +136,18 @@ status_interval_s = 0.5
 id = "perfusion"
 kind = "perfusion"
 address = "{workdir / "perfusion.pty"}"
+status_interval_s = 0.5
+""",
+        "amplifier": f"""[[instruments]]
+id = "amplifier"
+kind = "amplifier"
+address = "tcp://127.0.0.1:{free_port()}"
+status_interval_s = 0.5
+""",
+        "digitizer": f"""[[instruments]]
+id = "digitizer"
+kind = "digitizer"
+address = "tcp://127.0.0.1:{free_port()}"
 status_interval_s = 0.5
 """,
     }

@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from drivers.base import Instrument
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from drivers.amplifier import Meter, Mode, Telegraph
     from drivers.counter import CounterStatus, WellCount
+    from drivers.digitizer import Sweep
     from drivers.harvester import HarvesterStatus, HarvestReport, MatReport
     from drivers.incubator import IncubatorStatus
     from drivers.perfusion import ValveStatus
 
-__all__ = ["Counter", "Harvester", "Incubator", "Perfusion"]
+__all__ = ["Amplifier", "Counter", "Digitizer", "Harvester", "Incubator", "Perfusion"]
 
 
 @runtime_checkable
@@ -84,8 +88,38 @@ class Perfusion(Instrument, Protocol):
     async def clear_fault(self) -> None: ...
 
 
+@runtime_checkable
+class Amplifier(Instrument, Protocol):
+    """A patch-clamp amplifier (one headstage channel)."""
+
+    @property
+    def instrument_id(self) -> str: ...
+    async def mode(self) -> Mode: ...
+    async def set_mode(self, mode: Mode) -> None: ...
+    async def set_holding(self, value: float, *, enable: bool | None = None) -> None: ...
+    async def seal_test(self, on: bool, *, amplitude_v: float | None = None,
+                        frequency_hz: float | None = None) -> None: ...  # fmt: skip
+    async def meter(self) -> Meter: ...
+    async def telegraph(self) -> Telegraph: ...
+    async def make_safe(self, holding_v: float) -> None: ...
+
+
+@runtime_checkable
+class Digitizer(Instrument, Protocol):
+    """A digitizer playing a command and sampling inputs simultaneously."""
+
+    @property
+    def instrument_id(self) -> str: ...
+    async def configure(self, rate_hz: int, inputs: Sequence[int], output: int = 0) -> None: ...
+    async def upload(self, command_v: npt.ArrayLike) -> None: ...
+    async def acquire_sweep(self, samples: int) -> Sweep: ...
+    async def stop(self) -> None: ...
+
+
 if TYPE_CHECKING:  # each shipped driver plays its role: mypy checks these
+    from drivers.amplifier import AmplifierDriver
     from drivers.counter import CounterDriver
+    from drivers.digitizer import DigitizerDriver
     from drivers.harvester import HarvesterDriver
     from drivers.incubator import IncubatorDriver
     from drivers.perfusion import PerfusionDriver
@@ -94,3 +128,5 @@ if TYPE_CHECKING:  # each shipped driver plays its role: mypy checks these
     _INCUBATOR: type[Incubator] = IncubatorDriver
     _HARVESTER: type[Harvester] = HarvesterDriver
     _PERFUSION: type[Perfusion] = PerfusionDriver
+    _AMPLIFIER: type[Amplifier] = AmplifierDriver
+    _DIGITIZER: type[Digitizer] = DigitizerDriver

@@ -1,5 +1,6 @@
 """The shipped simulators as bench kinds: counter (VISA socket), incubator (Modbus TCP),
-harvester and perfusion (a pty each). Importing this module registers them
+harvester and perfusion (a pty each), the patch rig's amplifier and digitizer (TCP each,
+one shared :class:`~simulators.patch_rig.PatchRig` from ``[simulation.rig]``). Importing this module registers them
 (:mod:`simulators.kinds`)."""
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.addresses import AddressError, parse_modbus_address, parse_visa_socket
+from drivers.addresses import (
+    AddressError, parse_modbus_address, parse_tcp_address, parse_visa_socket,
+)  # fmt: skip
 from drivers.clock import Clock
 from simulators.config import (
     BenchConfig,
@@ -19,7 +22,8 @@ from simulators.config import (
 )
 from simulators.counter import CounterSimulator
 from simulators.counting import PhysicsConfig
-from simulators.kinds import SimHandle, SimKind, register_sim_kind, spec_from
+from simulators.kinds import BenchError, SimHandle, SimKind, register_sim_kind, spec_from
+from simulators.patch_rig import PatchRig, RigSpec
 from simulators.world import World
 
 __all__: list[str] = []
@@ -115,7 +119,70 @@ async def _perfusion(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
                          config=config, clock=clock, world=world)  # fmt: skip
 
 
+def _tcp_problem(address: str) -> str | None:
+    try:
+        parse_tcp_address(address, allow_zero=True)
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class _TcpHandle:
+    simulator: Any
+    instrument_id: str
+    what: str
+
+    @property
+    def address(self) -> str:
+        return str(self.simulator.address)
+
+    def describe(self) -> str:
+        return f"{self.instrument_id}  {self.address}  ({self.what})"
+
+    async def stop(self) -> None:
+        await self.simulator.stop()
+
+
+def _rig(config: BenchConfig, clock: Clock, world: World) -> PatchRig:
+    """The bench's one patch rig, made by whichever of its instruments starts first."""
+
+    def make() -> PatchRig:
+        try:
+            spec = spec_from(RigSpec, "rig", config.simulation.rig)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, BenchError):
+                raise
+            raise BenchError(f"simulation.rig.{exc}") from None
+        return PatchRig(spec, clock, bath=lambda: world.bath_composition(spec.perfusion))
+
+    rig: PatchRig = world.shared("patch_rig", make)
+    return rig
+
+
+async def _amplifier(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                     world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    from simulators.amplifier import AmplifierSimulator
+
+    host, port = parse_tcp_address(inst.address, allow_zero=True)
+    sim = AmplifierSimulator(_rig(config, clock, world), clock, instrument_id=inst.id)
+    await sim.start(host, port)
+    return _TcpHandle(sim, inst.id, "MultiClamp 700B commands, tagged lines"), sim
+
+
+async def _digitizer(inst: InstrumentEntry, config: BenchConfig, clock: Clock,
+                     world: World) -> tuple[SimHandle, object]:  # fmt: skip
+    from simulators.digitizer import DigitizerSimulator
+
+    host, port = parse_tcp_address(inst.address, allow_zero=True)
+    sim = DigitizerSimulator(_rig(config, clock, world), clock, instrument_id=inst.id)
+    await sim.start(host, port)
+    return _TcpHandle(sim, inst.id, "16-bit digitizer, binary frames"), sim
+
+
 register_sim_kind(SimKind("counter", _visa_problem, _counter))
 register_sim_kind(SimKind("incubator", _modbus_problem, _incubator))
 register_sim_kind(SimKind("harvester", _pty_problem, _harvester))
 register_sim_kind(SimKind("perfusion", _pty_problem, _perfusion))
+register_sim_kind(SimKind("amplifier", _tcp_problem, _amplifier))
+register_sim_kind(SimKind("digitizer", _tcp_problem, _digitizer))

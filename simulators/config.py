@@ -49,6 +49,7 @@ class SimulationSettings(_Model):
     incubator: dict[str, Any] = Field(default_factory=dict)
     harvester: dict[str, Any] = Field(default_factory=dict)
     perfusion: dict[str, Any] = Field(default_factory=dict)
+    rig: dict[str, Any] = Field(default_factory=dict)  # the patch rig (simulators.patch_rig)
     world: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -6,7 +6,8 @@ One JSON object per line in, one JSON object per line out: ``{"ok": true, ...}``
 ``{"ok": false, "error": "..."}``. ``instrument`` selects a simulator by id and may be left
 out when only one fits the op. Instrument ops: ``state``, ``fault``, ``load_plate``,
 ``load_demo_plate``, ``records`` (counters), ``open_incubator_door`` /
-``close_incubator_door``. World ops (when a world is served): ``add_plate``, ``place_plate``,
+``close_incubator_door``, ``patch`` (the patch rig's stage: ``bath``, ``cell_attached``,
+``whole_cell``). World ops (when a world is served): ``add_plate``, ``place_plate``,
 ``place_mat``, ``harvest`` (by hand, without a harvester simulator), ``world``, ``truth``.
 """
 
@@ -120,12 +121,19 @@ class HarvestRequest(_Request):
     clogged_wells: list[str] = []
 
 
+class PatchRequest(_Request):
+    """The virtual operator's hands on the patch rig: move the pipette's patch on."""
+
+    op: Literal["patch"]
+    stage: Literal["bath", "cell_attached", "whole_cell"]
+
+
 class WorldRequest(_Request):
     op: Literal["world", "truth"]
 
 
 _Instrument = (StateRequest | FaultRequest | LoadPlateRequest | LoadDemoRequest | RecordsRequest
-               | DoorRequest)
+               | DoorRequest | PatchRequest)
 _WorldOp = AddPlateRequest | PlacePlateRequest | PlaceMatRequest | HarvestRequest | WorldRequest
 _REQUEST = TypeAdapter[Any](Annotated[_Instrument | _WorldOp, Field(discriminator="op")])
 _COUNTER_OPS = frozenset({"load_plate", "load_demo_plate", "records"})
@@ -179,6 +187,13 @@ class ControlServer:
     # ------------------------------------------------------------------ instruments
 
     def _instrument_op(self, request: _Instrument) -> dict[str, Any]:
+        if isinstance(request, PatchRequest):
+            rigs = {id(r): r for s in self._sims.values() if (r := getattr(s, "rig", None))}
+            if len(rigs) != 1:
+                raise ValueError("op: this bench has no patch rig")
+            rig = next(iter(rigs.values()))
+            rig.move_to(request.stage)
+            return {"rig": rig.truth()}
         if isinstance(request, DoorRequest):
             sim = self._select(request.instrument, self._incubator_ids())
             kind = "door_open" if request.op == "open_incubator_door" else "door_close"

@@ -251,9 +251,9 @@ class PatchRig:
         v = (ch.holding if ch.holding_enable else 0.0) - self._offset_left(ch)
         if self.stage != "whole_cell":
             return v / self.resistance_ohm()
-        rm = 1 / (1 / self.cell.rm_ohm + 1 / self.seal_ohm())
-        return (v - self.cell.e_leak_v * self.seal_ohm() / (rm + self.seal_ohm())) \
-            / (self.ra_ohm() + rm)  # fmt: skip
+        g_a, g_m, g_seal = 1 / self.ra_ohm(), 1 / self.cell.rm_ohm, 1 / self.seal_ohm()
+        vm = (v * g_a + self.cell.e_leak_v * g_m) / (g_a + g_m + g_seal)
+        return (v - vm) * g_a
 
     def _offset_left(self, ch: ChannelState) -> float:
         return self.spec.electrode_offset_v - ch.offset_compensation_v

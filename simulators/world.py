@@ -377,7 +377,8 @@ class World:
         }
 
     def truth_summary(self) -> dict[str, Any]:
-        return {**self.truth.summary(), "pipetting_cv": self.pipetting_cv}
+        shared = {key: obj.truth() for key, obj in self._shared.items() if hasattr(obj, "truth")}
+        return {**self.truth.summary(), "pipetting_cv": self.pipetting_cv, **shared}
 
     # ------------------------------------------------------------------ internals
 

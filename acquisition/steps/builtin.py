@@ -5,7 +5,7 @@ import importlib
 
 __all__ = ["SHIPPED"]
 
-SHIPPED = ("incubate", "harvest", "count", "prompt", "analyze", "wait", "perfuse")
+SHIPPED = ("incubate", "harvest", "count", "prompt", "analyze", "wait", "perfuse", "record")
 
 for _name in SHIPPED:
     importlib.import_module(f"acquisition.steps.{_name}")

@@ -35,6 +35,7 @@ class StepProgress:
 
     started: bool = False
     counted: list[str] = field(default_factory=list)  # count: wells, in order
+    recorded: list[int] = field(default_factory=list)  # record: the run's sweep numbers kept
     elapsed_s: float = 0.0  # incubate / wait: timer seconds done
     last_sample_at: datetime | None = None  # incubate: wall time of the newest sample
     detail: dict[str, Any] = field(default_factory=dict)  # what the finished document says

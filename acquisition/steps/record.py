@@ -1,0 +1,358 @@
+"""The record step: sweeps of a command waveform in voltage clamp, to the spool and NWB.
+
+For each sweep the amplifier's telegraph is read (what the sweep is recorded with), the
+digitizer plays the command and records the current simultaneously, and the sweep is
+appended to the run's spool and flushed to disk *before* its summary (:class:`SweepReading`,
+stream ``sweep``) is journaled: a summary always has its samples on disk. At the end of the
+step the run's NWB file is written from the whole spool (every record step of the run, in
+sweep order) and journaled as an ``artifact`` document. Raw samples never enter a document.
+
+* A sweep that lost samples (a dropped frame, a checksum error, an overrun:
+  :class:`~drivers.errors.DataLossError`) is not kept: an ``interruption`` document names
+  it and the samples lost, and the sweep is recorded again (after three losses in a row the
+  step fails and the operator decides).
+* A pause or an abort takes effect between sweeps: the sweep in progress is finished and
+  kept first (at most one sweep's length). An abort leaves the amplifier in voltage clamp
+  at the configured safe holding with the seal test off, the digitizer stopped.
+* After a daemon killed mid-recording, the resume keeps every sweep the spool holds (one
+  spooled but not yet journaled gets its summary now), names the sweep that was in progress
+  in an ``interruption`` document, records it again and writes the NWB file from the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from acquisition.analysis.sweep import summarize_sweep
+from acquisition.config import DigitizerConfig
+from acquisition.nwb_file import NwbRun, write_nwb
+from acquisition.payloads import DataDocument, Progress, SweepReading
+from acquisition.quantities import DURATION, FREQUENCY, POTENTIAL, format_duration, quantity
+from acquisition.run_recorder import utcnow
+from acquisition.spool import SpooledSweep, SweepSpool, read_spool
+from acquisition.steps.registry import PlanLine, SafeHow, StepModel, StepType, register_step_type
+from acquisition.waveforms import (
+    FileWaveform,
+    StepWaveform,
+    Waveform,
+    command_at_cell,
+    load_waveform_file,
+)  # fmt: skip
+from drivers.errors import DataLossError
+from drivers.roles import Amplifier, Digitizer
+
+if TYPE_CHECKING:
+    from acquisition.instruments import InstrumentHandle
+    from acquisition.steps.context import StepContext, StepProgress
+    from drivers.amplifier import Telegraph
+    from drivers.digitizer import Sweep
+
+__all__ = ["RecordStep", "nwb_path", "run_record", "spool_path"]
+
+COMMAND_V_PER_CODE = 1e-5  # the spooled command at the cell: +-327 mV in 10 uV steps
+MAX_LOSSES_IN_A_ROW = 3
+NWB_MEDIA_TYPE = "application/x-nwb"
+SATURATED = (-32768, 32767)
+
+
+class Subject(BaseModel):
+    """Who the cell came from, for the NWB file (nothing is invented when it is absent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    subject_id: str = Field(min_length=1, max_length=100)
+    species: str | None = Field(None, max_length=100, examples=["Rattus norvegicus"])
+    age: str | None = Field(None, max_length=40, examples=["P21D"])
+    sex: Literal["M", "F", "U", "O"] | None = None
+    description: str | None = Field(None, max_length=300)
+
+
+class RecordStep(StepModel):
+    """``sweeps`` sweeps of ``waveform`` at ``holding``, one every ``interval``."""
+
+    type: Literal["record"]
+    stimulus: str = Field(
+        min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.+\-]*$",
+        description="the stimulus protocol's name, e.g. 'membrane-test'",
+    )
+    waveform: Waveform
+    sweeps: int = Field(ge=1, le=10_000)
+    interval: Annotated[float, quantity(DURATION, lo=0, hi=3600)] = Field(
+        0.0, description="from one sweep's start to the next; shorter than a sweep: back to back")
+    holding: Annotated[float, quantity(POTENTIAL, lo=-0.2, hi=0.2)] = -0.070
+    rate: Annotated[float, quantity(FREQUENCY, lo=10_000, hi=100_000)] = 20_000.0
+    condition: str | None = Field(
+        None, max_length=200,
+        description="what is applied (default: the solution of the last perfuse step before)",
+    )  # fmt: skip
+    subject: Subject | None = None
+
+    def sweep_s(self) -> float:
+        w = self.waveform
+        if isinstance(w, StepWaveform):
+            return w.length
+        if isinstance(w, FileWaveform):
+            return 0.0  # known once the file is read
+        return w.pre + w.duration + w.post
+
+
+def spool_path(data_dir: Path, run: str) -> Path:
+    return data_dir / "runs" / run / "sweeps.spool"
+
+
+def nwb_path(data_dir: Path, run: str) -> Path:
+    return data_dir / "runs" / run / f"{run}.nwb"
+
+
+def _solution(ctx: StepContext) -> str | None:
+    """What the bath holds: the last perfuse step's solution before this step."""
+    for before in reversed(ctx.steps_before):
+        if getattr(before, "type", None) == "perfuse":
+            return str(before.solution)
+    return None
+
+
+def _meta(ctx: StepContext, step: RecordStep, sweep: int, tele: Telegraph, *, started: Any,
+          start_s: float, condition: str, solution: str | None) -> dict[str, Any]:  # fmt: skip
+    telegraph = {**tele.as_record(), "gain_v_per_a": tele.scale_v_per_unit}
+    compensation = {"whole_cell_cm_f": tele.cm_f, "whole_cell_rs_ohm": tele.rs_ohm}
+    return {"index": sweep, "step_index": ctx.index, "started_at": started.isoformat(),
+            "sample_rate_hz": float(step.rate), "starting_time_s": start_s,
+            "stimulus": step.stimulus, "stimulus_type": step.waveform.shape,
+            "stimulus_description": step.waveform.describe(), "condition": condition,
+            "solution": solution, "holding_v": step.holding, "telegraph": telegraph,
+            "compensation": compensation}  # fmt: skip
+
+
+def _spooled(meta: dict[str, Any], sweep: Sweep, tele: Telegraph,
+             command_v: npt.NDArray[np.float64]) -> SpooledSweep:  # fmt: skip
+    im = np.ascontiguousarray(sweep.codes[:, 0])
+    cmd = np.round(command_v / COMMAND_V_PER_CODE).astype(np.int16)
+    return SpooledSweep(index=int(meta["index"]), meta=meta, channels={"im": im, "command": cmd},
+                        units={"im": "A", "command": "V"},
+                        scales={"im": sweep.volts_per_code / tele.scale_v_per_unit,
+                                "command": COMMAND_V_PER_CODE})  # fmt: skip
+
+
+def _reading(s: SpooledSweep) -> SweepReading:
+    """The summary of a spooled sweep (also what a resume journals for one it finds)."""
+    meta = s.meta
+    current, command = s.scaled("im"), s.scaled("command")
+    saturated = bool(np.isin(s.channels["im"], SATURATED).any())
+    fig = summarize_sweep(current, command, float(meta["sample_rate_hz"]),
+                          float(meta["holding_v"]), saturated=saturated)  # fmt: skip
+    return SweepReading(
+        sweep=s.index, step_index=int(meta["step_index"]), started_at=meta["started_at"],
+        sample_rate_hz=float(meta["sample_rate_hz"]), samples=len(current),
+        stimulus=str(meta["stimulus"]), solution=meta.get("solution"),
+        holding_a=fig.holding_a, peak_a=fig.peak_a, steady_a=fig.steady_a, ra_ohm=fig.ra_ohm,
+        rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, qc=fig.qc, trace=fig.trace,
+    )  # fmt: skip
+
+
+class _Recording:
+    """One record step's work, from its context; see the module docstring."""
+
+    def __init__(self, ctx: StepContext, step: RecordStep, progress: StepProgress) -> None:
+        self.ctx, self.step, self.progress = ctx, step, progress
+        amp, dig = ctx.handle("amplifier").driver, ctx.handle("digitizer").driver
+        assert isinstance(amp, Amplifier) and isinstance(dig, Digitizer)  # the roles
+        self.amp, self.dig = amp, dig
+        cfg = ctx.handle("digitizer").config
+        self.dig_config: DigitizerConfig | None = cfg if isinstance(cfg, DigitizerConfig) \
+            else None  # another vendor's digitizer: inputs 0 and 1, output 0  # fmt: skip
+        self.data_dir = ctx.config.journal.data_directory
+        self.spool_path = spool_path(self.data_dir, ctx.recorder.run)
+        self.solution = _solution(ctx)
+        self.condition = step.condition or self.solution or "control"
+        self.command = np.zeros(0)
+        self.next_index = 1
+        self.clock_zero = ctx.clock.monotonic()
+
+    async def run(self) -> None:
+        await self._catch_up()
+        await self._set_up()
+        spool = await asyncio.to_thread(SweepSpool.open, self.spool_path)
+        try:
+            losses = 0
+            last_start: float | None = None
+            while len(self.progress.recorded) < self.step.sweeps:
+                if last_start is not None:
+                    wait = last_start + self.step.interval - self.ctx.clock.monotonic()
+                    if wait > 0:
+                        await self.ctx.clock.sleep(wait)
+                last_start = self.ctx.clock.monotonic()
+                try:
+                    await _finish_even_if_cancelled(self._one_sweep(spool))
+                except DataLossError as exc:
+                    losses += 1
+                    await self.ctx.recorder.interruption(
+                        f"sweep {self.next_index}: {exc}; not kept, recorded again",
+                        {"step_index": self.ctx.index, "sweep": self.next_index,
+                         "lost_samples": [list(r) for r in exc.lost],
+                         "reasons": list(exc.reasons)})  # fmt: skip
+                    if losses >= MAX_LOSSES_IN_A_ROW:
+                        raise
+                    continue
+                losses = 0
+        finally:
+            await asyncio.to_thread(spool.close)
+        await self._write_nwb()
+
+    async def _catch_up(self) -> None:
+        """Sweeps already spooled (a resume): journal those without a summary; name the one
+        a crash cut short."""
+        progress, rec = self.progress, self.ctx.recorder
+        crashed = progress.started and not progress.detail.get("live")
+        progress.started = True
+        progress.detail["live"] = True
+        if not self.spool_path.exists():
+            return
+        contents = await asyncio.to_thread(read_spool, self.spool_path)
+        self.next_index = max((s.index for s in contents.sweeps), default=0) + 1
+        for s in contents.sweeps:
+            if s.meta.get("step_index") == self.ctx.index and s.index not in progress.recorded:
+                await self._journal(s)
+        if crashed and len(progress.recorded) < self.step.sweeps:
+            await rec.interruption(
+                f"sweep {self.next_index} was being recorded when the daemon stopped: not "
+                f"kept; {len(progress.recorded)} of this step's sweeps are, and it goes on",
+                {"step_index": self.ctx.index, "lost_sweep": self.next_index,
+                 "kept": list(progress.recorded), "torn_bytes": contents.torn_tail_bytes},
+            )  # fmt: skip
+
+    async def _set_up(self) -> None:
+        step, amp, dig = self.step, self.amp, self.dig
+        cfg = self.dig_config or DigitizerConfig(kind="digitizer", id="digitizer",
+                                                 address="tcp://127.0.0.1:1")  # its defaults
+        values = None
+        if isinstance(step.waveform, FileWaveform):
+            values = await asyncio.to_thread(load_waveform_file,
+                                             self.data_dir / step.waveform.path)  # fmt: skip
+        self.command = command_at_cell(step.waveform, step.holding, step.rate, values)
+        await amp.seal_test(False)
+        await amp.set_mode("VC")
+        await amp.set_holding(step.holding, enable=True)
+        tele = await amp.telegraph()
+        inputs = [cfg.current_input]
+        if cfg.command_input is not None:
+            inputs.append(cfg.command_input)
+        await dig.configure(int(step.rate), inputs, cfg.command_output)
+        await dig.upload((self.command - step.holding) / tele.ext_cmd_sensitivity)
+
+    async def _one_sweep(self, spool: SweepSpool) -> None:
+        started = utcnow()
+        start_s = self.ctx.clock.monotonic() - self.clock_zero
+        tele = await self.amp.telegraph()
+        sweep = await self.dig.acquire_sweep(len(self.command))
+        meta = _meta(self.ctx, self.step, self.next_index, tele, started=started,
+                     start_s=start_s, condition=self.condition, solution=self.solution)
+        spooled = _spooled(meta, sweep, tele, self.command)
+        await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
+        self.next_index += 1
+        await self._journal(spooled)
+
+    async def _journal(self, s: SpooledSweep) -> None:
+        reading = await asyncio.to_thread(_reading, s)
+        self.progress.recorded.append(s.index)
+        done = len(self.progress.recorded)
+        left = (self.step.sweeps - done) * max(self.step.interval, self.step.sweep_s())
+        await self.ctx.recorder.data(
+            reading, Progress(done=done, total=self.step.sweeps, unit="sweeps", eta_s=left),
+            stream="sweep", latest={"sweep": s.index, "ra_mohm": _mohm(reading.ra_ohm),
+                                    "holding_pa": _pa(reading.holding_a)},
+        )  # fmt: skip
+        self.ctx.notify()
+
+    async def _write_nwb(self) -> None:
+        rec, step = self.ctx.recorder, self.step
+        path = nwb_path(self.data_dir, rec.run)
+        subject = step.subject.model_dump(exclude_none=True) if step.subject else None
+        run = NwbRun(run=rec.run, started_at=rec.created_at, subject=subject,
+                     description=f"{rec.protocol}: whole-cell voltage clamp")  # fmt: skip
+
+        def write() -> Any:
+            return write_nwb(path, run, read_spool(self.spool_path).sweeps)
+
+        written = await asyncio.to_thread(write)
+        await rec.artifact(path, media_type=NWB_MEDIA_TYPE, step_index=self.ctx.index,
+                           holds=f"{written.sweeps} sweeps (conditions: "
+                           f"{', '.join(written.conditions)}), NWB icephys tables")  # fmt: skip
+        self.progress.detail.update({"sweeps": len(self.progress.recorded),
+                                     "nwb_sweeps": written.sweeps,
+                                     "condition": self.condition, "solution": self.solution})
+
+
+def _mohm(ohm: float | None) -> float | None:
+    return None if ohm is None else round(ohm / 1e6, 2)
+
+
+def _pa(amp: float | None) -> float | None:
+    return None if amp is None else round(amp * 1e12, 1)
+
+
+async def _finish_even_if_cancelled(work: Any) -> None:
+    """Run ``work`` to its end even if the step is cancelled meanwhile (a pause, an abort,
+    the daemon stopping: the sweep in progress is kept), then let the cancellation on."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def run_record(ctx: StepContext, step: RecordStep, progress: StepProgress) -> None:
+    await _Recording(ctx, step, progress).run()
+
+
+def _plan(step: RecordStep) -> PlanLine:
+    each = max(step.interval, step.sweep_s())
+    return PlanLine(f"{step.stimulus}: {step.sweeps} x {step.waveform.describe()} at "
+                    f"{step.holding * 1e3:g} mV, {step.rate / 1e3:g} kHz",
+                    step.sweeps * each, f"{format_duration(each)} a sweep")  # fmt: skip
+
+
+async def _prepare(ctx: StepContext, step: RecordStep, progress: StepProgress) -> dict[str, Any]:
+    return {"sweeps": step.sweeps, "waveform": step.waveform.describe()}
+
+
+def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
+    if isinstance(doc.reading, SweepReading) and doc.reading.sweep not in progress.recorded:
+        progress.recorded.append(doc.reading.sweep)
+
+
+def _interrupted(progress: StepProgress) -> tuple[dict[str, Any], Progress | None]:
+    total = progress.before.get("sweeps")
+    done = len(progress.recorded)
+    return {"sweeps_recorded": done}, Progress(done=done, total=total if isinstance(
+        total, int) else done, unit="sweeps")  # fmt: skip
+
+
+async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> None:
+    """An abort or a daemon stop: the digitizer stopped, the amplifier in voltage clamp at
+    its safe holding with the seal test off."""
+    if how == "end":
+        return
+    dig = handles.get("digitizer")
+    if dig is not None and isinstance(dig.driver, Digitizer) and dig.driver.connected:
+        await dig.driver.stop()
+    amp = handles.get("amplifier")
+    if amp is not None and isinstance(amp.driver, Amplifier):
+        holding_mv: Any = getattr(amp.config, "safe_holding_mv", -70.0)
+        await amp.driver.make_safe(float(holding_mv) * 1e-3)
+
+
+RECORD = register_step_type(StepType(
+    name="record", model=RecordStep, plan=_plan, run=run_record,
+    roles=("amplifier", "digitizer"), prepare=_prepare, rebuild=_rebuild,
+    interrupted=_interrupted, make_safe=_make_safe,
+))  # fmt: skip

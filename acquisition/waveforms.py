@@ -1,0 +1,146 @@
+"""The command waveforms a ``record`` step plays: a step, a slow ramp, or a file.
+
+Each is a protocol table with units (``[steps.waveform]``), validated when the protocol is
+read; :func:`command_at_cell` turns one into the command potential at the cell, sample by
+sample, around the holding potential. What the digitizer plays is that minus the holding
+(the amplifier adds its own holding) divided by the amplifier's external command
+sensitivity (20 mV/V in voltage clamp), so a command must stay within +-200 mV of the
+holding potential: the digitizer's +-10 V.
+
+* ``step``: holding, then ``step`` (relative to the holding) from ``at`` for ``width``,
+  then holding again, ``length`` in all: a membrane test (``step = "-10 mV"``) or an
+  activation step.
+* ``ramp``: holding for ``pre``, a jump to ``from``, a linear ramp to ``to`` over
+  ``duration`` (absolute potentials), back to holding for ``post``: a slow ramp shows the
+  persistent sodium current.
+* ``file``: one potential in mV per line (relative to the holding), at the step's sample
+  rate, from a file inside the daemon's data directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from acquisition.quantities import DURATION, POTENTIAL, quantity
+
+__all__ = [
+    "MAX_EXCURSION_V", "FileWaveform", "RampWaveform", "StepWaveform", "Waveform",
+    "WaveformError", "command_at_cell", "load_waveform_file",
+]
+
+MAX_EXCURSION_V = 0.200  # +-10 V at 20 mV/V
+MAX_SWEEP_S = 60.0
+Array = npt.NDArray[np.float64]
+
+
+class WaveformError(ValueError):
+    """A waveform that cannot be played; ``str()`` says what and where."""
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepWaveform(_Shape):
+    shape: Literal["step"]
+    step: Annotated[float, quantity(POTENTIAL, lo=-MAX_EXCURSION_V, hi=MAX_EXCURSION_V)] = Field(
+        description="the step, relative to the holding potential, e.g. '-10 mV'")  # fmt: skip
+    at: Annotated[float, quantity(DURATION, lo=0, hi=MAX_SWEEP_S)] = 0.02
+    width: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=MAX_SWEEP_S)]
+    length: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=MAX_SWEEP_S)]
+
+    @model_validator(mode="after")
+    def _fits(self) -> StepWaveform:
+        if self.at + self.width > self.length:
+            raise ValueError("at + width must fit in length (the sweep)")
+        return self
+
+    def describe(self) -> str:
+        return (f"step {self.step * 1e3:+g} mV for {self.width * 1e3:g} ms, "
+                f"{self.length * 1e3:g} ms sweeps")  # fmt: skip
+
+
+class RampWaveform(_Shape):
+    shape: Literal["ramp"]
+    start: Annotated[float, quantity(POTENTIAL, lo=-0.3, hi=0.3)] = Field(
+        alias="from", description="where the ramp starts (absolute), e.g. '-100 mV'")
+    end: Annotated[float, quantity(POTENTIAL, lo=-0.3, hi=0.3)] = Field(
+        alias="to", description="where it ends (absolute), e.g. '+20 mV'")
+    duration: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=MAX_SWEEP_S)]
+    pre: Annotated[float, quantity(DURATION, lo=0, hi=MAX_SWEEP_S)] = 0.1
+    post: Annotated[float, quantity(DURATION, lo=0, hi=MAX_SWEEP_S)] = 0.1
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def describe(self) -> str:
+        return (f"ramp {self.start * 1e3:g} -> {self.end * 1e3:g} mV over "
+                f"{self.duration:g} s")  # fmt: skip
+
+
+class FileWaveform(_Shape):
+    shape: Literal["file"]
+    path: str = Field(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9_.\-/]+$",
+                      description="inside the daemon's data directory, e.g. "
+                      "'waveforms/mini.txt': one potential in mV per line")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _inside(self) -> FileWaveform:
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ValueError("a path inside the daemon's data directory, without '..'")
+        return self
+
+    def describe(self) -> str:
+        return f"waveform from {self.path}"
+
+
+Waveform = Annotated[StepWaveform | RampWaveform | FileWaveform, Field(discriminator="shape")]
+
+
+def load_waveform_file(path: Path) -> Array:
+    """The file's potentials (V, relative to the holding); WaveformError naming the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WaveformError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise WaveformError(f"{path}: not a text file") from None
+    values: list[float] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            mv = float(line)
+        except ValueError:
+            raise WaveformError(f"{path}:{n}: a potential in mV, got {line.strip()[:30]!r}") \
+                from None  # fmt: skip
+        if not abs(mv) <= MAX_EXCURSION_V * 1e3:
+            raise WaveformError(f"{path}:{n}: {mv:g} mV is beyond +-200 mV of the holding")
+        values.append(mv * 1e-3)
+    if not values:
+        raise WaveformError(f"{path}: no potentials in it")
+    return np.asarray(values, dtype=np.float64)
+
+
+def command_at_cell(wave: StepWaveform | RampWaveform | FileWaveform, holding_v: float,
+                    rate_hz: float, file_values: Array | None = None) -> Array:  # fmt: skip
+    """The command potential at the cell (V), one value per sample."""
+    if isinstance(wave, StepWaveform):
+        n = round(wave.length * rate_hz)
+        out = np.full(n, holding_v)
+        a = round(wave.at * rate_hz)
+        out[a : a + round(wave.width * rate_hz)] += wave.step
+        return out
+    if isinstance(wave, RampWaveform):
+        pre, ramp, post = (round(x * rate_hz) for x in (wave.pre, wave.duration, wave.post))
+        out = np.concatenate([np.full(pre, holding_v), np.linspace(wave.start, wave.end, ramp),
+                              np.full(post, holding_v)])  # fmt: skip
+        if np.max(np.abs(out - holding_v)) > MAX_EXCURSION_V + 1e-12:
+            raise WaveformError("the ramp goes beyond +-200 mV of the holding potential")
+        return out
+    if file_values is None:
+        raise WaveformError(f"{wave.path}: the file was not loaded")
+    return holding_v + file_values
