@@ -116,7 +116,7 @@ def format_duration(seconds: float) -> str:
     if 0 < seconds < 1:
         return f"{seconds * 1000:g} ms"
     if seconds < 60:
-        return f"{seconds:g} s"
+        return f"{round(seconds, 1):g} s"
     total = round(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)

@@ -83,6 +83,7 @@ class Lab:
     bench: SimBenchProcess
     daemon: DaemonProcess
     client: DaemonClient
+    kinds: tuple[str, ...] = KINDS
 
     async def get(self, run: str) -> dict[str, Any]:
         state: dict[str, Any] = await self.client.request("run.get", {"run": run})
@@ -140,7 +141,7 @@ class Lab:
         while True:
             with contextlib.suppress(CommandError):  # not subscribed yet: no reply
                 insts = await self.client.request("instruments")
-                if len(insts) == len(KINDS) and all(i["connected"] for i in insts):
+                if len(insts) == len(self.kinds) and all(i["connected"] for i in insts):
                     return
             if time.monotonic() > deadline:
                 raise AssertionError(f"instruments not connected:\n{self.daemon.tail()}")
@@ -157,11 +158,13 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def lab_stack(
-    tmp_path: Path, broker: MosquittoBroker, time_scale: float, top_extra: str = ""
+    tmp_path: Path, broker: MosquittoBroker, time_scale: float, top_extra: str = "",
+    kinds: tuple[str, ...] = KINDS, simulation_extra: str = "",
 ) -> AsyncIterator[Lab]:
     files = write_lab_config(
-        tmp_path, broker_port=broker.port, node=f"crash-{uuid.uuid4().hex[:8]}", kinds=KINDS,
+        tmp_path, broker_port=broker.port, node=f"crash-{uuid.uuid4().hex[:8]}", kinds=kinds,
         time_scale=time_scale, counter_poll_s=0.5, top_extra=top_extra,
+        simulation_extra=simulation_extra,
     )  # fmt: skip
     repo = str(REPO)  # tests.* importable by the daemon (plug-in modules of a test)
     files.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH"))
@@ -169,7 +172,7 @@ async def lab_stack(
     bench, daemon = SimBenchProcess(files), DaemonProcess(files)
     with bench, daemon:
         async with DaemonClient(load_config(files.config_path), timeout_s=10.0) as client:
-            lab = Lab(files, bench, daemon, client)
+            lab = Lab(files, bench, daemon, client, kinds)
             await lab.wait_connected()
             yield lab
 

@@ -1,5 +1,5 @@
-"""The record step through the daemon on the simulated patch rig: perfuse then record,
-sweeps spooled and summarised, an NWB file that pynwb and nwbinspector accept."""
+"""The record step through the daemon on the simulated patch rig: perfuse then 50 sweeps,
+spooled and summarised, an NWB file that pynwb and nwbinspector accept."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ solution = "aCSF + DHEA-S 10 uM"
 [[steps]]
 type = "record"
 stimulus = "membrane-test"
-sweeps = 6
+sweeps = 50
 interval = "1 s"
 holding = "-70 mV"
 rate = "20 kHz"
@@ -55,8 +55,8 @@ length = "200 ms"
 def test_the_plan_and_the_command() -> None:
     protocol, _ = parse_protocol(PROTOCOL)
     line = plan(protocol).steps[1]
-    assert "membrane-test: 6 x step -10 mV for 100 ms" in line.settings
-    assert line.duration_s == pytest.approx(6.0)
+    assert "membrane-test: 50 x step -10 mV for 100 ms" in line.settings
+    assert line.duration_s == pytest.approx(50.0)
     wave = StepWaveform(shape="step", step="-10 mV", at="20 ms", width="100 ms",
                         length="200 ms")  # type: ignore[arg-type]  # fmt: skip
     cmd = command_at_cell(wave, -0.070, 20_000)
@@ -89,7 +89,7 @@ async def test_perfuse_and_record_end_with_an_nwb_file_pynwb_and_nwbinspector_ac
             await wait_run_state(client, run, "completed", timeout_s=60)
         docs = _documents(stack.lab.journal_path, run)
     sweeps = [d["reading"] for d in docs if d["kind"] == "data" and d["stream"] == "sweep"]
-    assert [s["sweep"] for s in sweeps] == [1, 2, 3, 4, 5, 6]
+    assert [s["sweep"] for s in sweeps] == list(range(1, 51))
     for s in sweeps:
         assert s["solution"] == "aCSF + DHEA-S 10 uM" and s["samples"] == 4000
         assert s["ra_ohm"] == pytest.approx(10e6, rel=0.15)
@@ -97,12 +97,14 @@ async def test_perfuse_and_record_end_with_an_nwb_file_pynwb_and_nwbinspector_ac
         assert s["cm_f"] == pytest.approx(33e-12, rel=0.10)
         assert s["qc"] == [] and 0 < len(s["trace"]) <= 1000
     (artifact,) = [d for d in docs if d["kind"] == "artifact"]
-    assert artifact["media_type"] == "application/x-nwb" and "6 sweeps" in artifact["holds"]
+    assert artifact["media_type"] == "application/x-nwb" and "50 sweeps" in artifact["holds"]
     nwb_file = stack.lab.journal_path.parent / "data" / artifact["path"]
     assert nwb_file.stat().st_size == artifact["size_bytes"]
     with NWBHDF5IO(str(nwb_file), "r") as io:
         nwb = io.read()
-        assert len(nwb.intracellular_recordings) == 6
+        assert len(nwb.intracellular_recordings) == 50
+        assert sorted(int(s.sweep_number) for s in nwb.acquisition.values()) == \
+            list(range(1, 51))  # fmt: skip
         conditions = nwb.icephys_experimental_conditions
         assert list(conditions["condition"].data[:]) == ["aCSF + DHEA-S 10 uM"]
         resp = nwb.acquisition["response_00003"]

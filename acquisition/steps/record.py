@@ -170,6 +170,9 @@ class _Recording:
             else None  # another vendor's digitizer: inputs 0 and 1, output 0  # fmt: skip
         self.data_dir = ctx.config.journal.data_directory
         self.spool_path = spool_path(self.data_dir, ctx.recorder.run)
+        # left when the step stops between sweeps (pause, abort, daemon stop): its absence
+        # after a restart means the daemon died, with a sweep perhaps in progress
+        self.clean_mark = self.spool_path.with_name(f"step-{ctx.index}.stopped-cleanly")
         self.solution = _solution(ctx)
         self.condition = step.condition or self.solution or "control"
         self.command = np.zeros(0)
@@ -181,38 +184,44 @@ class _Recording:
         await self._set_up()
         spool = await asyncio.to_thread(SweepSpool.open, self.spool_path)
         try:
-            losses = 0
-            last_start: float | None = None
-            while len(self.progress.recorded) < self.step.sweeps:
-                if last_start is not None:
-                    wait = last_start + self.step.interval - self.ctx.clock.monotonic()
-                    if wait > 0:
-                        await self.ctx.clock.sleep(wait)
-                last_start = self.ctx.clock.monotonic()
-                try:
-                    await _finish_even_if_cancelled(self._one_sweep(spool))
-                except DataLossError as exc:
-                    losses += 1
-                    await self.ctx.recorder.interruption(
-                        f"sweep {self.next_index}: {exc}; not kept, recorded again",
-                        {"step_index": self.ctx.index, "sweep": self.next_index,
-                         "lost_samples": [list(r) for r in exc.lost],
-                         "reasons": list(exc.reasons)})  # fmt: skip
-                    if losses >= MAX_LOSSES_IN_A_ROW:
-                        raise
-                    continue
-                losses = 0
+            await self._record(spool)
+        except asyncio.CancelledError:  # after the sweep in progress was kept: nothing lost
+            await asyncio.to_thread(self.clean_mark.touch)
+            raise
         finally:
             await asyncio.to_thread(spool.close)
         await self._write_nwb()
+
+    async def _record(self, spool: SweepSpool) -> None:
+        losses = 0
+        last_start: float | None = None
+        while len(self.progress.recorded) < self.step.sweeps:
+            if last_start is not None:
+                wait = last_start + self.step.interval - self.ctx.clock.monotonic()
+                if wait > 0:
+                    await self.ctx.clock.sleep(wait)
+            last_start = self.ctx.clock.monotonic()
+            try:
+                await _finish_even_if_cancelled(self._one_sweep(spool))
+            except DataLossError as exc:
+                losses += 1
+                await self.ctx.recorder.interruption(
+                    f"sweep {self.next_index}: {exc}; not kept, recorded again",
+                    {"step_index": self.ctx.index, "sweep": self.next_index,
+                     "lost_samples": [list(r) for r in exc.lost],
+                     "reasons": list(exc.reasons)})  # fmt: skip
+                if losses >= MAX_LOSSES_IN_A_ROW:
+                    raise
+                continue
+            losses = 0
 
     async def _catch_up(self) -> None:
         """Sweeps already spooled (a resume): journal those without a summary; name the one
         a crash cut short."""
         progress, rec = self.progress, self.ctx.recorder
-        crashed = progress.started and not progress.detail.get("live")
-        progress.started = True
-        progress.detail["live"] = True
+        restarted = bool(progress.detail.pop("restarted", False))  # set by _resume
+        stopped_cleanly = await asyncio.to_thread(_take_mark, self.clean_mark)
+        crashed = restarted and not stopped_cleanly
         if not self.spool_path.exists():
             return
         contents = await asyncio.to_thread(read_spool, self.spool_path)
@@ -223,7 +232,8 @@ class _Recording:
         if crashed and len(progress.recorded) < self.step.sweeps:
             await rec.interruption(
                 f"sweep {self.next_index} was being recorded when the daemon stopped: not "
-                f"kept; {len(progress.recorded)} of this step's sweeps are, and it goes on",
+                f"kept, it is recorded again ({len(progress.recorded)} of the step's "
+                f"{self.step.sweeps} sweeps were kept)",
                 {"step_index": self.ctx.index, "lost_sweep": self.next_index,
                  "kept": list(progress.recorded), "torn_bytes": contents.torn_tail_bytes},
             )  # fmt: skip
@@ -290,6 +300,13 @@ class _Recording:
                                      "condition": self.condition, "solution": self.solution})
 
 
+def _take_mark(mark: Path) -> bool:
+    if mark.exists():
+        mark.unlink()
+        return True
+    return False
+
+
 def _mohm(ohm: float | None) -> float | None:
     return None if ohm is None else round(ohm / 1e6, 2)
 
@@ -330,6 +347,11 @@ def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
         progress.recorded.append(doc.reading.sweep)
 
 
+def _resume(step: RecordStep, progress: StepProgress, since: Any, time_scale: float) -> None:
+    """After a restart the step goes on from its sweeps; it names the one the crash cut."""
+    progress.detail["restarted"] = True
+
+
 def _interrupted(progress: StepProgress) -> tuple[dict[str, Any], Progress | None]:
     total = progress.before.get("sweeps")
     done = len(progress.recorded)
@@ -353,6 +375,6 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
 
 RECORD = register_step_type(StepType(
     name="record", model=RecordStep, plan=_plan, run=run_record,
-    roles=("amplifier", "digitizer"), prepare=_prepare, rebuild=_rebuild,
+    roles=("amplifier", "digitizer"), prepare=_prepare, rebuild=_rebuild, resume=_resume,
     interrupted=_interrupted, make_safe=_make_safe,
 ))  # fmt: skip

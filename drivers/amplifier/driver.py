@@ -360,6 +360,7 @@ class AmplifierDriver:
         else:
             values["holding_pa"] = round(holding * 1e12, 1)
         values["current_pa"] = round(meter.current_a * 1e12, 1)
-        values["resistance_mohm"] = (None if meter.resistance_ohm is None
-                                     else round(meter.resistance_ohm / 1e6, 2))  # fmt: skip
+        values["seal_test"] = meter.resistance_ohm is not None
+        if meter.resistance_ohm is not None:  # the seal test's: seal, or access + membrane
+            values["resistance_mohm"] = round(meter.resistance_ohm / 1e6, 2)
         return Readings("idle", values=values)
