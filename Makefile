@@ -43,6 +43,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/instrument_latency.py
 	$(BIN)/python bench/analysis_fit.py
 	$(BIN)/python bench/orchestrator.py
+	$(BIN)/python bench/patch_stream.py
 
 # The chaos soak (issue 9): 20 full runs, daemon and broker SIGKILLs, figures (~6 min).
 soak: $(STAMP) mosquitto

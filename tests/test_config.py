@@ -236,7 +236,8 @@ def test_password_is_never_shown(tmp_path: Path) -> None:
 
 def test_shipped_config_is_valid() -> None:
     cfg = load_config(GOOD)
-    assert [i.kind for i in cfg.instruments] == ["counter", "incubator", "harvester", "perfusion"]
+    assert [i.kind for i in cfg.instruments] == ["counter", "incubator", "harvester", "perfusion",
+                                                 "amplifier", "digitizer"]  # fmt: skip
 
 
 def test_errors_never_echo_a_password(tmp_path: Path) -> None:

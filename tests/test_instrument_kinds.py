@@ -60,7 +60,7 @@ def test_without_its_plug_in_the_kind_is_a_one_line_error(tmp_path: Path) -> Non
         load_config(path)
     assert str(err.value) == (
         f"{path}: instruments[0].kind: one of 'counter', 'incubator', 'harvester', "
-        "'perfusion' (got 'balance')")
+        "'perfusion', 'amplifier', 'digitizer' (got 'balance')")
 
 
 class _OtherVendorsCounter:

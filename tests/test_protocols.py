@@ -121,7 +121,7 @@ BAD = {
     "unknown step type": (
         _replace(GOOD, 'type = "count"', 'type = "centrifuge"'),
         "steps[1].type",
-        "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse "
+        "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse, record "
         "(got 'centrifuge')",
     ),
     "missing type": (
