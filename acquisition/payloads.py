@@ -245,12 +245,15 @@ class SweepReading(_Payload):
     samples: int = Field(ge=0, description="per channel")
     stimulus: str = Field(max_length=200)
     solution: str | None = Field(None, max_length=200, description="what the bath held")
-    holding_a: float | None = None
+    holding_a: float | None = Field(None, description="the current at the holding potential "
+                                    "(the leak, in whole cell)")  # fmt: skip
     peak_a: float | None = None
     steady_a: float | None = None
     ra_ohm: float | None = None
-    rm_ohm: float | None = None
+    rm_ohm: float | None = Field(None, description="the membrane and the seal in parallel")
     cm_f: float | None = None
+    input_ohm: float | None = Field(None, description="Ra + Rm from a step: a seal that gives "
+                                    "way shows as its fall")  # fmt: skip
     qc: list[str] = Field(default_factory=list, description="why it failed QC, if it did")
     trace: list[float] = Field(
         default_factory=list, max_length=1000, description="the current decimated, A"

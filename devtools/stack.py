@@ -66,8 +66,9 @@ def write_lab_config(
     """Write ``workdir/lab.toml`` for a simulated bench on free loopback ports.
 
     ``kinds``: which instruments the bench has (``counter``, ``incubator``, ``harvester``,
-    ``perfusion``, ``amplifier``, ``digitizer``); serial ones get a pty link inside ``workdir``. ``journal_path``: default
-    ``workdir/journal.sqlite3`` (give another to restart a daemon on the same journal).
+    ``perfusion``, ``amplifier``, ``digitizer``); serial ones get a pty link inside
+    ``workdir``. ``journal_path``: default ``workdir/journal.sqlite3`` (give another to
+    restart a daemon on the same journal).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     counter_port = counter_port or free_port()

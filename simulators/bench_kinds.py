@@ -1,7 +1,7 @@
 """The shipped simulators as bench kinds: counter (VISA socket), incubator (Modbus TCP),
 harvester and perfusion (a pty each), the patch rig's amplifier and digitizer (TCP each,
-one shared :class:`~simulators.patch_rig.PatchRig` from ``[simulation.rig]``). Importing this module registers them
-(:mod:`simulators.kinds`)."""
+one shared :class:`~simulators.patch_rig.PatchRig` from ``[simulation.rig]``). Importing
+this module registers them (:mod:`simulators.kinds`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.addresses import (
-    AddressError, parse_modbus_address, parse_tcp_address, parse_visa_socket,
+    AddressError,
+    parse_modbus_address,
+    parse_tcp_address,
+    parse_visa_socket,
 )  # fmt: skip
 from drivers.clock import Clock
 from simulators.config import (

@@ -13,7 +13,7 @@ Faults (control channel), each for the next acquisition: ``drop_frame`` (one dat
 not sent), ``corrupt_frame`` (one frame's bytes are damaged in flight), ``overrun`` (the
 digitizer's buffer overflows: a frame's samples are replaced by an ``Overrun`` report),
 ``close_mid_sweep`` (the connection closes half-way), ``stall_mid_sweep`` (data stops
-half-way, no ``End``).
+half-way, no ``End``), ``split_frames`` (every frame of it written a few bytes at a time).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = ["DIGITIZER_FAULTS", "DigitizerSimulator"]
 
 _log = structlog.get_logger()
 DIGITIZER_FAULTS: Final = ("drop_frame", "corrupt_frame", "overrun", "close_mid_sweep",
-                           "stall_mid_sweep")  # fmt: skip
+                           "stall_mid_sweep", "split_frames")  # fmt: skip
 INPUTS: Final = 8
 OUTPUTS: Final = 2
 MAX_RATE_HZ: Final = 100_000
@@ -239,9 +239,14 @@ class DigitizerSimulator:
                         wire, fault = bytes(damaged), None
                     seq += 1
                     self.frames_sent += 1
-                    if wire:
-                        writer.write(wire)
-                        await writer.drain()
+                    pieces = [wire[i : i + 7] for i in range(0, len(wire), 7)] \
+                        if fault == "split_frames" else [wire]  # fmt: skip
+                    for piece in pieces:
+                        if piece:
+                            writer.write(piece)
+                            await writer.drain()
+                            if len(pieces) > 1:
+                                await asyncio.sleep(0)
                 first += n_block
             writer.write(encode(End(acq, first, seq)))
             await writer.drain()

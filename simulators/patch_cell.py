@@ -12,6 +12,10 @@ over the sample), so a voltage step gives the textbook transient: time constant
 ``Cm*Ra*Rm/(Ra+Rm)`` and steady current ``dV/(Ra+Rm)``. The gated currents are added to it
 per sample (they are slow against the sample interval):
 
+- the transient sodium current ``I_NaT = g_NaT * m**3 * h * (Vm - E_Na)``, Hodgkin-Huxley
+  style: activation ``m`` (half at -35 mV, 7 mV, 0.1 ms) and inactivation ``h`` (half at
+  -60 mV, 6 mV, 1 ms), each stepped exactly towards its steady state: a fast inward
+  current on a depolarising step, inactivated on a slow ramp;
 - the persistent sodium current ``I_NaP = g_NaP * m_inf(Vm) * (Vm - E_Na)``, with a
   Boltzmann activation (half at -50 mV, slope 5 mV): seen on a slow ramp as an inward
   current from about -60 mV;
@@ -104,6 +108,7 @@ class PatchCell:
     rm_ohm: float = 500e6
     cm_f: float = 33e-12
     e_leak_v: float = -0.070
+    g_nat_s: float = 30e-9  # transient sodium conductance
     g_nap_s: float = 2e-9  # persistent sodium conductance
     e_na_v: float = 0.050
     g_nmda_s: float = 3e-9  # at saturating NMDA
@@ -137,13 +142,20 @@ class PatchCell:
         cmd = np.asarray(command_v, dtype=np.float64)
         vm = np.empty_like(cmd)
         v = (cmd[0] * g_a + self.e_leak_v * g_m) / (g_a + g_m) if vm0_v is None else vm0_v
-        if g_nap == 0.0 and g_nmda == 0.0:  # linear: the same exact step, vectorised
+        if g_nap == 0.0 and g_nmda == 0.0 and self.g_nat_s == 0.0:  # linear: vectorised
             v_inf = (cmd * g_a + self.e_leak_v * g_m) / (g_a + g_m)
             out, _ = signal.lfilter([1.0 - decay], [1.0, -decay], v_inf, zi=[decay * v])
             vm = np.asarray(out, dtype=np.float64)
             return (cmd - vm) * g_a, vm
+        m, h = _m_inf(v), _h_inf(v)
+        fm, fh = 1.0 - math.exp(-dt / _TAU_M_S), 1.0 - math.exp(-dt / _TAU_H_S)
+        g_nat = self.g_nat_s
         for i, vc in enumerate(cmd):
             ionic = self._ionic(v, g_nap, g_nmda)
+            if g_nat:
+                ionic += g_nat * m * m * m * h * (v - self.e_na_v)
+                m += (_m_inf(v) - m) * fm
+                h += (_h_inf(v) - h) * fh
             # the linear circuit's exact step, the gated currents held over the sample
             v_inf = (vc * g_a + self.e_leak_v * g_m - ionic) / (g_a + g_m)
             v = v_inf + (v - v_inf) * decay
@@ -160,6 +172,19 @@ class PatchCell:
         return i
 
 
+_TAU_M_S = 1e-4
+_TAU_H_S = 1e-3
+
+
+def _m_inf(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-(v + 0.035) / 0.007))
+
+
+def _h_inf(v: float) -> float:
+    return 1.0 / (1.0 + math.exp((v + 0.060) / 0.006))
+
+
 # The model cell of the public reference recordings (shared/reference-data/patchclamp):
 # Rm 500 MOhm, Cm 33 pF, Ra about 10 MOhm, no gated currents.
-MODEL_CELL = PatchCell(ra_ohm=10e6, rm_ohm=500e6, cm_f=33e-12, g_nap_s=0.0, g_nmda_s=0.0)
+MODEL_CELL = PatchCell(ra_ohm=10e6, rm_ohm=500e6, cm_f=33e-12, g_nat_s=0.0, g_nap_s=0.0,
+                       g_nmda_s=0.0)

@@ -62,6 +62,7 @@ class RigSpec:
     ra_drift_per_min: float = 0.01  # fractional access growth per minute
     rm_ohm: float = 500e6
     cm_f: float = 33e-12
+    g_nat_s: float = 30e-9
     g_nap_s: float = 2e-9
     g_nmda_s: float = 3e-9
     electrode_offset_v: float = 0.008
@@ -150,6 +151,7 @@ class PatchRig:
         self._rng = np.random.default_rng(spec.seed)
         base = MODEL_CELL if spec.cell == "model_cell" else PatchCell()
         self.cell = replace(base, rm_ohm=spec.rm_ohm, cm_f=spec.cm_f,
+                            g_nat_s=0.0 if spec.cell == "model_cell" else spec.g_nat_s,
                             g_nap_s=0.0 if spec.cell == "model_cell" else spec.g_nap_s,
                             g_nmda_s=0.0 if spec.cell == "model_cell" else spec.g_nmda_s,
                             effects=spec.effects())  # fmt: skip

@@ -29,7 +29,8 @@ BAD_CONFIGS = [
         "instrument of unknown kind",
         '[[instruments]]\nid = "x"\nkind = "toaster"\naddress = "a"\n',
         "instruments[0].kind",
-        "one of 'counter', 'incubator', 'harvester', 'perfusion', 'amplifier', 'digitizer' (got 'toaster')",
+        "one of 'counter', 'incubator', 'harvester', 'perfusion', 'amplifier', 'digitizer' "
+        "(got 'toaster')",
     ),
     (
         "counter address not a VISA socket",

@@ -121,6 +121,18 @@ async def test_a_lost_frame_is_a_data_loss_naming_its_samples(
     assert sweep.codes.shape == (4000, 2)
 
 
+async def test_frames_split_into_pieces_make_the_same_sweep(
+    rig: tuple[PatchRig, DigitizerSimulator, DigitizerDriver],
+) -> None:
+    _, sim, driver = rig
+    await driver.upload(_step(1000, 200))
+    sim.inject_fault("split_frames")  # every frame in 7-byte writes
+    split = await driver.acquire_sweep(1000)
+    assert split.codes.shape == (1000, 2)
+    steady = split.volts(0)[-200:].mean() - split.volts(0)[:150].mean()
+    assert steady == pytest.approx(0.010 / 510e6 * 500e6, rel=0.05)  # 10 mV / (Ra + Rm), V
+
+
 async def test_the_socket_closing_mid_sweep_is_a_link_error_then_it_reconnects(
     rig: tuple[PatchRig, DigitizerSimulator, DigitizerDriver],
 ) -> None:

@@ -81,3 +81,18 @@ def test_the_bath_is_what_the_perfusion_mixed() -> None:
     assert late.of("DHEA-S") == pytest.approx(10e-6, rel=0.01)
     cell = PatchCell()
     assert inap_scale(late, cell.effects) < inap_scale(early, cell.effects)
+
+
+def test_a_depolarising_step_opens_the_transient_sodium_current_which_inactivates() -> None:
+    """From -80 mV to -20 mV: a fast inward current peaking within milliseconds and gone
+    (inactivated) by 10 ms; the same step on a cell without INaT has no such peak."""
+    rate = 100_000
+    cmd = np.full(3000, -0.080)
+    cmd[1000:] = -0.020
+    with_na, _ = PatchCell().voltage_clamp(cmd, rate)
+    without, _ = replace(PatchCell(), g_nat_s=0.0).voltage_clamp(cmd, rate)
+    sodium = with_na - without
+    peak_at = int(np.argmin(sodium[1000:])) + 1000
+    assert sodium[peak_at] < -0.3e-9  # hundreds of pA inward
+    assert (peak_at - 1000) / rate < 3e-3  # the membrane charges (Cm x Ra), then m opens
+    assert abs(sodium[2900]) < 0.05 * abs(sodium[peak_at])  # inactivated

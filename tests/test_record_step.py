@@ -3,7 +3,6 @@ spooled and summarised, an NWB file that pynwb and nwbinspector accept."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3

@@ -30,6 +30,7 @@ class SweepFigures:
     ra_ohm: float | None = None
     rm_ohm: float | None = None
     cm_f: float | None = None
+    input_ohm: float | None = None
     qc: list[str] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
 
@@ -43,7 +44,7 @@ def summarize_sweep(current_a: Array, command_v: Array, rate_hz: float, holding_
     head = i[: max(1, min(first_move, len(i)))]
     holding = float(np.mean(head[len(head) // 5 :])) if len(head) else None
     qc: list[str] = ["the current saturated the digitizer"] if saturated else []
-    peak = steady = ra = rm = cm = None
+    peak = steady = ra = rm = cm = rt = None
     if holding is not None and len(i):
         at = int(np.argmax(np.abs(i - holding)))
         peak = float(i[at])
@@ -59,13 +60,13 @@ def summarize_sweep(current_a: Array, command_v: Array, rate_hz: float, holding_
             except AnalysisError as exc:
                 qc.append(str(exc))
             else:
-                ra, rm, cm = test.ra_ohm, test.rm_ohm, test.cm_f
+                ra, rm, cm, rt = test.ra_ohm, test.rm_ohm, test.cm_f, test.rt_ohm
                 if ra > QC_LIMITS["ra_ohm"]:
                     qc.append(f"access resistance {ra / 1e6:.1f} MOhm is above 25 MOhm")
                 if rm < QC_LIMITS["rm_ohm"]:
                     qc.append(f"membrane resistance {rm / 1e6:.0f} MOhm is below 100 MOhm")
     trace = [float(x) for x in decimate(i, max_points)] if len(i) else []
-    return SweepFigures(holding, peak, steady, ra, rm, cm, qc, trace)
+    return SweepFigures(holding, peak, steady, ra, rm, cm, rt, qc, trace)
 
 
 def _single_step(cmd: Array, holding_v: float) -> tuple[int, int, float] | None:

@@ -120,9 +120,10 @@ def _solution(ctx: StepContext) -> str | None:
 
 
 def _meta(ctx: StepContext, step: RecordStep, sweep: int, tele: Telegraph, *, started: Any,
-          start_s: float, condition: str, solution: str | None) -> dict[str, Any]:  # fmt: skip
+          start_s: float, condition: str, solution: str | None,
+          rs_comp: Mapping[str, float | bool]) -> dict[str, Any]:  # fmt: skip
     telegraph = {**tele.as_record(), "gain_v_per_a": tele.scale_v_per_unit}
-    compensation = {"whole_cell_cm_f": tele.cm_f, "whole_cell_rs_ohm": tele.rs_ohm}
+    compensation = {"whole_cell_cm_f": tele.cm_f, "whole_cell_rs_ohm": tele.rs_ohm, **rs_comp}
     return {"index": sweep, "step_index": ctx.index, "started_at": started.isoformat(),
             "sample_rate_hz": float(step.rate), "starting_time_s": start_s,
             "stimulus": step.stimulus, "stimulus_type": step.waveform.shape,
@@ -153,7 +154,7 @@ def _reading(s: SpooledSweep) -> SweepReading:
         sample_rate_hz=float(meta["sample_rate_hz"]), samples=len(current),
         stimulus=str(meta["stimulus"]), solution=meta.get("solution"),
         holding_a=fig.holding_a, peak_a=fig.peak_a, steady_a=fig.steady_a, ra_ohm=fig.ra_ohm,
-        rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, qc=fig.qc, trace=fig.trace,
+        rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, input_ohm=fig.input_ohm, qc=fig.qc, trace=fig.trace,
     )  # fmt: skip
 
 
@@ -261,9 +262,11 @@ class _Recording:
         started = utcnow()
         start_s = self.ctx.clock.monotonic() - self.clock_zero
         tele = await self.amp.telegraph()
+        rs_comp = await self.amp.compensation()
         sweep = await self.dig.acquire_sweep(len(self.command))
         meta = _meta(self.ctx, self.step, self.next_index, tele, started=started,
-                     start_s=start_s, condition=self.condition, solution=self.solution)
+                     start_s=start_s, condition=self.condition, solution=self.solution,
+                     rs_comp=rs_comp)
         spooled = _spooled(meta, sweep, tele, self.command)
         await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
         self.next_index += 1

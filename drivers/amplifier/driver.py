@@ -313,6 +313,13 @@ class AmplifierDriver:
                 await self._set_if_changed(name, _num(value))
         await self._set_if_changed("RsCompEnable", "1" if enable else "0")
 
+    async def compensation(self) -> dict[str, float | bool]:
+        """Series-resistance compensation as set now (recorded with each sweep)."""
+        return {"rs_enable": await self._get("RsCompEnable") == "1",
+                "rs_correction_pct": float(await self._get("RsCompCorrection")),
+                "rs_prediction_pct": float(await self._get("RsCompPrediction")),
+                "rs_bandwidth_hz": float(await self._get("RsCompBandwidth"))}  # fmt: skip
+
     async def meter(self) -> Meter:
         v = await self._call("GetMeter")
         r = self._field(v, "resistance_ohm", "GetMeter")

@@ -1,0 +1,127 @@
+"""The simulated patch rig on its own (no wire): the patch's stages, the analog path's
+noise and saturation, its faults seen by the sweep summary, the bath it answers, and its
+settings refused or reported through the bench."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acquisition.analysis.sweep import summarize_sweep
+from drivers.clock import VirtualClock
+from simulators.bench import start_bench
+from simulators.config import BenchConfig
+from simulators.kinds import BenchError
+from simulators.patch_rig import NOISE_A, PatchRig, RigSpec
+
+RATE = 20_000
+
+
+def _step(rig: PatchRig, dv: float = -0.010) -> tuple[np.ndarray, np.ndarray]:
+    """A 200 ms sweep with a 100 ms step of ``dv`` from the holding: (current A, command V)."""
+    ch = rig.channels[1]
+    cmd_at_cell = np.full(4000, ch.holding)
+    cmd_at_cell[400:2400] += dv
+    primary, _ = rig.respond(1, (cmd_at_cell - ch.holding) / 0.020, RATE)
+    return primary / ch.scale_v_per_a(), cmd_at_cell
+
+
+def test_the_patch_goes_from_bath_to_a_gigaseal_to_whole_cell() -> None:
+    clock = VirtualClock()
+    rig = PatchRig(RigSpec(stage="bath"), clock)
+    assert rig.resistance_ohm() == pytest.approx(5e6)
+    rig.move_to("cell_attached")
+    assert rig.resistance_ohm() < 1e9  # the seal is still forming
+    clock.advance(120)
+    assert rig.resistance_ohm() > 1e9  # a gigaseal
+    rig.move_to("whole_cell")
+    rm = 1 / (1 / 500e6 + 1 / 3e9)
+    assert rig.resistance_ohm() == pytest.approx(10e6 + rm, rel=1e-6)
+    clock.advance(600)  # access creeps up 1 % a minute
+    assert rig.ra_ohm() == pytest.approx(10e6 * 1.10)
+
+
+def test_feedback_noise_by_range_and_saturation_at_10_v() -> None:
+    rig = PatchRig(RigSpec(cell="model_cell", stage="bath"), VirtualClock())
+    ch = rig.channels[1]
+    ch.lpf_hz = None
+    for rf in (50e9, 500e6, 50e6):
+        ch.feedback_ohm = rf
+        out, _ = rig.respond(1, np.zeros(20_000), RATE)
+        noise_a = np.std(out / ch.scale_v_per_a())
+        assert noise_a == pytest.approx(NOISE_A[rf], rel=0.05)
+    ch.feedback_ohm, ch.gain = 500e6, 2000
+    out, _ = rig.respond(1, np.full(100, 5.0), RATE)  # +100 mV on 5 MOhm in the bath: 20 nA
+    assert out.max() == 10.0
+
+
+def test_a_bessel_filter_keeps_the_noise_down() -> None:
+    rig = PatchRig(RigSpec(cell="model_cell", stage="bath"), VirtualClock())
+    ch = rig.channels[1]
+    ch.lpf_hz = None
+    raw, _ = rig.respond(1, np.zeros(20_000), 100_000)
+    ch.lpf_hz = 2_000
+    filtered, _ = rig.respond(1, np.zeros(20_000), 100_000)
+    assert np.std(filtered) < 0.35 * np.std(raw)  # a 2 kHz of 50 kHz bandwidth
+
+
+def test_rs_runaway_and_seal_loss_are_what_the_sweep_summary_flags() -> None:
+    clock = VirtualClock()
+    rig = PatchRig(RigSpec(cell="model_cell", ra_drift_per_min=0.0, electrode_offset_v=0.0),
+                   clock)  # fmt: skip
+    current, cmd = _step(rig)
+    good = summarize_sweep(current, cmd, RATE, -0.070)
+    assert good.qc == [] and good.ra_ohm == pytest.approx(10e6, rel=0.1)
+    rig.inject_fault("rs_runaway")
+    clock.advance(60)
+    current, cmd = _step(rig)
+    runaway = summarize_sweep(current, cmd, RATE, -0.070)
+    assert runaway.ra_ohm == pytest.approx(50e6, rel=0.15)
+    assert any("access resistance" in q for q in runaway.qc)
+    rig.move_to("whole_cell")  # a new cell, then its seal gives way
+    rig.inject_fault("seal_loss")
+    current, cmd = _step(rig)
+    leaky = summarize_sweep(current, cmd, RATE, -0.070)
+    assert leaky.rm_ohm == pytest.approx(1 / (1 / 500e6 + 1 / 100e6), rel=0.1)
+    assert any("membrane resistance" in q for q in leaky.qc)
+    assert leaky.input_ohm is not None and leaky.input_ohm < 0.3 * good.input_ohm  # type: ignore[operator]
+
+
+def test_the_cell_sits_in_the_bath_the_perfusion_makes() -> None:
+    composition = {1: 0.25, 3: 0.75}
+    spec = RigSpec(solutions={"3": {"DHEA-S": 10e-6}})
+    rig = PatchRig(spec, VirtualClock(), bath=lambda: composition)
+    assert rig.bath().of("DHEA-S") == pytest.approx(7.5e-6)
+    assert rig.truth()["bath_molar"] == {"DHEA-S": pytest.approx(7.5e-6)}
+
+
+@pytest.mark.parametrize(("rig", "error"), [
+    ({"bogus": 1}, "simulation.rig.bogus: no such setting"),
+    ({"cell": "squid"}, "simulation.rig.cell: 'neuron' or 'model_cell'"),
+    ({"solutions": {"9": {"NMDA": 1e-5}}}, "simulation.rig.solutions.9: a valve 1-8"),
+])  # fmt: skip
+async def test_rig_settings_are_checked_when_the_bench_starts(rig: dict[str, object],
+                                                              error: str) -> None:  # fmt: skip
+    config = BenchConfig.model_validate({
+        "simulation": {"rig": rig, "control_port": 0},
+        "instruments": [{"id": "amp", "kind": "amplifier", "address": "tcp://127.0.0.1:0"}],
+    })  # fmt: skip
+    with pytest.raises(BenchError, match=error.replace(".", r"\.")):
+        await start_bench(config, VirtualClock())
+
+
+async def test_the_truth_reports_the_rig_and_its_true_effects() -> None:
+    config = BenchConfig.model_validate({
+        "simulation": {"rig": {"dheas_inap_max_inhibition": 0.55}, "control_port": 0},
+        "instruments": [{"id": "amp", "kind": "amplifier", "address": "tcp://127.0.0.1:0"},
+                        {"id": "dig", "kind": "digitizer", "address": "tcp://127.0.0.1:0"}],
+    })  # fmt: skip
+    bench = await start_bench(config, VirtualClock())
+    try:
+        truth = bench.control.handle(b'{"op": "truth"}')["truth"]["patch_rig"]
+        assert truth["effects"]["dheas_inap_max_inhibition"] == 0.55
+        assert truth["stage"] == "whole_cell"
+        moved = bench.control.handle(b'{"op": "patch", "stage": "bath"}')
+        assert moved["ok"] and moved["rig"]["stage"] == "bath"
+    finally:
+        await bench.stop()
