@@ -56,6 +56,8 @@ class NwbRun:
     cell_id: str | None = None
     lab: str | None = None
     experimenter: Sequence[str] = ()
+    experiment_description: str | None = None
+    keywords: Sequence[str] = ("patch clamp", "whole-cell", "voltage clamp")
     subject: Mapping[str, str] | None = None
     """pynwb Subject fields (subject_id, species, sex, age as ISO 8601 like "P21D",
     description); NWB's best practice, and nwbinspector's, want one in every file."""
@@ -118,6 +120,7 @@ def write_nwb(path: Path, run: NwbRun, sweeps: Sequence[SpooledSweep]) -> NwbWri
         session_description=run.description, identifier=f"assay-run-{run.run}",
         session_start_time=run.started_at, session_id=run.run, lab=run.lab,
         experimenter=list(run.experimenter) or None,
+        experiment_description=run.experiment_description, keywords=list(run.keywords) or None,
         subject=Subject(**run.subject) if run.subject else None,
     )  # fmt: skip
     device = nwb.create_device(name=run.device, description=run.device_description)

@@ -175,6 +175,7 @@ type = "record"
 stimulus = "bench"
 sweeps = {sweeps}
 rate = "20 kHz"
+subject = {{ subject_id = "bench-cell", species = "Rattus norvegicus", sex = "U", age = "P21D" }}
 [steps.waveform]
 shape = "step"
 step = "-10 mV"

@@ -110,7 +110,7 @@ class ChannelState:
     feedback_ohm: float = 500e6
     test_amplitude_v: float = 0.010
     test_frequency_hz: float = 50.0
-    test_enable: bool = False
+    test_enable: bool = True  # an idle rig watches its patch; a recording turns it off
     offset_compensation_v: float = 0.0
     fast_cap_f: float = 0.0
     fast_tau_s: float = 0.0

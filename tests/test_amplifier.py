@@ -86,6 +86,8 @@ async def test_seal_test_meter_and_telegraph(amp: AmplifierDriver,
                                              rig_sim: tuple[PatchRig, AmplifierSimulator]
                                              ) -> None:  # fmt: skip
     rig = rig_sim[0]
+    assert (await amp.meter()).resistance_ohm is not None  # an idle rig runs its seal test
+    await amp.seal_test(False)
     assert (await amp.meter()).resistance_ohm is None
     await amp.seal_test(True, amplitude_v=0.005, frequency_hz=50)
     bath = (await amp.meter()).resistance_ohm

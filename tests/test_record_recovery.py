@@ -38,7 +38,7 @@ type = "record"
 stimulus = "membrane-test"
 sweeps = {sweeps}
 interval = "{interval}"
-subject = {{ subject_id = "model-cell-1" }}
+subject = {{ subject_id = "model-cell-1", species = "Rattus norvegicus", sex = "U", age = "P21D" }}
 [steps.waveform]
 shape = "step"
 step = "-10 mV"

@@ -345,7 +345,7 @@ class _WatchSession:
                 self.console.print(
                     f"[red]interruption:[/red] {escape(str(doc['reason']))}{escape(extra)}"
                 )
-        elif self.log is not None and kind in ("start", "step", "data"):
+        elif self.log is not None and kind in ("start", "step", "data", "artifact"):
             self.log.document(doc, live=int(doc["seq"]) > self.history_until)
         elif kind == "step":
             self._say(f"step {doc['step']} {doc['phase']}")

@@ -107,6 +107,10 @@ class RunLog:
             self._on_step(doc)
         elif kind == "data":
             self._on_data(doc, live=live, ts=ts)
+        elif kind == "artifact":
+            size = doc.get("size_bytes")
+            mb = f", {size / 1e6:.1f} MB" if isinstance(size, int) else ""
+            self.line(f"file: {doc.get('path')} ({doc.get('holds')}{mb})", ts)
 
     def _on_start(self, doc: dict[str, Any]) -> None:
         protocol = doc.get("protocol") or {}
@@ -134,6 +138,8 @@ class RunLog:
         extra = ""
         if phase == "finished" and isinstance(detail.get("wells"), int):
             extra = f" ({detail['wells']} wells)"
+        if phase == "finished" and isinstance(detail.get("sweeps"), int):
+            extra = f" ({detail['sweeps']} sweeps)"
         if detail.get("clogged_wells"):
             extra += f" (clogged wells: {', '.join(map(str, detail['clogged_wells']))})"
         self.line(f"{self._label(key, name)} {phase}{extra}", doc.get("ts"))
@@ -150,6 +156,11 @@ class RunLog:
                 temperature=(reading.get("temperature_c"), reading.get("setpoint_c")),
                 live=live, ts=ts,
             )  # fmt: skip
+            return
+        if doc.get("stream") == "sweep":  # the run state shows the count; a QC failure is news
+            if reading.get("qc"):
+                self.line(f"sweep {reading.get('sweep')}: {'; '.join(map(str, reading['qc']))}",
+                          ts)  # fmt: skip
             return
         if self._step is None or not isinstance(reading.get("index"), int):
             return

@@ -84,7 +84,8 @@ async def setup_from_args(
             plate_map = tomllib.loads(ptext)
         except (ConfigError, tomllib.TOMLDecodeError) as exc:
             raise CommandError("bad_request", str(exc)) from None
-    plate_id = args.plate_id or f"P{run_hint[-6:]}"
+    on_a_plate = any(step_type(s.type).handles_plate for s in protocol.steps)
+    plate_id = args.plate_id or (f"P{run_hint[-6:]}" if on_a_plate or plate_map else None)
     return replace(_setup(config, protocol, definition, source, plate_id, plate_map,
                           plate_source, layout), label=args.label)  # fmt: skip
 

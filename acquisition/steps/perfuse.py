@@ -106,5 +106,5 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
 
 PERFUSE = register_step_type(StepType(
     name="perfuse", model=PerfuseStep, plan=_plan, run=run_perfuse, roles=("perfusion",),
-    pausable_midway=False, make_safe=_make_safe,
+    pausable_midway=False, make_safe=_make_safe, handles_plate=False,
 ))  # fmt: skip

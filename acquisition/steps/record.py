@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -61,16 +61,20 @@ COMMAND_V_PER_CODE = 1e-5  # the spooled command at the cell: +-327 mV in 10 uV 
 MAX_LOSSES_IN_A_ROW = 3
 NWB_MEDIA_TYPE = "application/x-nwb"
 SATURATED = (-32768, 32767)
+_DURATION = r"P\d+[YMWD](?:\d+[MWD]){0,3}"  # ISO 8601, in years to days: P21D, P1Y2M
+_AGE = rf"^{_DURATION}(?:/{_DURATION})?$"
 
 
 class Subject(BaseModel):
-    """Who the cell came from, for the NWB file (nothing is invented when it is absent)."""
+    """Whose cell it is, for the NWB file: what NWB (and DANDI) require of a subject. Nothing
+    is filled in for a field not given."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     subject_id: str = Field(min_length=1, max_length=100)
-    species: str | None = Field(None, max_length=100, examples=["Rattus norvegicus"])
-    age: str | None = Field(None, max_length=40, examples=["P21D"])
-    sex: Literal["M", "F", "U", "O"] | None = None
+    species: str = Field(min_length=1, max_length=100, examples=["Rattus norvegicus"])
+    sex: Literal["M", "F", "U", "O"] = Field(description="U: unknown, O: other")
+    age: str = Field(pattern=_AGE, examples=["P21D", "P3W", "P21D/P28D"],
+                     description="ISO 8601 duration since birth, or a range")  # fmt: skip
     description: str | None = Field(None, max_length=300)
 
 
@@ -92,7 +96,8 @@ class RecordStep(StepModel):
         None, max_length=200,
         description="what is applied (default: the solution of the last perfuse step before)",
     )  # fmt: skip
-    subject: Subject | None = None
+    subject: Subject | None = Field(None, description="whose cell, for the run's NWB file; "
+                                    "given once, on the run's first record step")  # fmt: skip
 
     def sweep_s(self) -> float:
         w = self.waveform
@@ -116,6 +121,15 @@ def _solution(ctx: StepContext) -> str | None:
     for before in reversed(ctx.steps_before):
         if getattr(before, "type", None) == "perfuse":
             return str(before.solution)
+    return None
+
+
+def _subject(ctx: StepContext, step: RecordStep) -> Subject | None:
+    """The run's subject: this step's, else the nearest record step's before it."""
+    for candidate in (step, *reversed(ctx.steps_before)):
+        found = getattr(candidate, "subject", None)
+        if getattr(candidate, "type", None) == "record" and found is not None:
+            return found  # type: ignore[no-any-return]
     return None
 
 
@@ -287,9 +301,12 @@ class _Recording:
     async def _write_nwb(self) -> None:
         rec, step = self.ctx.recorder, self.step
         path = nwb_path(self.data_dir, rec.run)
-        subject = step.subject.model_dump(exclude_none=True) if step.subject else None
+        given = _subject(self.ctx, step)
+        subject = given.model_dump(exclude_none=True) if given else None
         run = NwbRun(run=rec.run, started_at=rec.created_at, subject=subject,
-                     description=f"{rec.protocol}: whole-cell voltage clamp")  # fmt: skip
+                     description=f"{rec.protocol}: whole-cell voltage clamp",
+                     experiment_description=f"assay run {rec.run} of protocol {rec.protocol}",
+                     cell_id=f"{rec.run}/cell-1")  # one cell a run  # fmt: skip
 
         def write() -> Any:
             return write_nwb(path, run, read_spool(self.spool_path).sweeps)
@@ -336,9 +353,20 @@ async def run_record(ctx: StepContext, step: RecordStep, progress: StepProgress)
 
 def _plan(step: RecordStep) -> PlanLine:
     each = max(step.interval, step.sweep_s())
+    note = f"{format_duration(each)} a sweep"
     return PlanLine(f"{step.stimulus}: {step.sweeps} x {step.waveform.describe()} at "
                     f"{step.holding * 1e3:g} mV, {step.rate / 1e3:g} kHz",
-                    step.sweeps * each, f"{format_duration(each)} a sweep")  # fmt: skip
+                    step.sweeps * each, note)  # fmt: skip
+
+
+def _check(step: RecordStep, before: Sequence[StepModel]) -> tuple[str, str] | None:
+    """The run's NWB file needs its subject, given on the first record step."""
+    first = not any(getattr(b, "type", None) == "record" for b in before)
+    if first and step.subject is None:
+        return (".subject", "whose cell this is, for the NWB file, e.g. subject = { subject_id "
+                "= \"rat-17\", species = \"Rattus norvegicus\", sex = \"M\", age = "
+                "\"P21D\" } (NWB requires one)")
+    return None
 
 
 async def _prepare(ctx: StepContext, step: RecordStep, progress: StepProgress) -> dict[str, Any]:
@@ -377,7 +405,7 @@ async def _make_safe(handles: Mapping[str, InstrumentHandle], how: SafeHow) -> N
 
 
 RECORD = register_step_type(StepType(
-    name="record", model=RecordStep, plan=_plan, run=run_record,
+    name="record", model=RecordStep, plan=_plan, run=run_record, check=_check,
     roles=("amplifier", "digitizer"), prepare=_prepare, rebuild=_rebuild, resume=_resume,
-    interrupted=_interrupted, make_safe=_make_safe,
+    interrupted=_interrupted, make_safe=_make_safe, handles_plate=False,
 ))  # fmt: skip

@@ -100,6 +100,9 @@ class StepType:
     came from: (location below the step, what was expected) or None."""
     needs_plate_map: str | None = None
     """Why a run of it needs a plate map ("analyses the count"), or None."""
+    handles_plate: bool = True
+    """It works on the run's plate (or its mat): a run of steps none of which does (perfuse,
+    record) has no plate id."""
     prepare: Prepare | None = None
     """Preconditions read from the instruments before its started document (raises
     PreconditionError); returns the facts that document records."""

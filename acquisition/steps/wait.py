@@ -48,4 +48,5 @@ def _plan(step: WaitStep) -> PlanLine:
     return PlanLine(format_duration(step.duration_s), step.duration_s)
 
 
-WAIT = register_step_type(StepType(name="wait", model=WaitStep, plan=_plan, run=run_wait))
+WAIT = register_step_type(StepType(name="wait", model=WaitStep, plan=_plan, run=run_wait,
+                                   handles_plate=False))
