@@ -5,9 +5,9 @@ inputs 0/1 are channel 1's primary and secondary outputs, 2/3 channel 2's, the r
 
 A sweep plays the uploaded command (held at its last value past its end) and samples the
 inputs simultaneously, paced by the bench clock: frames of at most ``frame_ms`` are sent as
-their time passes. The rig's response to the whole sweep is computed at its start (the
-bath and the access as they are then). Streaming repeats the command, period by period,
-until ``Stop``.
+their time passes. The rig's response is computed half a second at a time, ahead, on a
+worker thread (the bath and the access as they are then; the membrane potential carried
+from block to block). Streaming repeats the command, period by period, until ``Stop``.
 
 Faults (control channel), each for the next acquisition: ``drop_frame`` (one data frame is
 not sent), ``corrupt_frame`` (one frame's bytes are damaged in flight), ``overrun`` (the
@@ -190,13 +190,14 @@ class DigitizerSimulator:
         idx = idx % len(cmd) if cyclic else np.minimum(idx, len(cmd) - 1)
         return cmd[idx].astype(np.float64) * VOLTS_PER_CODE
 
-    def _sample(self, command_v: npt.NDArray[np.float64]) -> npt.NDArray[np.int16]:
+    def _sample(self, command_v: npt.NDArray[np.float64],
+                continuing: bool) -> npt.NDArray[np.int16]:  # fmt: skip
         outputs: dict[int, npt.NDArray[np.float64]] = {}
         for ch in (1, 2):
             if any(i in (2 * ch - 2, 2 * ch - 1) for i in self.inputs):
                 drive = command_v if (self.output == ch - 1) else np.zeros_like(command_v)
-                outputs[2 * ch - 2], outputs[2 * ch - 1] = self.rig.respond(ch, drive,
-                                                                            self.rate_hz)
+                outputs[2 * ch - 2], outputs[2 * ch - 1] = self.rig.respond(
+                    ch, drive, self.rate_hz, continuing=continuing)
         columns = [outputs.get(i, self._rng.normal(0.0, 3 * VOLTS_PER_CODE, len(command_v)))
                    for i in self.inputs]  # fmt: skip
         volts = np.stack(columns, axis=1)
@@ -207,13 +208,16 @@ class DigitizerSimulator:
         per_frame = min(per_frame, 60_000 // max(1, len(self.inputs)))
         fault = self.faults.pop(0) if self.faults else None
         total = samples if samples is not None else None
-        block = samples if samples is not None else max(len(self.command), per_frame)
+        # the rig's response is computed half a second ahead, on a worker thread, the
+        # membrane carried on from block to block
+        block = max(per_frame, self.rate_hz // 2)
         seq = first = 0
         start = self.clock.monotonic()
         try:
             while total is None or first < total:
-                n_block = block if total is None else total - first
-                codes = self._sample(self._command_volts(first, n_block, cyclic=total is None))
+                n_block = block if total is None else min(block, total - first)
+                command = self._command_volts(first, n_block, cyclic=total is None)
+                codes = await asyncio.to_thread(self._sample, command, first > 0)
                 for offset in range(0, n_block, per_frame):
                     part = codes[offset : offset + per_frame]
                     due = start + (first + offset + len(part)) / self.rate_hz

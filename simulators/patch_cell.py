@@ -125,11 +125,13 @@ class PatchCell:
 
     def voltage_clamp(
         self, command_v: Array, rate_hz: float, bath: Bath | None = None,
-        vm0_v: float | None = None,
+        vm0_v: float | None = None, state: dict[str, float] | None = None,
     ) -> tuple[Array, Array]:  # fmt: skip
         """The measured current (A) and the membrane potential (V) for ``command_v``
         sampled at ``rate_hz``; the membrane starts at ``vm0_v`` (default: at rest with the
-        first command applied, i.e. settled)."""
+        first command applied, i.e. settled). ``state``: the membrane potential and the
+        sodium gates to start from, if it holds them, and where they end (so a long
+        recording can be computed block by block)."""
         bath = bath or Bath()
         dt = 1.0 / rate_hz
         g_a, g_m = 1.0 / self.ra_ohm, 1.0 / self.rm_ohm
@@ -142,12 +144,16 @@ class PatchCell:
         cmd = np.asarray(command_v, dtype=np.float64)
         vm = np.empty_like(cmd)
         v = (cmd[0] * g_a + self.e_leak_v * g_m) / (g_a + g_m) if vm0_v is None else vm0_v
+        state = {} if state is None else state
+        v = state.get("v", v)
         if g_nap == 0.0 and g_nmda == 0.0 and self.g_nat_s == 0.0:  # linear: vectorised
             v_inf = (cmd * g_a + self.e_leak_v * g_m) / (g_a + g_m)
             out, _ = signal.lfilter([1.0 - decay], [1.0, -decay], v_inf, zi=[decay * v])
             vm = np.asarray(out, dtype=np.float64)
+            if len(vm):
+                state["v"] = float(vm[-1])
             return (cmd - vm) * g_a, vm
-        m, h = _m_inf(v), _h_inf(v)
+        m, h = state.get("m", _m_inf(v)), state.get("h", _h_inf(v))
         fm, fh = 1.0 - math.exp(-dt / _TAU_M_S), 1.0 - math.exp(-dt / _TAU_H_S)
         g_nat = self.g_nat_s
         for i, vc in enumerate(cmd):
@@ -160,6 +166,7 @@ class PatchCell:
             v_inf = (vc * g_a + self.e_leak_v * g_m - ionic) / (g_a + g_m)
             v = v_inf + (v - v_inf) * decay
             vm[i] = v
+        state.update(v=v, m=m, h=h)
         current = (cmd - vm) * g_a
         return current, vm
 

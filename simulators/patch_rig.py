@@ -156,6 +156,7 @@ class PatchRig:
                             g_nmda_s=0.0 if spec.cell == "model_cell" else spec.g_nmda_s,
                             effects=spec.effects())  # fmt: skip
         self._filters: dict[tuple[float, float], Any] = {}
+        self._cell_state: dict[int, dict[str, float]] = {}  # channel -> membrane and gates
 
     # ------------------------------------------------------------------ the patch
 
@@ -221,17 +222,23 @@ class PatchRig:
 
     # ------------------------------------------------------------------ the analog path
 
-    def respond(self, channel: int, command_v: Array, rate_hz: float) -> tuple[Array, Array]:
+    def respond(self, channel: int, command_v: Array, rate_hz: float, *,
+                continuing: bool = False) -> tuple[Array, Array]:  # fmt: skip
         """The amplifier's primary and secondary outputs (V, before the digitizer) for the
-        digitizer's ``command_v`` at ``rate_hz``; the bath and access as they are now."""
+        digitizer's ``command_v`` at ``rate_hz``; the bath and access as they are now.
+        ``continuing``: this block follows the previous one of the channel (the membrane
+        goes on from where it was; otherwise it starts settled at the first command)."""
         ch = self.channels[channel]
+        if not continuing:
+            self._cell_state[channel] = {}
         ext = EXT_CMD_VC if ch.mode == "VC" else EXT_CMD_IC
         hold = ch.holding if ch.holding_enable else 0.0
         drive = hold + np.asarray(command_v, dtype=np.float64) * ext
         if ch.test_enable and ch.mode == "VC":
             drive = drive + self._test_pulses(ch, len(drive), rate_hz)
         if ch.mode == "VC":
-            current, vm = self._clamp(ch, drive, rate_hz)
+            current, vm = self._clamp(ch, drive, rate_hz,
+                                      self._cell_state.setdefault(channel, {}))  # fmt: skip
             primary = current + self._rng.normal(0.0, NOISE_A[ch.feedback_ohm], len(current))
             primary_v = primary * ch.scale_v_per_a()
             secondary_v = drive * 10.0  # 10 mV/mV command potential
@@ -260,7 +267,8 @@ class PatchRig:
     def _offset_left(self, ch: ChannelState) -> float:
         return self.spec.electrode_offset_v - ch.offset_compensation_v
 
-    def _clamp(self, ch: ChannelState, drive: Array, rate_hz: float) -> tuple[Array, Array]:
+    def _clamp(self, ch: ChannelState, drive: Array, rate_hz: float,
+               state: dict[str, float]) -> tuple[Array, Array]:  # fmt: skip
         at_tip = drive - self._offset_left(ch)
         if self.stage != "whole_cell":
             return at_tip / self.resistance_ohm(), at_tip
@@ -270,8 +278,7 @@ class PatchRig:
         seal = self.seal_ohm()
         rm = 1 / (1 / self.cell.rm_ohm + 1 / seal)
         cell = replace(self.cell, ra_ohm=ra, rm_ohm=rm)
-        current, vm = cell.voltage_clamp(at_tip, rate_hz, self.bath())
-        return current, vm
+        return cell.voltage_clamp(at_tip, rate_hz, self.bath(), state=state)
 
     def _current_clamp(self, injected: Array, rate_hz: float) -> Array:
         c = self.cell

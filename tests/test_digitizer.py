@@ -63,6 +63,7 @@ async def rig() -> AsyncIterator[tuple[PatchRig, DigitizerSimulator, DigitizerDr
                      clock)  # fmt: skip
     patch.channels[1].holding = -0.070
     patch.channels[1].lpf_hz = None
+    patch.channels[1].test_enable = False  # as a recording has it
     sim = DigitizerSimulator(patch, clock)
     await sim.start()
     driver = DigitizerDriver(sim.address, timeout_s=1.0)
@@ -173,6 +174,7 @@ async def test_bad_settings_are_refused(
 async def test_streaming_is_contiguous_and_a_slow_consumer_is_told_what_it_lost() -> None:
     clock = _FastClock()
     patch = PatchRig(RigSpec(cell="model_cell"), clock)
+    patch.channels[1].test_enable = False
     sim = DigitizerSimulator(patch, clock, frame_ms=1.0)
     await sim.start()
     try:

@@ -96,3 +96,17 @@ def test_a_depolarising_step_opens_the_transient_sodium_current_which_inactivate
     assert sodium[peak_at] < -0.3e-9  # hundreds of pA inward
     assert (peak_at - 1000) / rate < 3e-3  # the membrane charges (Cm x Ra), then m opens
     assert abs(sodium[2900]) < 0.05 * abs(sodium[peak_at])  # inactivated
+
+
+def test_a_recording_computed_block_by_block_is_the_same_as_at_once() -> None:
+    """The membrane and the sodium gates carry over from one block to the next: a step
+    cut by a block boundary mid-transient gives the same current as computed whole."""
+    rate = 50_000
+    cmd = np.full(4000, -0.080)
+    cmd[1990:] = -0.020  # the boundary at 2000 falls 0.2 ms into the step
+    cell = PatchCell()
+    whole, _ = cell.voltage_clamp(cmd, rate)
+    state: dict[str, float] = {}
+    first, _ = cell.voltage_clamp(cmd[:2000], rate, state=state)
+    second, _ = cell.voltage_clamp(cmd[2000:], rate, state=state)
+    assert np.allclose(np.concatenate([first, second]), whole, rtol=0, atol=1e-15)

@@ -20,6 +20,7 @@ RATE = 20_000
 def _step(rig: PatchRig, dv: float = -0.010) -> tuple[np.ndarray, np.ndarray]:
     """A 200 ms sweep with a 100 ms step of ``dv`` from the holding: (current A, command V)."""
     ch = rig.channels[1]
+    ch.test_enable = False  # a recording turns the seal test off
     cmd_at_cell = np.full(4000, ch.holding)
     cmd_at_cell[400:2400] += dv
     primary, _ = rig.respond(1, (cmd_at_cell - ch.holding) / 0.020, RATE)
@@ -44,7 +45,7 @@ def test_the_patch_goes_from_bath_to_a_gigaseal_to_whole_cell() -> None:
 def test_feedback_noise_by_range_and_saturation_at_10_v() -> None:
     rig = PatchRig(RigSpec(cell="model_cell", stage="bath"), VirtualClock())
     ch = rig.channels[1]
-    ch.lpf_hz = None
+    ch.lpf_hz, ch.test_enable = None, False
     for rf in (50e9, 500e6, 50e6):
         ch.feedback_ohm = rf
         out, _ = rig.respond(1, np.zeros(20_000), RATE)
@@ -58,7 +59,7 @@ def test_feedback_noise_by_range_and_saturation_at_10_v() -> None:
 def test_a_bessel_filter_keeps_the_noise_down() -> None:
     rig = PatchRig(RigSpec(cell="model_cell", stage="bath"), VirtualClock())
     ch = rig.channels[1]
-    ch.lpf_hz = None
+    ch.lpf_hz, ch.test_enable = None, False
     raw, _ = rig.respond(1, np.zeros(20_000), 100_000)
     ch.lpf_hz = 2_000
     filtered, _ = rig.respond(1, np.zeros(20_000), 100_000)
