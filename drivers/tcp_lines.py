@@ -24,7 +24,7 @@ import structlog
 from drivers.backoff import Backoff
 from drivers.clock import Clock, MonotonicClock
 from drivers.errors import FrameTooLongError, InstrumentTimeoutError, LinkError
-from drivers.serial_link import skip_line, split_line
+from drivers.serial_link import split_line
 
 __all__ = ["TaggedLineLink"]
 
@@ -55,6 +55,7 @@ class TaggedLineLink:
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._connect_lock = asyncio.Lock()
         self._wanted = False
+        self._discarding = False
         self._failures = 0
         self._next_attempt = 0.0
         self._ever_connected = False
@@ -108,7 +109,8 @@ class TaggedLineLink:
                 f"within {wait:g} s", instrument=self.instrument_id,
             ) from None  # fmt: skip
         except (ConnectionError, OSError) as exc:
-            await self._drop(exc)
+            if self._writer is writer:  # not a connection another request made since
+                await self._drop(exc)
             raise LinkError(f"connection lost: {exc}", instrument=self.instrument_id) from exc
         finally:
             if self._pending.get(tag) is future:
@@ -147,6 +149,7 @@ class TaggedLineLink:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         buf = bytearray()
+        self._discarding = False
         error: BaseException = LinkError("connection closed by the instrument",
                                          instrument=self.instrument_id)  # fmt: skip
         try:
@@ -163,11 +166,19 @@ class TaggedLineLink:
 
     def _dispatch(self, buf: bytearray) -> None:
         while buf:
+            if self._discarding:  # the rest of a line too long to keep, up to its end
+                end = buf.find(self._eol)
+                if end < 0:
+                    del buf[: len(buf) - (len(self._eol) - 1)]
+                    return
+                del buf[: end + len(self._eol)]
+                self._discarding = False
+                continue
             try:
                 line, used = split_line(buf, eol=self._eol, max_line=self._max_line)
             except FrameTooLongError:
-                del buf[: skip_line(buf, eol=self._eol)]
                 self.dropped_lines += 1
+                self._discarding = True
                 continue
             if line is None:
                 return
@@ -193,8 +204,7 @@ class TaggedLineLink:
         task, self._reader_task = self._reader_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # (a cancellation of the caller still goes through)
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):

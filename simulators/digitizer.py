@@ -76,6 +76,7 @@ class DigitizerSimulator:
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._acq: asyncio.Task[None] | None = None
+        self._acq_writer: asyncio.StreamWriter | None = None
         self.rate_hz = 20_000
         self.inputs: tuple[int, ...] = (0,)
         self.output = 0
@@ -135,8 +136,8 @@ class DigitizerSimulator:
             pass
         finally:
             self._conns.pop(task, None)
-            if self._acq is not None and not self._acq.done():
-                self._acq.cancel()
+            if self._acq is not None and not self._acq.done() and self._acq_writer is writer:
+                self._acq.cancel()  # its host went away (another connection's goes on)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -180,6 +181,7 @@ class DigitizerSimulator:
             return Ack(m.tag, E_BAD_CONFIG, "a sweep of no samples")
         self._acq = asyncio.create_task(self._acquire(writer, m.acquisition, samples),
                                         name=f"digitizer-sim-acq-{m.acquisition}")  # fmt: skip
+        self._acq_writer = writer
         return Ack(m.tag, 0)
 
     # ------------------------------------------------------------------ acquiring

@@ -128,7 +128,7 @@ class ChannelState:
 
     def telegraph(self) -> dict[str, Any]:
         vc = self.mode == "VC"
-        return {"mode": self.mode, "gain": float(self.gain),
+        return {"mode": self.mode, "primary_signal": self.primary_signal, "gain": float(self.gain),
                 "scale_v_per_unit": self.scale_v_per_a() if vc else 10.0 * self.gain,
                 "lpf_hz": self.lpf_hz, "cm_f": self.wc_cm_f, "rs_ohm": self.wc_rs_ohm,
                 "ext_cmd_sensitivity": EXT_CMD_VC if vc else EXT_CMD_IC,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -199,3 +200,33 @@ def test_any_bytes_decode_or_raise_a_protocol_error(raw: bytes) -> None:
     for decode in (decode_reply, decode_request):
         with contextlib.suppress(ProtocolError):
             decode(raw)
+
+
+async def test_the_tail_of_an_over_long_line_is_never_taken_for_a_reply() -> None:
+    """A line over the limit is dropped up to its end, even when its tail arrives later
+    and starts like a reply ('7 OK ...'): the request with tag 7 gets its real reply."""
+    from drivers.amplifier.codec import tag_of
+    from drivers.tcp_lines import TaggedLineLink
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"1 OK " + b"x" * 600)  # no terminator yet
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"7 OK value=wrong\n")  # the long line's tail
+        writer.write(b"7 OK value=right\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = TaggedLineLink("127.0.0.1", port, tag_of=tag_of, timeout_s=2.0)
+    try:
+        await link.open()
+        reply = await link.request(7, b"7 GetMode 1\n")
+        assert reply == b"7 OK value=right" and link.dropped_lines == 1
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()

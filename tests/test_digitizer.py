@@ -33,7 +33,6 @@ from drivers.digitizer.codec import (
 from drivers.errors import (
     DataLossError,
     InstrumentReplyError,
-    InstrumentTimeoutError,
     LinkError,
     ProtocolError,
 )
@@ -148,15 +147,18 @@ async def test_the_socket_closing_mid_sweep_is_a_link_error_then_it_reconnects(
     assert driver.reconnects == 1
 
 
-async def test_a_stalled_sweep_times_out(
+async def test_a_stalled_sweep_is_a_loss_of_its_rest_and_the_digitizer_is_stopped(
     rig: tuple[PatchRig, DigitizerSimulator, DigitizerDriver],
 ) -> None:
+    """Data stopping half-way (no End) names the samples that never came; the driver stops
+    the digitizer, so the next sweep starts without a 'busy'."""
     _, sim, driver = rig
     await driver.upload(_step())
     sim.inject_fault("stall_mid_sweep")
-    with pytest.raises(InstrumentTimeoutError, match="no data"):
+    with pytest.raises(DataLossError, match="samples 2000-3999 lost") as caught:
         await driver.acquire_sweep(4000)
-    await driver.stop()
+    assert caught.value.lost == ((2000, 4000),)
+    assert (await driver.acquire_sweep(4000)).codes.shape == (4000, 2)
 
 
 async def test_bad_settings_are_refused(
@@ -247,8 +249,37 @@ def test_damage_never_raises_and_never_passes_a_bad_frame(noise: bytes, at: int,
             decode_message(f)
 
 
+def test_a_sync_inside_the_samples_does_not_hold_the_next_frames_back() -> None:
+    """Samples 0x5AA5, 0x0090, 0, 0x0010: the bytes a5 5a 90 00 00 00 10 00 look like a
+    header claiming a 1 MiB payload; once the real frame fails its checksum the decoder
+    looks inside it, and the header check keeps it from waiting there for bytes that never
+    come (the End behind it would be held back until the sweep timed out)."""
+    samples = np.array([[0x5AA5], [0x0090], [0], [0x0010]], dtype=np.int16)
+    bad = bytearray(encode(Data(0, 1, 0, samples)))
+    bad[-1] ^= 0xFF  # its checksum fails
+    end = encode(End(1, 4, 1))
+    out = FrameDecoder().feed(bytes(bad) + end)
+    frames = [decode_message(f) for f in out if isinstance(f, Frame)]
+    assert frames == [End(1, 4, 1)]
+
+
 def test_an_impossible_length_does_not_make_the_buffer_grow() -> None:
     decoder = FrameDecoder()
     head = b"\xa5\x5a\x90\x00" + (MAX_PAYLOAD + 1).to_bytes(4, "little")
     out = decoder.feed(head + b"\x00" * 1000)
     assert any(isinstance(o, Corrupt) for o in out) and decoder.buffered < 16
+
+
+def test_the_byte_examples_of_the_protocol_document_are_frames() -> None:
+    """docs/protocols/digitizer.md stays true: each whole example decodes as one frame."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/protocols/digitizer.md").read_text()
+    examples = re.findall(r"`(a5 5a(?: [0-9a-f]{2})+)`", doc)
+    whole = [bytes.fromhex(e) for e in examples if len(e.split()) > 12]  # not the cut one
+    assert len(whole) >= 9
+    for raw in whole:
+        (frame,) = FrameDecoder().feed(raw)
+        assert isinstance(frame, Frame)
+        decode_message(frame)

@@ -59,6 +59,19 @@ def _recorded(n: int) -> Any:
     return done
 
 
+async def _wait_stalled(lab: Lab) -> None:
+    """Until the digitizer has stopped sending mid-sweep (its frame count stands still while
+    it is running)."""
+    async with asyncio.timeout(10):
+        before = -1
+        while True:
+            state = await lab.sim("state", instrument="digitizer")
+            if state["running"] and state["frames_sent"] == before:
+                return
+            before = state["frames_sent"]
+            await asyncio.sleep(0.2)
+
+
 async def _valve(lab: Lab) -> Any:
     insts = await lab.client.request("instruments")
     return next(i for i in insts if i["kind"] == "perfusion")["readings"]["open_valve"]
@@ -78,12 +91,15 @@ def _nwb_sweeps(lab: Lab, docs: list[dict[str, Any]]) -> list[int]:
 async def test_a_daemon_stopped_mid_recording_then_resumed_keeps_every_sweep_once(
     tmp_path: Path, broker: MosquittoBroker, sig: signal.Signals
 ) -> None:
-    """SIGKILL: the sweep in progress is lost, named, recorded again. SIGTERM: the daemon
+    """SIGKILL mid-sweep: that sweep is lost, named, recorded again. SIGTERM: the daemon
     finishes the sweep in progress before it stops; nothing is lost."""
     async with lab_stack(tmp_path, broker, time_scale=20.0, kinds=KINDS,
                          simulation_extra=RIG) as lab:  # fmt: skip
         run = await lab.start(_protocol(50))
         await lab.wait(run, _recorded(10), "10 sweeps recorded")
+        if sig == signal.SIGKILL:  # killed for sure mid-sweep: the next one stalls half-way
+            await lab.sim("fault", instrument="digitizer", kind="stall_mid_sweep")
+            await _wait_stalled(lab)
         await lab.restart(sig)
         before = _sweeps(lab.documents(run))
         assert before == list(range(1, len(before) + 1)) and 10 <= len(before) < 50
@@ -100,7 +116,8 @@ async def test_a_daemon_stopped_mid_recording_then_resumed_keeps_every_sweep_onc
         if sig == signal.SIGKILL:
             (named,) = lost
             assert named["detail"]["lost_sweep"] == len(before) + 1
-            assert f"sweep {len(before) + 1} was being recorded" in named["reason"]
+            assert f"sweep {len(before) + 1} was being recorded when the step stopped" in \
+                named["reason"]  # fmt: skip
         else:
             assert lost == []
         assert _nwb_sweeps(lab, docs) == list(range(1, 51))

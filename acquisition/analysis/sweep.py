@@ -36,10 +36,13 @@ class SweepFigures:
 
 
 def summarize_sweep(current_a: Array, command_v: Array, rate_hz: float, holding_v: float, *,
-                    saturated: bool = False, max_points: int = 1000) -> SweepFigures:  # fmt: skip
+                    saturated: bool = False, max_points: int = 1000,
+                    tolerance_v: float = 1e-6) -> SweepFigures:  # fmt: skip
+    """``tolerance_v``: how far the command may be from the holding and still be at it
+    (half the resolution it was stored with)."""
     i = np.asarray(current_a, dtype=np.float64)
     cmd = np.asarray(command_v, dtype=np.float64)
-    moved = np.nonzero(np.abs(cmd - holding_v) > 1e-6)[0]
+    moved = np.nonzero(np.abs(cmd - holding_v) > tolerance_v)[0]
     first_move = int(moved[0]) if len(moved) else len(i)
     head = i[: max(1, min(first_move, len(i)))]
     holding = float(np.mean(head[len(head) // 5 :])) if len(head) else None
@@ -50,7 +53,7 @@ def summarize_sweep(current_a: Array, command_v: Array, rate_hz: float, holding_
         peak = float(i[at])
     if holding is not None and abs(holding) > QC_LIMITS["holding_a"]:
         qc.append(f"holding current {holding * 1e12:.0f} pA is beyond +-200 pA")
-    step = _single_step(cmd, holding_v)
+    step = _single_step(cmd, holding_v, tolerance_v)
     if step is not None:
         start, end, dv = step
         steady = float(np.mean(i[end - max(2, (end - start) // 5) : end]))
@@ -69,14 +72,15 @@ def summarize_sweep(current_a: Array, command_v: Array, rate_hz: float, holding_
     return SweepFigures(holding, peak, steady, ra, rm, cm, rt, qc, trace)
 
 
-def _single_step(cmd: Array, holding_v: float) -> tuple[int, int, float] | None:
+def _single_step(cmd: Array, holding_v: float, tolerance_v: float
+                 ) -> tuple[int, int, float] | None:  # fmt: skip
     """(start, end, dV) if the command is one rectangular step away from the holding."""
-    away = np.abs(cmd - holding_v) > 1e-6
+    away = np.abs(cmd - holding_v) > tolerance_v
     edges = np.nonzero(np.diff(away.astype(np.int8)))[0]
     if len(edges) != 2 or away[0]:
         return None
     start, end = int(edges[0]) + 1, int(edges[1]) + 1
     level = cmd[start:end]
-    if np.ptp(level) > 1e-6:
+    if np.ptp(level) > 2 * tolerance_v:
         return None
     return start, end, float(level[0] - holding_v)

@@ -22,17 +22,18 @@ sweep order) and journaled as an ``artifact`` document. Raw samples never enter 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from acquisition.analysis.sweep import summarize_sweep
 from acquisition.config import DigitizerConfig
+from acquisition.errors import PreconditionError
 from acquisition.nwb_file import NwbRun, write_nwb
 from acquisition.payloads import DataDocument, Progress, SweepReading
 from acquisition.quantities import DURATION, FREQUENCY, POTENTIAL, format_duration, quantity
@@ -43,10 +44,11 @@ from acquisition.waveforms import (
     FileWaveform,
     StepWaveform,
     Waveform,
+    WaveformError,
     command_at_cell,
     load_waveform_file,
 )  # fmt: skip
-from drivers.errors import DataLossError
+from drivers.errors import DataLossError, InstrumentFaultError
 from drivers.roles import Amplifier, Digitizer
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordStep", "nwb_path", "run_record", "spool_path"]
 
-COMMAND_V_PER_CODE = 1e-5  # the spooled command at the cell: +-327 mV in 10 uV steps
+COMMAND_V_PER_CODE = 2e-5  # the spooled command at the cell: +-655 mV in 20 uV steps
+MAX_SWEEP_SAMPLES = 2_000_000  # what one upload to the digitizer holds (4 MiB)
 MAX_LOSSES_IN_A_ROW = 3
 NWB_MEDIA_TYPE = "application/x-nwb"
 SATURATED = (-32768, 32767)
@@ -98,6 +101,15 @@ class RecordStep(StepModel):
     )  # fmt: skip
     subject: Subject | None = Field(None, description="whose cell, for the run's NWB file; "
                                     "given once, on the run's first record step")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _fits_an_upload(self) -> RecordStep:
+        samples = round(self.sweep_s() * self.rate)
+        if samples > MAX_SWEEP_SAMPLES:
+            raise ValueError(f"a sweep of {samples} samples ({self.sweep_s():g} s at "
+                             f"{self.rate / 1e3:g} kHz): at most {MAX_SWEEP_SAMPLES} (20 s "
+                             f"at 100 kHz)")  # fmt: skip
+        return self
 
     def sweep_s(self) -> float:
         w = self.waveform
@@ -149,7 +161,10 @@ def _meta(ctx: StepContext, step: RecordStep, sweep: int, tele: Telegraph, *, st
 def _spooled(meta: dict[str, Any], sweep: Sweep, tele: Telegraph,
              command_v: npt.NDArray[np.float64]) -> SpooledSweep:  # fmt: skip
     im = np.ascontiguousarray(sweep.codes[:, 0])
-    cmd = np.round(command_v / COMMAND_V_PER_CODE).astype(np.int16)
+    codes = np.round(command_v / COMMAND_V_PER_CODE)
+    if np.max(np.abs(codes)) > 32767:  # the waveforms' bounds keep it inside: never wrap
+        raise ValueError("the command is beyond the spool's +-655 mV")
+    cmd = codes.astype(np.int16)
     return SpooledSweep(index=int(meta["index"]), meta=meta, channels={"im": im, "command": cmd},
                         units={"im": "A", "command": "V"},
                         scales={"im": sweep.volts_per_code / tele.scale_v_per_unit,
@@ -161,8 +176,10 @@ def _reading(s: SpooledSweep) -> SweepReading:
     meta = s.meta
     current, command = s.scaled("im"), s.scaled("command")
     saturated = bool(np.isin(s.channels["im"], SATURATED).any())
-    fig = summarize_sweep(current, command, float(meta["sample_rate_hz"]),
-                          float(meta["holding_v"]), saturated=saturated)  # fmt: skip
+    scale = s.scales["command"]
+    holding = round(float(meta["holding_v"]) / scale) * scale  # as the command was stored
+    fig = summarize_sweep(current, command, float(meta["sample_rate_hz"]), holding,
+                          saturated=saturated, tolerance_v=0.51 * scale)  # fmt: skip
     return SweepReading(
         sweep=s.index, step_index=int(meta["step_index"]), started_at=meta["started_at"],
         sample_rate_hz=float(meta["sample_rate_hz"]), samples=len(current),
@@ -185,14 +202,14 @@ class _Recording:
             else None  # another vendor's digitizer: inputs 0 and 1, output 0  # fmt: skip
         self.data_dir = ctx.config.journal.data_directory
         self.spool_path = spool_path(self.data_dir, ctx.recorder.run)
-        # left when the step stops between sweeps (pause, abort, daemon stop): its absence
-        # after a restart means the daemon died, with a sweep perhaps in progress
-        self.clean_mark = self.spool_path.with_name(f"step-{ctx.index}.stopped-cleanly")
+        # which sweep is being recorded, written before it starts and removed once it is
+        # journaled: what a resume finds here and not in the spool was lost
+        self.marker = self.spool_path.with_name("sweep-in-progress.json")
         self.solution = _solution(ctx)
         self.condition = step.condition or self.solution or "control"
         self.command = np.zeros(0)
         self.next_index = 1
-        self.clock_zero = ctx.clock.monotonic()
+        self.losses = 0
 
     async def run(self) -> None:
         await self._catch_up()
@@ -200,15 +217,11 @@ class _Recording:
         spool = await asyncio.to_thread(SweepSpool.open, self.spool_path)
         try:
             await self._record(spool)
-        except asyncio.CancelledError:  # after the sweep in progress was kept: nothing lost
-            await asyncio.to_thread(self.clean_mark.touch)
-            raise
         finally:
-            await asyncio.to_thread(spool.close)
+            await asyncio.to_thread(spool.close)  # no sweep is being written any more
         await self._write_nwb()
 
     async def _record(self, spool: SweepSpool) -> None:
-        losses = 0
         last_start: float | None = None
         while len(self.progress.recorded) < self.step.sweeps:
             if last_start is not None:
@@ -216,42 +229,68 @@ class _Recording:
                 if wait > 0:
                     await self.ctx.clock.sleep(wait)
             last_start = self.ctx.clock.monotonic()
+            await self._sweep_through_cancels(spool)
+
+    async def _sweep_through_cancels(self, spool: SweepSpool) -> None:
+        """One sweep, run to its end however often the step is cancelled meanwhile (a
+        pause, an abort, the daemon stopping: the sweep in progress is kept); then the
+        cancellation goes on. A sweep that lost samples is named and recorded again."""
+        task = asyncio.ensure_future(self._one_sweep(spool))
+        cancelled = False
+        while not task.done():
             try:
-                await _finish_even_if_cancelled(self._one_sweep(spool))
-            except DataLossError as exc:
-                losses += 1
-                await self.ctx.recorder.interruption(
-                    f"sweep {self.next_index}: {exc}; not kept, recorded again",
-                    {"step_index": self.ctx.index, "sweep": self.next_index,
-                     "lost_samples": [list(r) for r in exc.lost],
-                     "reasons": list(exc.reasons)})  # fmt: skip
-                if losses >= MAX_LOSSES_IN_A_ROW:
-                    raise
-                continue
-            losses = 0
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                cancelled = True
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, DataLossError):
+            await self._name_loss(error)
+        if cancelled:
+            raise asyncio.CancelledError
+        if isinstance(error, DataLossError):
+            self.losses += 1
+            if self.losses >= MAX_LOSSES_IN_A_ROW:
+                raise error
+        elif error is not None:
+            raise error
+        else:
+            self.losses = 0
+
+    async def _name_loss(self, exc: DataLossError) -> None:
+        await self.ctx.recorder.interruption(
+            f"sweep {self.next_index}: {exc}; not kept, recorded again",
+            {"step_index": self.ctx.index, "sweep": self.next_index,
+             "lost_samples": [list(r) for r in exc.lost],
+             "reasons": list(exc.reasons)})  # fmt: skip
+        await asyncio.to_thread(self.marker.unlink, missing_ok=True)
 
     async def _catch_up(self) -> None:
-        """Sweeps already spooled (a resume): journal those without a summary; name the one
-        a crash cut short."""
+        """What the spool and the marker say (a resume, a retry): journal the sweeps spooled
+        without a summary; name the one in progress when the step stopped, if it was lost."""
         progress, rec = self.progress, self.ctx.recorder
-        restarted = bool(progress.detail.pop("restarted", False))  # set by _resume
-        stopped_cleanly = await asyncio.to_thread(_take_mark, self.clean_mark)
-        crashed = restarted and not stopped_cleanly
-        if not self.spool_path.exists():
-            return
-        contents = await asyncio.to_thread(read_spool, self.spool_path)
-        self.next_index = max((s.index for s in contents.sweeps), default=0) + 1
-        for s in contents.sweeps:
+        contents = await asyncio.to_thread(read_spool, self.spool_path) \
+            if self.spool_path.exists() else None  # fmt: skip
+        spooled = contents.sweeps if contents is not None else []
+        self.next_index = max((s.index for s in spooled), default=0) + 1
+        for s in spooled:
             if s.meta.get("step_index") == self.ctx.index and s.index not in progress.recorded:
                 await self._journal(s)
-        if crashed and len(progress.recorded) < self.step.sweeps:
+        in_progress = await asyncio.to_thread(_read_marker, self.marker)
+        if in_progress is not None and in_progress not in {s.index for s in spooled}:
             await rec.interruption(
-                f"sweep {self.next_index} was being recorded when the daemon stopped: not "
-                f"kept, it is recorded again ({len(progress.recorded)} of the step's "
-                f"{self.step.sweeps} sweeps were kept)",
-                {"step_index": self.ctx.index, "lost_sweep": self.next_index,
-                 "kept": list(progress.recorded), "torn_bytes": contents.torn_tail_bytes},
+                f"sweep {in_progress} was being recorded when the step stopped (the daemon "
+                f"stopped, or a fault): not kept, it is recorded again "
+                f"({len(progress.recorded)} of the step's {self.step.sweeps} sweeps kept)",
+                {"step_index": self.ctx.index, "lost_sweep": in_progress,
+                 "kept": list(progress.recorded),
+                 "torn_bytes": contents.torn_tail_bytes if contents else 0},
             )  # fmt: skip
+        if contents is not None and contents.damaged:
+            await rec.interruption(
+                f"the sweep spool has {len(contents.damaged)} damaged record(s): those "
+                f"sweeps are not in the NWB file",
+                {"step_index": self.ctx.index, "damaged_offsets": contents.damaged})  # fmt: skip
+        await asyncio.to_thread(self.marker.unlink, missing_ok=True)
 
     async def _set_up(self) -> None:
         step, amp, dig = self.step, self.amp, self.dig
@@ -259,32 +298,51 @@ class _Recording:
                                                  address="tcp://127.0.0.1:1")  # its defaults
         values = None
         if isinstance(step.waveform, FileWaveform):
-            values = await asyncio.to_thread(load_waveform_file,
-                                             self.data_dir / step.waveform.path)  # fmt: skip
+            try:
+                values = await asyncio.to_thread(load_waveform_file,
+                                                 self.data_dir / step.waveform.path)  # fmt: skip
+            except WaveformError as exc:
+                raise PreconditionError(f"the record step's waveform: {exc}",
+                                        instrument=self.dig.instrument_id) from None
+            if len(values) > MAX_SWEEP_SAMPLES:
+                raise PreconditionError(f"{step.waveform.path}: {len(values)} samples, at most "
+                                        f"{MAX_SWEEP_SAMPLES} a sweep",
+                                        instrument=self.dig.instrument_id)  # fmt: skip
         self.command = command_at_cell(step.waveform, step.holding, step.rate, values)
         await amp.seal_test(False)
         await amp.set_mode("VC")
+        await amp.set_primary_signal("membrane_current")
         await amp.set_holding(step.holding, enable=True)
         tele = await amp.telegraph()
         inputs = [cfg.current_input]
         if cfg.command_input is not None:
             inputs.append(cfg.command_input)
+        await dig.stop()  # whatever an earlier failure left running
         await dig.configure(int(step.rate), inputs, cfg.command_output)
         await dig.upload((self.command - step.holding) / tele.ext_cmd_sensitivity)
 
     async def _one_sweep(self, spool: SweepSpool) -> None:
         started = utcnow()
-        start_s = self.ctx.clock.monotonic() - self.clock_zero
+        index = self.next_index
+        await asyncio.to_thread(_write_marker, self.marker, index, self.ctx.index)
         tele = await self.amp.telegraph()
+        if tele.mode != "VC" or tele.primary_signal != "membrane_current":
+            raise InstrumentFaultError(
+                f"the amplifier is in {tele.mode} with its primary output on "
+                f"{tele.primary_signal}, not voltage clamp on the membrane current: the "
+                f"sweep would not record what it says", instrument=self.amp.instrument_id,
+                fault="amplifier_mode")  # fmt: skip
         rs_comp = await self.amp.compensation()
         sweep = await self.dig.acquire_sweep(len(self.command))
-        meta = _meta(self.ctx, self.step, self.next_index, tele, started=started,
+        start_s = (started - self.ctx.recorder.created_at).total_seconds()
+        meta = _meta(self.ctx, self.step, index, tele, started=started,
                      start_s=start_s, condition=self.condition, solution=self.solution,
                      rs_comp=rs_comp)
         spooled = _spooled(meta, sweep, tele, self.command)
         await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
-        self.next_index += 1
+        self.next_index = index + 1
         await self._journal(spooled)
+        await asyncio.to_thread(self.marker.unlink, missing_ok=True)
 
     async def _journal(self, s: SpooledSweep) -> None:
         reading = await asyncio.to_thread(_reading, s)
@@ -320,11 +378,18 @@ class _Recording:
                                      "condition": self.condition, "solution": self.solution})
 
 
-def _take_mark(mark: Path) -> bool:
-    if mark.exists():
-        mark.unlink()
-        return True
-    return False
+def _write_marker(marker: Path, sweep: int, step_index: int) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"sweep": sweep, "step_index": step_index}), encoding="utf-8")
+
+
+def _read_marker(marker: Path) -> int | None:
+    """The sweep the marker names, or None (no marker, or one a crash left unreadable)."""
+    try:
+        value = json.loads(marker.read_text(encoding="utf-8")).get("sweep")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _mohm(ohm: float | None) -> float | None:
@@ -333,18 +398,6 @@ def _mohm(ohm: float | None) -> float | None:
 
 def _pa(amp: float | None) -> float | None:
     return None if amp is None else round(amp * 1e12, 1)
-
-
-async def _finish_even_if_cancelled(work: Any) -> None:
-    """Run ``work`` to its end even if the step is cancelled meanwhile (a pause, an abort,
-    the daemon stopping: the sweep in progress is kept), then let the cancellation on."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
 
 
 async def run_record(ctx: StepContext, step: RecordStep, progress: StepProgress) -> None:
@@ -379,8 +432,8 @@ def _rebuild(progress: StepProgress, doc: DataDocument) -> None:
 
 
 def _resume(step: RecordStep, progress: StepProgress, since: Any, time_scale: float) -> None:
-    """After a restart the step goes on from its sweeps; it names the one the crash cut."""
-    progress.detail["restarted"] = True
+    """After a restart the step goes on from its sweeps (the spool and its marker say what
+    the crash cut short: :meth:`_Recording._catch_up`)."""
 
 
 def _interrupted(progress: StepProgress) -> tuple[dict[str, Any], Progress | None]:

@@ -76,6 +76,7 @@ class Telegraph:
     """What the amplifier tells the acquisition about the signal, recorded with each sweep."""
 
     mode: Mode
+    primary_signal: str  # what the primary output carries: "membrane_current" in VC
     gain: float  # primary output gain
     scale_v_per_unit: float  # primary output volts per ampere (VC) or per volt (IC)
     lpf_hz: float | None  # Bessel cutoff; None: bypassed
@@ -204,6 +205,9 @@ class AmplifierDriver:
     async def _get(self, name: str) -> str:
         return self._field(await self._call(f"Get{name}"), "value", f"Get{name}")
 
+    async def _get_float(self, name: str) -> float:
+        return self._float({"value": await self._get(name)}, "value", f"Get{name}")
+
     async def _set_if_changed(self, name: str, value: str) -> bool:
         """Write ``Set<name>`` only when the amplifier holds another value; True if written."""
         if _same(await self._get(name), value):
@@ -248,7 +252,7 @@ class AmplifierDriver:
             await self._set_if_changed("HoldingEnable", "1" if enable else "0")
 
     async def holding(self) -> tuple[float, bool]:
-        return float(await self._get("Holding")), await self._get("HoldingEnable") == "1"
+        return await self._get_float("Holding"), await self._get("HoldingEnable") == "1"
 
     async def set_primary_signal(self, signal: str) -> None:
         await self._set_if_changed("PrimarySignal", signal)
@@ -316,9 +320,9 @@ class AmplifierDriver:
     async def compensation(self) -> dict[str, float | bool]:
         """Series-resistance compensation as set now (recorded with each sweep)."""
         return {"rs_enable": await self._get("RsCompEnable") == "1",
-                "rs_correction_pct": float(await self._get("RsCompCorrection")),
-                "rs_prediction_pct": float(await self._get("RsCompPrediction")),
-                "rs_bandwidth_hz": float(await self._get("RsCompBandwidth"))}  # fmt: skip
+                "rs_correction_pct": await self._get_float("RsCompCorrection"),
+                "rs_prediction_pct": await self._get_float("RsCompPrediction"),
+                "rs_bandwidth_hz": await self._get_float("RsCompBandwidth")}  # fmt: skip
 
     async def meter(self) -> Meter:
         v = await self._call("GetMeter")
@@ -337,6 +341,7 @@ class AmplifierDriver:
         f = self._float
         return Telegraph(
             mode=mode,  # type: ignore[arg-type]
+            primary_signal=self._field(v, "primary_signal", "GetTelegraph"),
             gain=f(v, "gain", "GetTelegraph"),
             scale_v_per_unit=f(v, "scale_v_per_unit", "GetTelegraph"),
             lpf_hz=None if lpf == "bypass" else f(v, "lpf_hz", "GetTelegraph"),

@@ -5,24 +5,27 @@ Every message, in both directions, is one frame (little-endian)::
     offset  size  field
     0       2     sync 0xA5 0x5A
     2       1     type (below)
-    3       1     reserved, 0
-    4       4     payload length n (at most MAX_PAYLOAD)
+    3       1     header check: CRC-8 (poly 0x07) of type and length
+    4       4     payload length n (at most the type's bound, LIMITS)
     8       n     payload
     8+n     4     CRC-32 (zlib) of bytes 2 .. 8+n (type, reserved, length, payload)
 
 :class:`FrameDecoder` cuts frames out of a byte stream incrementally with a bounded buffer:
-a bad checksum, an impossible length or bytes that are not a sync are reported as
-:class:`Corrupt` (how many bytes were skipped) and the decoder resynchronises at the next
-sync; it never raises. :func:`decode_message` turns a frame into a typed message or raises
-:class:`~drivers.errors.ProtocolError`. Samples are int16 codes, +-10 V full scale
-(:data:`VOLTS_PER_CODE`), interleaved by channel. ``docs/protocols/digitizer.md`` has the
-messages byte by byte.
+a bad checksum, a header that fails its check (an unknown type, a length beyond the type's
+bound, a wrong header CRC: a sync-like pair of bytes inside samples is not taken for a
+frame, so it cannot make the decoder wait for a payload that never comes) or bytes that are
+not a sync are reported as :class:`Corrupt` (how many bytes were skipped) and the decoder
+resynchronises at the next sync; it never raises. :func:`decode_message` turns a frame
+into a typed message or raises :class:`~drivers.errors.ProtocolError`. Samples are int16
+codes, +-10 V full scale (:data:`VOLTS_PER_CODE`), interleaved by channel.
+``docs/protocols/digitizer.md`` has the messages byte by byte.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,10 +35,31 @@ import numpy.typing as npt
 from drivers.errors import ProtocolError
 
 __all__ = [
-    "MAX_PAYLOAD", "SYNC", "VOLTS_PER_CODE", "Ack", "Configure", "Corrupt", "Data", "End",
-    "Frame", "FrameDecoder", "Ident", "Identify", "Message", "Overrun", "StartStream",
-    "StartSweep", "Status", "StatusReply", "Stop", "Upload", "decode_message", "encode",
+    "LIMITS",
+    "MAX_PAYLOAD",
+    "SYNC",
+    "VOLTS_PER_CODE",
+    "Ack",
+    "Configure",
+    "Corrupt",
+    "Data",
+    "End",
+    "Frame",
+    "FrameDecoder",
+    "Ident",
+    "Identify",
+    "Message",
+    "Overrun",
+    "StartStream",
+    "StartSweep",
+    "Status",
+    "StatusReply",
+    "Stop",
+    "Upload",
+    "decode_message",
+    "encode",
     "encode_frame",
+    "header_check",
 ]
 
 SYNC: Final = b"\xa5\x5a"
@@ -61,18 +85,31 @@ class Corrupt:
     why: str
 
 
+def header_check(kind: int, length: int) -> int:
+    """CRC-8 (polynomial 0x07, initial 0) of the type byte and the four length bytes."""
+    crc = 0
+    for byte in (kind, *length.to_bytes(4, "little")):
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
 def encode_frame(kind: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = HEADER.pack(SYNC, kind, 0, len(payload))
+    limit = LIMITS.get(kind, MAX_PAYLOAD)
+    if len(payload) > limit:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {limit} for type {kind:#x}")
+    head = HEADER.pack(SYNC, kind, header_check(kind, len(payload)), len(payload))
     return head + payload + CRC.pack(zlib.crc32(head[2:] + payload) & 0xFFFFFFFF)
 
 
 class FrameDecoder:
     """Incremental frame cutter; the buffer never holds more than one maximal frame."""
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD,
+                 limits: Mapping[int, int] | None = None) -> None:  # fmt: skip
         self.max_payload = max_payload
+        self._limits = limits
         self._buf = bytearray()
 
     @property
@@ -96,8 +133,10 @@ class FrameDecoder:
                 del buf[:start]
             if len(buf) < HEADER.size:
                 return out
-            _, kind, reserved, length = HEADER.unpack_from(buf)
-            if length > self.max_payload or reserved != 0:
+            _, kind, check, length = HEADER.unpack_from(buf)
+            limits = LIMITS if self._limits is None else self._limits
+            if (kind not in limits or length > min(limits[kind], self.max_payload)
+                    or check != header_check(kind, length)):  # fmt: skip
                 out.append(Corrupt(1, "impossible header"))
                 del buf[:1]
                 continue
@@ -237,6 +276,13 @@ TYPES: Final = {Identify: 0x01, Configure: 0x02, Upload: 0x03, StartSweep: 0x04,
                 StartStream: 0x05, Stop: 0x06, Status: 0x07, Ack: 0x80, Ident: 0x81,
                 StatusReply: 0x82, Data: 0x90, End: 0x91, Overrun: 0x92}  # fmt: skip
 _BY_TYPE: Final = {v: k for k, v in TYPES.items()}
+_DATA_MAX = _DATA.size + 2 * MAX_CHANNELS * 65535
+LIMITS: Final[Mapping[int, int]] = {
+    0x01: 2, 0x02: _CONFIGURE.size + MAX_CHANNELS, 0x03: MAX_PAYLOAD, 0x04: _SWEEP.size,
+    0x05: _STREAM.size, 0x06: 2, 0x07: 2, 0x80: _ACK.size + 200, 0x81: _IDENT.size + 200,
+    0x82: _STATUS.size, 0x90: _DATA_MAX, 0x91: _END.size, 0x92: _OVERRUN.size,
+}  # fmt: skip
+"""The largest payload each message type can have: a header claiming more is not one."""
 
 
 def _payload(m: Message) -> bytes:
@@ -254,7 +300,7 @@ def _payload(m: Message) -> bytes:
         case Ack():
             return _ACK.pack(m.tag, m.code) + m.text.encode("utf-8")[:200]
         case Ident():
-            return _IDENT.pack(m.tag, m.inputs, m.outputs, m.max_rate_hz) + m.model.encode()
+            return _IDENT.pack(m.tag, m.inputs, m.outputs, m.max_rate_hz) + m.model.encode()[:200]
         case StatusReply():
             return _STATUS.pack(m.tag, int(m.running), m.rate_hz, m.overruns)
         case Data():

@@ -11,6 +11,7 @@ mid-sweep raises :class:`~drivers.errors.LinkError`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,12 @@ from drivers.digitizer.codec import (
     Upload,
 )  # fmt: skip
 from drivers.digitizer.link import DigitizerLink, Lost
-from drivers.errors import DataLossError, InstrumentReplyError
+from drivers.errors import (
+    DataLossError,
+    InstrumentError,
+    InstrumentReplyError,
+    InstrumentTimeoutError,
+)  # fmt: skip
 
 __all__ = ["RATE_RANGE_HZ", "DigitizerDriver", "DigitizerIdentity", "Sweep", "to_codes"]
 
@@ -174,7 +180,9 @@ class DigitizerDriver:
 
     async def acquire_sweep(self, samples: int) -> Sweep:
         """Play the command and record ``samples`` per channel, simultaneously; the whole
-        sweep or :class:`DataLossError` / :class:`LinkError`."""
+        sweep, or :class:`DataLossError` (samples missing: what was lost is named) or
+        :class:`LinkError`. After a failure the digitizer is stopped (best effort), so the
+        next sweep or configuration finds it idle."""
         if not self.inputs:
             raise ValueError("configure the digitizer before a sweep")
         if samples < 1:
@@ -183,17 +191,29 @@ class DigitizerDriver:
         self._link.clear_queue()
         tag = self._link.next_tag()
         await self._ask(StartSweep(tag, acquisition, samples), tag)
+        try:
+            return await self._collect(acquisition, samples)
+        except (DataLossError, InstrumentTimeoutError):
+            with contextlib.suppress(InstrumentError):
+                await self.stop()
+            raise
+
+    async def _collect(self, acquisition: int, samples: int) -> Sweep:
         codes = np.zeros((samples, len(self.inputs)), dtype=np.int16)
         check = _Continuity(acquisition, samples, self.instrument_id, self._link.host_overruns)
         while True:
-            event = await self._link.next_event(self._silence_s())
+            try:
+                event = await self._link.next_event(self._silence_s())
+            except InstrumentTimeoutError:
+                # no End (lost, or the digitizer stalled): whole if every sample came
+                check.silent(host_overruns=self._link.host_overruns)
+                return Sweep(acquisition, self.rate_hz, self.inputs, codes)
             if isinstance(event, Lost):
                 raise event.error
             if isinstance(event, Data) and event.acquisition == acquisition:
-                if check.data(event):
-                    codes[event.first_sample : event.first_sample + len(event.samples)] = (
-                        event.samples
-                    )
+                fit = check.data(event)
+                first = event.first_sample
+                codes[first : first + fit] = event.samples[:fit]
             elif isinstance(event, (Overrun, Corrupt)):
                 check.note(event)
             elif isinstance(event, End) and event.acquisition == acquisition:
@@ -217,7 +237,7 @@ class DigitizerDriver:
                 if isinstance(event, Overrun | Corrupt):
                     check.note(event)
                 elif (isinstance(event, Data) and event.acquisition == acquisition
-                      and check.data(event)):  # fmt: skip
+                      and check.data(event) > 0):  # fmt: skip
                     check.raise_if_lost(self._link.host_overruns)
                     yield event
         finally:
@@ -254,8 +274,9 @@ class _Continuity:
         else:
             self.reasons.append(f"frame {event.why}")
 
-    def data(self, event: Data) -> bool:
-        """True if ``event``'s samples may be placed (they fit the acquisition)."""
+    def data(self, event: Data) -> int:
+        """How many of ``event``'s samples belong to the acquisition (a frame reaching past
+        the end of a sweep is cut there, its samples inside are kept)."""
         n = len(event.samples)
         if event.seq != self.next_seq or event.first_sample != self.next_sample:
             if event.first_sample > self.next_sample:
@@ -263,12 +284,27 @@ class _Continuity:
             self.reasons.append(f"frame(s) {self.next_seq}..{event.seq - 1} missing")
         self.next_seq = event.seq + 1
         self.next_sample = max(self.next_sample, event.first_sample + n)
-        return self.samples is None or event.first_sample + n <= self.samples
+        if self.samples is None:
+            return n
+        return max(0, min(n, self.samples - event.first_sample))
 
     def end(self, event: End, *, host_overruns: int) -> None:
         total = self.samples if self.samples is not None else event.samples
+        if event.samples < total:
+            self.reasons.append(f"the digitizer ended after {event.samples} of {total} samples")
+            self.lost.append((event.samples, total))
         if self.next_sample < total:
-            self.reasons.append(f"{event.frames - self.next_seq} frame(s) missing at the end")
+            missing = event.frames - self.next_seq
+            self.reasons.append(f"{missing} frame(s) missing at the end" if missing > 0
+                                else "samples missing at the end")  # fmt: skip
+            self.lost.append((self.next_sample, total))
+        self.raise_if_lost(host_overruns)
+
+    def silent(self, *, host_overruns: int) -> None:
+        """The stream went quiet before the End: a loss unless every sample is in."""
+        total = self.samples or 0
+        if self.next_sample < total:
+            self.reasons.append("the data stopped before the end of the sweep")
             self.lost.append((self.next_sample, total))
         self.raise_if_lost(host_overruns)
 

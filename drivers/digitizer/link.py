@@ -180,13 +180,19 @@ class DigitizerLink:
         self.queue.put_nowait(item)
 
     async def _drop(self) -> None:
+        """Close the socket; whoever waits (a reply, a sweep) learns it at once."""
         writer, self._writer = self._writer, None
         task, self._reader = self._reader, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # (a cancellation of the caller still goes through)
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
+        if task is not None:
+            error = LinkError("link closed", instrument=self.instrument_id)
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(error)
+            self._put(Lost(error), force=True)
