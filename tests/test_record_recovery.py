@@ -162,3 +162,22 @@ async def test_an_abort_mid_recording_leaves_the_rig_safe(
                 await asyncio.sleep(0.05)
         sweeps = _sweeps(lab.documents(run))
         assert sweeps == list(range(1, len(sweeps) + 1))  # the one in progress was finished
+
+
+async def test_a_pause_takes_effect_between_sweeps_and_the_resume_goes_on(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with lab_stack(tmp_path, broker, time_scale=20.0, kinds=KINDS,
+                         simulation_extra=RIG) as lab:  # fmt: skip
+        run = await lab.start(_protocol(30))
+        await lab.wait(run, _recorded(3), "3 sweeps recorded")
+        await lab.client.request("run.pause", {"run": run, "when": "now"})
+        await lab.wait(run, lambda s: s["state"] == "paused", "paused")
+        held = _sweeps(lab.documents(run))
+        assert not (await lab.sim("state", instrument="digitizer"))["running"]
+        await lab.client.request("run.resume", {"run": run})
+        final = await lab.wait_ended(run)
+        assert final["state"] == "completed", final
+        docs = lab.documents(run)
+        assert _sweeps(docs) == list(range(1, 31)) and _sweeps(docs)[: len(held)] == held
+        assert [d for d in docs if d["kind"] == "interruption"] == []  # nothing was lost
