@@ -22,6 +22,7 @@ __all__ = [
     "FREQUENCY",
     "PERCENT",
     "POTENTIAL",
+    "RESISTANCE",
     "SPEED",
     "TEMPERATURE",
     "TEMPERATURE_TOLERANCE",
@@ -55,7 +56,9 @@ VOLUME = Kind("a volume", "1 mL", {"mL": 1.0, "uL": 1e-3, "µL": 1e-3}, "mL")
 PERCENT = Kind("a percentage", "2 %", {"%": 1.0}, "%")
 SPEED = Kind("a shaking speed", "300 rpm", {"rpm": 1.0}, "rpm")
 POTENTIAL = Kind("a potential", "-70 mV", {"mV": 1e-3, "V": 1.0}, "V")
-FREQUENCY = Kind("a sample rate", "20 kHz", {"Hz": 1.0, "kHz": 1e3}, "Hz")
+FREQUENCY = Kind("a frequency", "20 kHz", {"Hz": 1.0, "kHz": 1e3}, "Hz")
+RESISTANCE = Kind("a resistance", "1 GOhm", {"Ohm": 1.0, "kOhm": 1e3, "MOhm": 1e6, "GOhm": 1e9},
+                  "Ohm")
 
 
 def parse_quantity(

@@ -16,7 +16,9 @@ filter, seal test, compensation; :mod:`simulators.amplifier`) and the digitizer 
   current through the feedback resistor with its noise (by range), the Bessel low-pass, the
   gain, and +-10 V saturation. The digitizer quantises.
 * **Faults**: ``seal_loss`` (the seal falls to 100 MOhm), ``rs_runaway`` (access grows 5x
-  over a minute), ``commander_not_open`` / ``commander_open`` (the amplifier answers 6002).
+  over a minute), ``no_seal`` (cells seal only to 300 MOhm, until ``seal_ok``),
+  ``no_break_in`` (the next suction leaves the patch intact), ``commander_not_open`` / ``commander_open`` (the
+  amplifier answers 6002).
 
 Compensation settings are recorded and reported in the telegraph; of them only Rs
 correction changes the simulated current (it divides the effective access resistance).
@@ -46,7 +48,8 @@ NOISE_A: Final = {50e9: 0.28e-12, 5e9: 0.9e-12, 500e6: 1.4e-12, 50e6: 4.0e-12}
 EXT_CMD_VC: Final = 0.020  # V at the cell per command volt
 EXT_CMD_IC: Final = 400e-12  # A per command volt
 SATURATION_V: Final = 10.0
-RIG_FAULTS: Final = ("seal_loss", "rs_runaway", "commander_not_open", "commander_open")
+RIG_FAULTS: Final = ("seal_loss", "rs_runaway", "no_seal", "seal_ok", "no_break_in",
+                     "commander_not_open", "commander_open")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class PatchRig:
         self._stage_at = clock.monotonic()
         self._seal_floor_ohm: float | None = None  # after seal_loss
         self._runaway_at: float | None = None
+        self._seal_ceiling_ohm: float | None = None
+        self._break_in_refused = False
         self.commander_open = True
         self._rng = np.random.default_rng(spec.seed)
         base = MODEL_CELL if spec.cell == "model_cell" else PatchCell()
@@ -163,9 +168,12 @@ class PatchRig:
     def move_to(self, stage: str) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage: one of {', '.join(STAGES)}")
+        if stage == "whole_cell" and self._break_in_refused and self.stage == "cell_attached":
+            self._break_in_refused = False  # the next suction will
+            return  # this one did not rupture it: still cell-attached
         self.stage = stage
         self._stage_at = self.clock.monotonic()
-        if stage == "bath":
+        if stage == "bath":  # a new pipette: the next cell is a fresh one
             self._seal_floor_ohm = None
             self._runaway_at = None
 
@@ -174,6 +182,12 @@ class PatchRig:
             raise ValueError(f"unknown rig fault {kind!r}; known: {', '.join(RIG_FAULTS)}")
         if kind == "seal_loss":
             self._seal_floor_ohm = 100e6
+        elif kind == "no_seal":  # cells will not seal (until seal_ok): they stop at 300 MOhm
+            self._seal_ceiling_ohm = 300e6
+        elif kind == "seal_ok":
+            self._seal_ceiling_ohm = None
+        elif kind == "no_break_in":  # the membrane resists the suction
+            self._break_in_refused = True
         elif kind == "rs_runaway":
             self._runaway_at = self.clock.monotonic()
         else:
@@ -183,10 +197,11 @@ class PatchRig:
         if self.stage == "bath" or (self.spec.cell == "model_cell" and not self._seal_floor_ohm):
             # the model cell's circuit has no seal: its Rm is all the leak there is
             return math.inf
-        grown = self.spec.seal_ohm
+        target = min(self.spec.seal_ohm, self._seal_ceiling_ohm or math.inf)
+        grown = target
         if self.stage == "cell_attached":
             t = self.clock.monotonic() - self._stage_at
-            grown = 50e6 + (self.spec.seal_ohm - 50e6) * (1 - math.exp(-t / self.spec.seal_time_s))
+            grown = 50e6 + (target - 50e6) * (1 - math.exp(-t / self.spec.seal_time_s))
         return min(grown, self._seal_floor_ohm) if self._seal_floor_ohm else grown
 
     def ra_ohm(self) -> float:

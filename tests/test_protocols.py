@@ -121,8 +121,8 @@ BAD = {
     "unknown step type": (
         _replace(GOOD, 'type = "count"', 'type = "centrifuge"'),
         "steps[1].type",
-        "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse, record "
-        "(got 'centrifuge')",
+        "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse, record, "
+        "seal_test, break_in, membrane_test, set_holding, compensate (got 'centrifuge')",
     ),
     "missing type": (
         _replace(GOOD, 'type = "count"\n', ""),

@@ -177,10 +177,8 @@ def _operator(
     instruments: dict[str, str],
 ) -> VirtualOperator | None:  # fmt: skip
     sim = config.simulation
-    if plate_id is None or not (
-        sim.enabled and sim.virtual_operator and sim.control_port is not None
-    ):
-        return None  # no plate of its own (count-plate) is never moved by the operator
+    if not (sim.enabled and sim.virtual_operator and sim.control_port is not None):
+        return None
     # A prompt may move the plate to an instrument no step drives (put it in the incubator
     # before a protocol that starts at the harvest): the config's first of each kind.
     where: dict[str, str] = {}

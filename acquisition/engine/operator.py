@@ -1,6 +1,7 @@
 """The virtual operator: on a simulated bench, the daemon does the physical steps a prompt
 asks for (put the plate in the incubator, move it to the harvester, the mat to the counter)
-through the bench's control channel, then answers the prompt. Never on a real bench.
+or a patch-clamp step needs done by hand (approach a cell and seal onto it, rupture the
+patch) through the bench's control channel. Never on a real bench.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ log = structlog.get_logger("acquisition.engine")
 
 
 class VirtualOperator:
-    """Performs a prompt's ``action`` for one plate; ``instruments`` maps kind -> id."""
+    """Performs a prompt's ``action`` for the run's plate (None: a run without one, whose
+    plate actions then cannot be done); ``instruments`` maps kind -> id."""
 
     def __init__(
         self,
         sim: SimulationConfig,
-        plate_id: str,
+        plate_id: str | None,
         plate_map: dict[str, Any] | None,
         instruments: dict[str, str],
     ) -> None:
@@ -48,7 +50,15 @@ class VirtualOperator:
         return did
 
     async def _act(self, sim: SimControl, action: str) -> str:
+        if action in _HANDS_ON_THE_PIPETTE:
+            stages = _HANDS_ON_THE_PIPETTE[action]
+            for stage in stages:
+                await sim.request("patch", stage=stage)
+            return {"approach_cell": "moved the pipette onto a new cell (cell-attached)",
+                    "break_in": "ruptured the patch with suction (whole cell)"}[action]
         plate = self._plate_id
+        if plate is None:
+            raise LookupError(f"this run has no plate to {action.replace('_', ' ')}")
         match action:
             case "plate_to_incubator":
                 world = (await sim.request("world"))["world"]
@@ -111,7 +121,9 @@ class VirtualOperator:
         return moved
 
 
-_NEEDS = {"plate_to_incubator": "incubator", "plate_to_harvester": "harvester",
+_HANDS_ON_THE_PIPETTE = {"approach_cell": ("bath", "cell_attached"), "break_in": ("whole_cell",)}
+_NEEDS = {"approach_cell": "amplifier", "break_in": "amplifier",
+          "plate_to_incubator": "incubator", "plate_to_harvester": "harvester",
           "mat_to_counter": "counter", "empty_waste": "harvester", "refill_buffer": "harvester",
           "seat_mat": "harvester", "release_mat": "harvester"}  # fmt: skip
 

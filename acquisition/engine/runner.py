@@ -349,6 +349,8 @@ class ProtocolRun(Asking):
             handles=self.handles, plate_id=self.setup.plate_id, plate_layout=self.setup.layout,
             index=index, notify=self.notify, bench=self._bench,
             steps_before=tuple(self.setup.protocol.steps[: index - 1]),
+            operator=self.setup.virtual_operator.perform if self.setup.virtual_operator
+            else None,
         )  # fmt: skip
 
     async def _execute(

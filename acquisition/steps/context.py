@@ -11,7 +11,7 @@ pause or abort: the executor leaves its instrument safe and lets the cancellatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,6 +58,9 @@ class StepContext:
     notify: Callable[[], None]  # wake the MQTT link
     steps_before: tuple[Any, ...] = ()  # the protocol's steps before this one
     bench: BenchView | None = None  # a simulated bench's world, to check labware against
+    operator: Callable[[str], Awaitable[str]] | None = None
+    """A simulated bench's virtual operator (``await ctx.operator("break_in")``: what it
+    did, in words); None on a real rig, where a person does it while the step watches."""
 
     def handle(self, role: str) -> InstrumentHandle:
         """The run's instrument playing ``role`` (one of the step type's ``roles``)."""
