@@ -17,8 +17,8 @@ filter, seal test, compensation; :mod:`simulators.amplifier`) and the digitizer 
   gain, and +-10 V saturation. The digitizer quantises.
 * **Faults**: ``seal_loss`` (the seal falls to 100 MOhm), ``rs_runaway`` (access grows 5x
   over a minute), ``no_seal`` (cells seal only to 300 MOhm, until ``seal_ok``),
-  ``no_break_in`` (the next suction leaves the patch intact), ``commander_not_open`` / ``commander_open`` (the
-  amplifier answers 6002).
+  ``no_break_in`` (the next suction leaves the patch intact), ``commander_not_open`` /
+  ``commander_open`` (the amplifier answers 6002).
 
 Compensation settings are recorded and reported in the telegraph; of them only Rs
 correction changes the simulated current (it divides the effective access resistance).
