@@ -13,7 +13,8 @@ A sweep's spool metadata (all optional but ``sample_rate_hz``)::
 
     sample_rate_hz, starting_time_s (since the session start), stimulus (name),
     stimulus_type ("step", "ramp", ...), condition ("baseline", "DHEA-S 10 uM", ...),
-    solution (what the bath held), holding_v, telegraph {...}, compensation {...}
+    solution (what the bath held), holding_v, telegraph {...}, compensation {...},
+    qc [...] (why the sweep failed QC: in its description and comments)
 
 and its channels: ``im`` (the current, unit A) and ``command`` (unit V), int16 with their
 scale. The file is written to a temporary name and moved into place once complete, so a
@@ -90,6 +91,14 @@ def _compensation(meta: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _described(meta: Mapping[str, Any]) -> str:
+    """The response's description: condition and stimulus, and why it failed QC if it did
+    (a flagged sweep is kept and says so, never dropped)."""
+    text = f"{meta.get('condition', '')}: {meta.get('stimulus', '')}".strip()
+    qc = list(meta.get("qc") or [])
+    return f"{text} [QC failed: {'; '.join(map(str, qc))}]" if qc else text
+
+
 def _groups(sweeps: Sequence[SpooledSweep]) -> list[tuple[str, str, list[int]]]:
     """Consecutive sweeps of one condition and stimulus type: (condition, type, positions)."""
     out: list[tuple[str, str, list[int]]] = []
@@ -144,11 +153,12 @@ def write_nwb(path: Path, run: NwbRun, sweeps: Sequence[SpooledSweep]) -> NwbWri
         resp = VoltageClampSeries(
             name=f"response_{s.index:05d}", data=s.channels[RESPONSE],
             conversion=s.scales.get(RESPONSE, 1.0), gain=gain,
-            description=f"{s.meta.get('condition', '')}: {s.meta.get('stimulus', '')}".strip(),
+            description=_described(s.meta),
             comments=json.dumps({"telegraph": telegraph,
                                  "compensation": s.meta.get("compensation") or {},
                                  "solution": s.meta.get("solution"),
-                                 "holding_v": s.meta.get("holding_v")}, sort_keys=True),
+                                 "holding_v": s.meta.get("holding_v"),
+                                 "qc": list(s.meta.get("qc") or [])}, sort_keys=True),
             **_compensation(s.meta), **common,
         )  # fmt: skip
         rows.append(nwb.add_intracellular_recording(electrode=electrode, stimulus=stim,

@@ -254,6 +254,9 @@ class SweepReading(_Payload):
     cm_f: float | None = None
     input_ohm: float | None = Field(None, description="Ra + Rm from a step: a seal that gives "
                                     "way shows as its fall")  # fmt: skip
+    inap_a: float | None = Field(None, description="on a ramp: the persistent current, leak "
+                                 "subtracted, at its most inward")  # fmt: skip
+    inap_v: float | None = Field(None, description="the potential where inap_a is")
     qc: list[str] = Field(default_factory=list, description="why it failed QC, if it did")
     trace: list[float] = Field(
         default_factory=list, max_length=1000, description="the current decimated, A"

@@ -10,9 +10,10 @@ holding potential: the digitizer's +-10 V.
 * ``step``: holding, then ``step`` (relative to the holding) from ``at`` for ``width``,
   then holding again, ``length`` in all: a membrane test (``step = "-10 mV"``) or an
   activation step.
-* ``ramp``: holding for ``pre``, a jump to ``from``, a linear ramp to ``to`` over
-  ``duration`` (absolute potentials), back to holding for ``post``: a slow ramp shows the
-  persistent sodium current.
+* ``ramp``: holding for ``pre`` (with a ``test_pulse``, by default -5 mV for 20 ms after
+  10 ms, the sweep's own membrane test: per-sweep QC of access and leak), a jump to
+  ``from``, a linear ramp to ``to`` over ``duration`` (absolute potentials), back to
+  holding for ``post``: a slow ramp shows the persistent sodium current.
 * ``file``: one potential in mV per line (relative to the holding), at the step's sample
   rate, from a file inside the daemon's data directory.
 """
@@ -24,16 +25,17 @@ from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from acquisition.quantities import DURATION, POTENTIAL, quantity
+from acquisition.quantities import DURATION, POTENTIAL, parse_quantity, quantity
 
 __all__ = [
     "MAX_EXCURSION_V", "FileWaveform", "RampWaveform", "StepWaveform", "Waveform",
-    "WaveformError", "command_at_cell", "load_waveform_file",
+    "WaveformError", "command_at_cell", "load_waveform_file", "segments",
 ]
 
 MAX_EXCURSION_V = 0.200  # +-10 V at 20 mV/V
+_PULSE_AT_S, _PULSE_END_S = 0.010, 0.030  # a ramp's test pulse, in its pre
 MAX_SWEEP_S = 60.0
 Array = npt.NDArray[np.float64]
 
@@ -65,6 +67,15 @@ class StepWaveform(_Shape):
                 f"{self.length * 1e3:g} ms sweeps")  # fmt: skip
 
 
+def _pulse(value: object) -> float | None:
+    if value == "off":
+        return None
+    try:
+        return parse_quantity(POTENTIAL, value, lo=-0.05, hi=0.05)
+    except ValueError:
+        raise ValueError("'off' or a test pulse of at most +-50 mV, like '-5 mV'") from None
+
+
 class RampWaveform(_Shape):
     shape: Literal["ramp"]
     start: Annotated[float, quantity(POTENTIAL, lo=-0.3, hi=0.3)] = Field(
@@ -74,7 +85,16 @@ class RampWaveform(_Shape):
     duration: Annotated[float, quantity(DURATION, lo=0, lo_open=True, hi=MAX_SWEEP_S)]
     pre: Annotated[float, quantity(DURATION, lo=0, hi=MAX_SWEEP_S)] = 0.1
     post: Annotated[float, quantity(DURATION, lo=0, hi=MAX_SWEEP_S)] = 0.1
+    test_pulse: Annotated[float | None, BeforeValidator(_pulse)] = Field(
+        -0.005, description="the sweep's own membrane test in pre, e.g. '-5 mV' ('off': none)")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _room_for_the_pulse(self) -> RampWaveform:
+        if self.test_pulse is not None and self.pre < _PULSE_END_S + 0.010:
+            raise ValueError("pre must be at least 40 ms for the test pulse (or test_pulse "
+                             "= 'off')")
+        return self
 
     def describe(self) -> str:
         return (f"ramp {self.start * 1e3:g} -> {self.end * 1e3:g} mV over "
@@ -138,9 +158,26 @@ def command_at_cell(wave: StepWaveform | RampWaveform | FileWaveform, holding_v:
         pre, ramp, post = (round(x * rate_hz) for x in (wave.pre, wave.duration, wave.post))
         out = np.concatenate([np.full(pre, holding_v), np.linspace(wave.start, wave.end, ramp),
                               np.full(post, holding_v)])  # fmt: skip
+        if wave.test_pulse is not None:
+            out[round(_PULSE_AT_S * rate_hz) : round(_PULSE_END_S * rate_hz)] += wave.test_pulse
         if np.max(np.abs(out - holding_v)) > MAX_EXCURSION_V + 1e-12:
             raise WaveformError("the ramp goes beyond +-200 mV of the holding potential")
         return out
     if file_values is None:
         raise WaveformError(f"{wave.path}: the file was not loaded")
     return holding_v + file_values
+
+
+def segments(wave: StepWaveform | RampWaveform | FileWaveform,
+             rate_hz: float) -> dict[str, list[float] | None]:  # fmt: skip
+    """Where the waveform's membrane-test pulse (start, end, dV) and ramp (start, end) are,
+    in samples: what a sweep's summary measures, from the protocol rather than the trace."""
+    if isinstance(wave, StepWaveform):
+        a = round(wave.at * rate_hz)
+        return {"pulse": [a, a + round(wave.width * rate_hz), wave.step], "ramp": None}
+    if isinstance(wave, RampWaveform):
+        pre = round(wave.pre * rate_hz)
+        pulse = None if wave.test_pulse is None else [
+            round(_PULSE_AT_S * rate_hz), round(_PULSE_END_S * rate_hz), wave.test_pulse]
+        return {"pulse": pulse, "ramp": [pre, pre + round(wave.duration * rate_hz)]}
+    return {"pulse": None, "ramp": None}

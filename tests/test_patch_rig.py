@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acquisition.analysis.sweep import summarize_sweep
+from acquisition.analysis.sweep import Reference, summarize_sweep
 from drivers.clock import VirtualClock
 from simulators.bench import start_bench
 from simulators.config import BenchConfig
@@ -70,21 +70,24 @@ def test_rs_runaway_and_seal_loss_are_what_the_sweep_summary_flags() -> None:
     clock = VirtualClock()
     rig = PatchRig(RigSpec(cell="model_cell", ra_drift_per_min=0.0, electrode_offset_v=0.0),
                    clock)  # fmt: skip
+    pulse = (400, 2400, -0.010)
     current, cmd = _step(rig)
-    good = summarize_sweep(current, cmd, RATE, -0.070)
+    good = summarize_sweep(current, cmd, RATE, pulse=pulse)
     assert good.qc == [] and good.ra_ohm == pytest.approx(10e6, rel=0.1)
+    first = Reference(good.ra_ohm, good.input_ohm)
     rig.inject_fault("rs_runaway")
     clock.advance(60)
     current, cmd = _step(rig)
-    runaway = summarize_sweep(current, cmd, RATE, -0.070)
+    runaway = summarize_sweep(current, cmd, RATE, pulse=pulse, reference=first)
     assert runaway.ra_ohm == pytest.approx(50e6, rel=0.15)
-    assert any("access resistance" in q for q in runaway.qc)
+    assert any("outside 1-20 MOhm" in q for q in runaway.qc)
+    assert any("access changed +" in q and "from the first sweep" in q for q in runaway.qc)
     rig.move_to("whole_cell")  # a new cell, then its seal gives way
     rig.inject_fault("seal_loss")
     current, cmd = _step(rig)
-    leaky = summarize_sweep(current, cmd, RATE, -0.070)
+    leaky = summarize_sweep(current, cmd, RATE, pulse=pulse, reference=first)
     assert leaky.rm_ohm == pytest.approx(1 / (1 / 500e6 + 1 / 100e6), rel=0.1)
-    assert any("membrane resistance" in q for q in leaky.qc)
+    assert any("input resistance fell" in q for q in leaky.qc)
     assert leaky.input_ohm is not None and leaky.input_ohm < 0.3 * good.input_ohm  # type: ignore[operator]
 
 
@@ -126,3 +129,35 @@ async def test_the_truth_reports_the_rig_and_its_true_effects() -> None:
         assert moved["ok"] and moved["rig"]["stage"] == "bath"
     finally:
         await bench.stop()
+
+
+def test_a_slow_ramp_shows_the_persistent_current_that_dheas_reduces_and_ne100_keeps() -> None:
+    from acquisition.waveforms import RampWaveform, command_at_cell, segments
+
+    wave = RampWaveform.model_validate({"shape": "ramp", "from": "-100 mV", "to": "+20 mV",
+                                        "duration": "2 s"})  # fmt: skip
+    cmd = command_at_cell(wave, -0.070, RATE)
+    seg = segments(wave, RATE)
+    assert seg["pulse"] is not None and seg["ramp"] is not None
+    pulse = (int(seg["pulse"][0]), int(seg["pulse"][1]), float(seg["pulse"][2]))
+    ramp = (int(seg["ramp"][0]), int(seg["ramp"][1]))
+
+    def inap(solution: dict[str, float]) -> float:
+        rig = PatchRig(RigSpec(ra_drift_per_min=0.0, electrode_offset_v=0.0,
+                               solutions={"3": solution}), VirtualClock(),
+                       bath=lambda: {3: 1.0})  # fmt: skip
+        ch = rig.channels[1]
+        ch.test_enable, ch.lpf_hz = False, 2_000.0
+        primary, _ = rig.respond(1, (cmd - ch.holding) / 0.020, RATE)
+        fig = summarize_sweep(primary / ch.scale_v_per_a(), cmd, RATE, pulse=pulse, ramp=ramp)
+        assert fig.inap_v is not None and -0.060 < fig.inap_v < -0.010
+        assert fig.ra_ohm == pytest.approx(10e6, rel=0.2)  # the ramp's own test pulse
+        assert fig.inap_a is not None
+        return fig.inap_a
+
+    control = inap({})
+    dheas = inap({"DHEA-S": 10e-6})
+    blocked = inap({"DHEA-S": 10e-6, "NE-100": 1e-6})
+    assert control < -50e-12  # inward, tens of pA and more
+    assert dheas > 1.1 * control  # less inward: inhibited
+    assert blocked == pytest.approx(control, rel=0.05)  # NE-100 occupies S1R

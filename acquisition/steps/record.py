@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,15 +32,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from acquisition.analysis.sweep import summarize_sweep
-from acquisition.config import DigitizerConfig
-from acquisition.errors import PreconditionError
+from acquisition.analysis.sweep import Reference, summarize_sweep
+from acquisition.errors import InterlockError, PreconditionError
 from acquisition.nwb_file import NwbRun, write_nwb
 from acquisition.payloads import DataDocument, Progress, SweepReading
 from acquisition.quantities import DURATION, FREQUENCY, POTENTIAL, format_duration, quantity
 from acquisition.run_recorder import utcnow
 from acquisition.spool import SpooledSweep, SweepSpool, read_spool
 from acquisition.steps.registry import PlanLine, SafeHow, StepModel, StepType, register_step_type
+from acquisition.steps.rig import rig_of
 from acquisition.waveforms import (
     FileWaveform,
     StepWaveform,
@@ -47,6 +48,7 @@ from acquisition.waveforms import (
     WaveformError,
     command_at_cell,
     load_waveform_file,
+    segments,
 )  # fmt: skip
 from drivers.errors import DataLossError, InstrumentFaultError
 from drivers.roles import Amplifier, Digitizer
@@ -99,6 +101,9 @@ class RecordStep(StepModel):
         None, max_length=200,
         description="what is applied (default: the solution of the last perfuse step before)",
     )  # fmt: skip
+    on_qc_fail: Literal["continue", "pause", "abort"] = Field(
+        "continue", description="what the run does once qc_fail_sweeps sweeps in a row fail QC")
+    qc_fail_sweeps: int = Field(3, ge=1, le=1000)
     subject: Subject | None = Field(None, description="whose cell, for the run's NWB file; "
                                     "given once, on the run's first record step")  # fmt: skip
 
@@ -155,7 +160,8 @@ def _meta(ctx: StepContext, step: RecordStep, sweep: int, tele: Telegraph, *, st
             "stimulus": step.stimulus, "stimulus_type": step.waveform.shape,
             "stimulus_description": step.waveform.describe(), "condition": condition,
             "solution": solution, "holding_v": step.holding, "telegraph": telegraph,
-            "compensation": compensation}  # fmt: skip
+            "compensation": compensation,
+            "segments": segments(step.waveform, step.rate)}  # fmt: skip
 
 
 def _spooled(meta: dict[str, Any], sweep: Sweep, tele: Telegraph,
@@ -171,22 +177,37 @@ def _spooled(meta: dict[str, Any], sweep: Sweep, tele: Telegraph,
                                 "command": COMMAND_V_PER_CODE})  # fmt: skip
 
 
-def _reading(s: SpooledSweep) -> SweepReading:
+def _reading(s: SpooledSweep, reference: Reference) -> SweepReading:
     """The summary of a spooled sweep (also what a resume journals for one it finds)."""
     meta = s.meta
     current, command = s.scaled("im"), s.scaled("command")
     saturated = bool(np.isin(s.channels["im"], SATURATED).any())
-    scale = s.scales["command"]
-    holding = round(float(meta["holding_v"]) / scale) * scale  # as the command was stored
-    fig = summarize_sweep(current, command, float(meta["sample_rate_hz"]), holding,
-                          saturated=saturated, tolerance_v=0.51 * scale)  # fmt: skip
+    seg = meta.get("segments") or {}
+    pulse = seg.get("pulse")
+    ramp = seg.get("ramp")
+    fig = summarize_sweep(
+        current, command, float(meta["sample_rate_hz"]),
+        pulse=(int(pulse[0]), int(pulse[1]), float(pulse[2])) if pulse else None,
+        ramp=(int(ramp[0]), int(ramp[1])) if ramp else None,
+        reference=reference, saturated=saturated,
+    )  # fmt: skip
     return SweepReading(
         sweep=s.index, step_index=int(meta["step_index"]), started_at=meta["started_at"],
         sample_rate_hz=float(meta["sample_rate_hz"]), samples=len(current),
         stimulus=str(meta["stimulus"]), solution=meta.get("solution"),
         holding_a=fig.holding_a, peak_a=fig.peak_a, steady_a=fig.steady_a, ra_ohm=fig.ra_ohm,
-        rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, input_ohm=fig.input_ohm, qc=fig.qc, trace=fig.trace,
+        rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, input_ohm=fig.input_ohm, inap_a=fig.inap_a,
+        inap_v=fig.inap_v, qc=fig.qc, trace=fig.trace,
     )  # fmt: skip
+
+
+def _reference(sweeps: list[SpooledSweep]) -> Reference:
+    """The run's first sweep with a membrane test: what access and input are compared to."""
+    for s in sorted(sweeps, key=lambda x: x.index):
+        figures = s.meta.get("figures") or {}
+        if figures.get("ra_ohm"):
+            return Reference(figures["ra_ohm"], figures.get("input_ohm"))
+    return Reference()
 
 
 class _Recording:
@@ -194,12 +215,8 @@ class _Recording:
 
     def __init__(self, ctx: StepContext, step: RecordStep, progress: StepProgress) -> None:
         self.ctx, self.step, self.progress = ctx, step, progress
-        amp, dig = ctx.handle("amplifier").driver, ctx.handle("digitizer").driver
-        assert isinstance(amp, Amplifier) and isinstance(dig, Digitizer)  # the roles
-        self.amp, self.dig = amp, dig
-        cfg = ctx.handle("digitizer").config
-        self.dig_config: DigitizerConfig | None = cfg if isinstance(cfg, DigitizerConfig) \
-            else None  # another vendor's digitizer: inputs 0 and 1, output 0  # fmt: skip
+        self.rig = rig_of(ctx)
+        self.amp, self.dig = self.rig.amp, self.rig.dig
         self.data_dir = ctx.config.journal.data_directory
         self.spool_path = spool_path(self.data_dir, ctx.recorder.run)
         # which sweep is being recorded, written before it starts and removed once it is
@@ -210,6 +227,8 @@ class _Recording:
         self.command = np.zeros(0)
         self.next_index = 1
         self.losses = 0
+        self.qc_fails = 0
+        self.reference = Reference()
 
     async def run(self) -> None:
         await self._catch_up()
@@ -272,9 +291,10 @@ class _Recording:
             if self.spool_path.exists() else None  # fmt: skip
         spooled = contents.sweeps if contents is not None else []
         self.next_index = max((s.index for s in spooled), default=0) + 1
+        self.reference = _reference(spooled)
         for s in spooled:
             if s.meta.get("step_index") == self.ctx.index and s.index not in progress.recorded:
-                await self._journal(s)
+                await self._journal(s, await asyncio.to_thread(_reading, s, self.reference))
         in_progress = await asyncio.to_thread(_read_marker, self.marker)
         if in_progress is not None and in_progress not in {s.index for s in spooled}:
             await rec.interruption(
@@ -293,9 +313,7 @@ class _Recording:
         await asyncio.to_thread(self.marker.unlink, missing_ok=True)
 
     async def _set_up(self) -> None:
-        step, amp, dig = self.step, self.amp, self.dig
-        cfg = self.dig_config or DigitizerConfig(kind="digitizer", id="digitizer",
-                                                 address="tcp://127.0.0.1:1")  # its defaults
+        step = self.step
         values = None
         if isinstance(step.waveform, FileWaveform):
             try:
@@ -309,17 +327,7 @@ class _Recording:
                                         f"{MAX_SWEEP_SAMPLES} a sweep",
                                         instrument=self.dig.instrument_id)  # fmt: skip
         self.command = command_at_cell(step.waveform, step.holding, step.rate, values)
-        await amp.seal_test(False)
-        await amp.set_mode("VC")
-        await amp.set_primary_signal("membrane_current")
-        await amp.set_holding(step.holding, enable=True)
-        tele = await amp.telegraph()
-        inputs = [cfg.current_input]
-        if cfg.command_input is not None:
-            inputs.append(cfg.command_input)
-        await dig.stop()  # whatever an earlier failure left running
-        await dig.configure(int(step.rate), inputs, cfg.command_output)
-        await dig.upload((self.command - step.holding) / tele.ext_cmd_sensitivity)
+        await self.rig.load(self.command, step.holding, int(step.rate))
 
     async def _one_sweep(self, spool: SweepSpool) -> None:
         started = utcnow()
@@ -338,21 +346,37 @@ class _Recording:
         meta = _meta(self.ctx, self.step, index, tele, started=started,
                      start_s=start_s, condition=self.condition, solution=self.solution,
                      rs_comp=rs_comp)
-        spooled = _spooled(meta, sweep, tele, self.command)
+        bare = _spooled(meta, sweep, tele, self.command)
+        reading = await asyncio.to_thread(_reading, bare, self.reference)
+        spooled = replace(bare, meta={**meta, "qc": reading.qc, "figures": {
+            "ra_ohm": reading.ra_ohm, "input_ohm": reading.input_ohm}})  # fmt: skip
         await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
         self.next_index = index + 1
-        await self._journal(spooled)
+        if self.reference.ra_ohm is None and reading.ra_ohm is not None:
+            self.reference = Reference(reading.ra_ohm, reading.input_ohm)
+        await self._journal(spooled, reading)
         await asyncio.to_thread(self.marker.unlink, missing_ok=True)
+        self._judge(reading)
 
-    async def _journal(self, s: SpooledSweep) -> None:
-        reading = await asyncio.to_thread(_reading, s)
+    def _judge(self, reading: SweepReading) -> None:
+        """The protocol's ``on_qc_fail`` once ``qc_fail_sweeps`` sweeps in a row failed."""
+        self.qc_fails = self.qc_fails + 1 if reading.qc else 0
+        step = self.step
+        if step.on_qc_fail != "continue" and self.qc_fails >= step.qc_fail_sweeps:
+            self.qc_fails = 0
+            raise InterlockError(f"{step.qc_fail_sweeps} sweeps in a row failed QC (the last, "
+                                 f"sweep {reading.sweep}: {'; '.join(reading.qc)})",
+                                 step.on_qc_fail)  # fmt: skip
+
+    async def _journal(self, s: SpooledSweep, reading: SweepReading) -> None:
         self.progress.recorded.append(s.index)
         done = len(self.progress.recorded)
         left = (self.step.sweeps - done) * max(self.step.interval, self.step.sweep_s())
         await self.ctx.recorder.data(
             reading, Progress(done=done, total=self.step.sweeps, unit="sweeps", eta_s=left),
             stream="sweep", latest={"sweep": s.index, "ra_mohm": _mohm(reading.ra_ohm),
-                                    "holding_pa": _pa(reading.holding_a)},
+                                    "holding_pa": _pa(reading.holding_a),
+                                    "inap_pa": _pa(reading.inap_a), "qc": reading.qc},
         )  # fmt: skip
         self.ctx.notify()
 
