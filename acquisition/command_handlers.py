@@ -236,6 +236,10 @@ class CommandHandlers:
                 for d in docs
                 if d["kind"] == "data" and d.get("stream", "well") == "well"
             ],
+            "sweeps": _sweeps_of(docs),
+            "artifacts": [{k: d.get(k) for k in ("path", "media_type", "size_bytes", "sha256",
+                                                 "holds")}
+                          for d in docs if d["kind"] == "artifact"],
             "stop": (
                 {"exit_status": stop["exit_status"], "reason": stop["reason"]} if stop else None
             ),
@@ -280,3 +284,13 @@ class CommandHandlers:
             "to_seq": to_seq,
             "count": len(payloads),
         }
+
+
+def _sweeps_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A patch run's sweep summaries, without their traces but the last passing sweep's of
+    each condition (an example to plot): the samples are in the run's NWB file."""
+    sweeps = [d["reading"] for d in docs if d["kind"] == "data" and d.get("stream") == "sweep"]
+    examples = {str(r.get("condition")): r["sweep"] for r in sweeps if not r.get("qc")}
+    keep = set(examples.values())
+    return [r if r["sweep"] in keep else {k: v for k, v in r.items() if k != "trace"}
+            for r in sweeps]  # fmt: skip

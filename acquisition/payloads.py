@@ -241,10 +241,16 @@ class SweepReading(_Payload):
     sweep: int = Field(ge=1, description="1-based, in the run")
     step_index: int = Field(ge=1)
     started_at: datetime
+    t_s: float | None = Field(None, description="seconds since the run started, on the run's "
+                              "clock (a simulated bench's is faster than the wall)")  # fmt: skip
     sample_rate_hz: float = Field(gt=0)
     samples: int = Field(ge=0, description="per channel")
     stimulus: str = Field(max_length=200)
     solution: str | None = Field(None, max_length=200, description="what the bath held")
+    condition: str | None = Field(
+        None, max_length=200,
+        description="what was applied: the record step's condition (baseline, a drug, washout)",
+    )
     holding_a: float | None = Field(None, description="the current at the holding potential "
                                     "(the leak, in whole cell)")  # fmt: skip
     peak_a: float | None = None

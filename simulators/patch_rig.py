@@ -62,7 +62,7 @@ class RigSpec:
     seal_ohm: float = 3e9
     seal_time_s: float = 20.0  # the seal's time constant once cell-attached
     ra_ohm: float = 10e6
-    ra_drift_per_min: float = 0.01  # fractional access growth per minute
+    ra_drift_per_min: float = 0.005  # fractional access growth per minute (12 % in 25 min)
     rm_ohm: float = 500e6
     cm_f: float = 33e-12
     g_nat_s: float = 30e-9

@@ -122,7 +122,8 @@ BAD = {
         _replace(GOOD, 'type = "count"', 'type = "centrifuge"'),
         "steps[1].type",
         "a step type: one of incubate, harvest, count, prompt, analyze, wait, perfuse, record, "
-        "seal_test, break_in, membrane_test, set_holding, compensate (got 'centrifuge')",
+        "seal_test, break_in, membrane_test, set_holding, compensate, analyze_effect (got "
+        "'centrifuge')",
     ),
     "missing type": (
         _replace(GOOD, 'type = "count"\n', ""),

@@ -72,11 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--nsb-wells", type=int, default=8)
     comp.add_argument("--output", "-o", type=Path, help="write here instead of printing")
 
-    results = sub.add_parser("results", help="a run's per-well results")
-    results.add_argument("run")
+    results = sub.add_parser("results", help="a run's results (per well; a patch-clamp run's "
+                             "effect; several patch-clamp runs: paired across cells)")
+    results.add_argument("run", nargs="+", help="a run; several patch-clamp runs, one cell each, "
+                         "are pooled (paired statistics)")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
     results.add_argument("--output", "-o", help="write to this file instead of the terminal")
-    results.add_argument("--plot", metavar="FILE.png", help="draw the run's fitted curve")
+    results.add_argument("--plot", metavar="FILE", help="draw the run's fitted curve (binding) "
+                         "or its time course and example traces (patch clamp): .png, .svg, .pdf")
     return p
 
 
@@ -159,10 +162,14 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
                 case "runs":
                     render.print_runs(console, await client.request("runs", {"limit": args.limit}))
                 case "results":
-                    res = await client.request("results", {"run": args.run})
+                    from acquisition.cli.render_patch import is_patch_run
+
+                    if len(args.run) > 1 or is_patch_run(
+                            res := await client.request("results", {"run": args.run[0]})):
+                        return await _patch_results(client, console, err, args)
                     if args.plot:
                         if not res.get("analysis"):
-                            err.print(f"assay: run {args.run} has no analysis to plot")
+                            err.print(f"assay: run {args.run[0]} has no analysis to plot")
                             return EXIT_FAIL
                         from acquisition.analysis.run_analysis import RunResult, run_result_plot
 
@@ -192,6 +199,53 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
     except BrokerError as exc:
         err.print(f"assay: {exc}")
         return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+async def _patch_results(client: Any, console: Any, err: Any, args: argparse.Namespace) -> int:
+    """One patch-clamp run's effect, or several runs' paired comparison."""
+    import asyncio
+    import io
+    import json
+
+    from rich.console import Console
+
+    from acquisition.cli import render_patch as rp
+    from acquisition.errors import AnalysisError
+
+    runs = [await client.request("results", {"run": run}) for run in args.run]
+    for res in runs:
+        if not rp.is_patch_run(res):
+            err.print(f"assay: run {res['run']} has no sweeps: only patch-clamp runs are pooled")
+            return EXIT_USAGE
+    try:
+        effects = [await asyncio.to_thread(rp.effect_of, res) for res in runs]
+    except AnalysisError as exc:
+        err.print(f"assay: {exc}")
+        return EXIT_FAIL
+    if len(runs) == 1:
+        text = (json.dumps({**runs[0], "effect": effects[0].model_dump(mode="json",
+                                                                        by_alias=True)})
+                if args.format == "json" else rp.effect_csv(effects[0]))  # fmt: skip
+        if args.format == "table" and not args.output:
+            rp.print_effect(console, runs[0], effects[0])
+    else:
+        rows = rp.print_paired(console if args.format == "table" and not args.output
+                               else Console(file=io.StringIO()), effects)  # fmt: skip
+        text = (json.dumps([r.model_dump(mode="json") for r in rows])
+                if args.format == "json" else rp.paired_csv(rows))  # fmt: skip
+    if args.plot:
+        try:
+            await asyncio.to_thread(rp.plot_effect, Path(args.plot), runs[0], effects[0])
+        except AnalysisError as exc:
+            err.print(f"assay: {exc}")
+            return EXIT_USAGE
+        err.print(f"plot: {args.plot}")
+    if args.output:
+        await asyncio.to_thread(_write_text, args.output, text)
+        err.print(f"wrote {args.output}")
+    elif args.format != "table":
+        sys.stdout.write(text)
     return EXIT_OK
 
 

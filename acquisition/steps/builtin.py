@@ -6,9 +6,10 @@ import importlib
 __all__ = ["SHIPPED"]
 
 SHIPPED = ("incubate", "harvest", "count", "prompt", "analyze", "wait", "perfuse", "record",
-           "seal_test", "break_in", "membrane_test", "set_holding", "compensate")  # fmt: skip
+           "seal_test", "break_in", "membrane_test", "set_holding", "compensate",
+           "analyze_effect")  # fmt: skip
 _MODULES = ("incubate", "harvest", "count", "prompt", "analyze", "wait", "perfuse", "record",
-            "patch")  # fmt: skip
+            "patch", "analyze_effect")  # fmt: skip
 
 for _name in _MODULES:
     importlib.import_module(f"acquisition.steps.{_name}")

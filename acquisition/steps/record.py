@@ -194,8 +194,10 @@ def _reading(s: SpooledSweep, reference: Reference) -> SweepReading:
     return SweepReading(
         sweep=s.index, step_index=int(meta["step_index"]), started_at=meta["started_at"],
         sample_rate_hz=float(meta["sample_rate_hz"]), samples=len(current),
+        t_s=meta.get("starting_time_s"),
         stimulus=str(meta["stimulus"]), solution=meta.get("solution"),
-        holding_a=fig.holding_a, peak_a=fig.peak_a, steady_a=fig.steady_a, ra_ohm=fig.ra_ohm,
+        condition=meta.get("condition"), holding_a=fig.holding_a, peak_a=fig.peak_a,
+        steady_a=fig.steady_a, ra_ohm=fig.ra_ohm,
         rm_ohm=fig.rm_ohm, cm_f=fig.cm_f, input_ohm=fig.input_ohm, inap_a=fig.inap_a,
         inap_v=fig.inap_v, qc=fig.qc, trace=fig.trace,
     )  # fmt: skip
@@ -229,6 +231,9 @@ class _Recording:
         self.losses = 0
         self.qc_fails = 0
         self.reference = Reference()
+        sim = ctx.config.simulation
+        # run time: on a simulated bench its clock runs time_scale times faster than the wall
+        self.time_scale = sim.time_scale if sim.enabled else 1.0
 
     async def run(self) -> None:
         await self._catch_up()
@@ -342,7 +347,7 @@ class _Recording:
                 fault="amplifier_mode")  # fmt: skip
         rs_comp = await self.amp.compensation()
         sweep = await self.dig.acquire_sweep(len(self.command))
-        start_s = (started - self.ctx.recorder.created_at).total_seconds()
+        start_s = (started - self.ctx.recorder.created_at).total_seconds() * self.time_scale
         meta = _meta(self.ctx, self.step, index, tele, started=started,
                      start_s=start_s, condition=self.condition, solution=self.solution,
                      rs_comp=rs_comp)
@@ -431,7 +436,8 @@ async def run_record(ctx: StepContext, step: RecordStep, progress: StepProgress)
 def _plan(step: RecordStep) -> PlanLine:
     each = max(step.interval, step.sweep_s())
     note = f"{format_duration(each)} a sweep"
-    return PlanLine(f"{step.stimulus}: {step.sweeps} x {step.waveform.describe()} at "
+    condition = f" ({step.condition})" if step.condition else ""
+    return PlanLine(f"{step.stimulus}{condition}: {step.sweeps} x {step.waveform.describe()} at "
                     f"{step.holding * 1e3:g} mV, {step.rate / 1e3:g} kHz",
                     step.sweeps * each, note)  # fmt: skip
 
