@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from acquisition.analysis.drug_effect import EffectResult
 from acquisition.analysis.run_analysis import RunResult
 from acquisition.commands import CommandReply, CommandRequest
 from acquisition.payloads import DaemonStatus, InstrumentState, RunDocument, RunState
@@ -30,6 +31,7 @@ _MODELS: dict[str, Any] = {
     "assay.command-1.json": CommandRequest,
     "assay.reply-1.json": CommandReply,
     "assay.result-1.json": RunResult,
+    "assay.effect-1.json": EffectResult,
 }
 
 
