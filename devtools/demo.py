@@ -1,9 +1,10 @@
-"""``make demo``: the seed's competition-binding assay, end to end, from the bench terminal.
+"""``make demo``: the seed's two experiments, end to end, from the bench terminal: the
+competition-binding assay, then the patch-clamp experiment on the same bench.
 
 Starts a real Mosquitto on a free port, the simulated bench (``assay-sim bench``) and the
 daemon (``assayd``), then does what a scientist would do at the terminal:
 
-1. ``assay status`` and ``assay instruments`` (all four instruments, live readings);
+1. ``assay status`` and ``assay instruments`` (all six instruments, live readings);
 2. ``assay plate-map competition`` writes the plate map (total, NSB, progesterone in
    triplicate over ten concentrations) and ``assay protocol check`` prints the plan;
 3. ``assay run start competition-binding --plate-map ... --watch``: the plate goes into the
@@ -11,7 +12,10 @@ daemon (``assayd``), then does what a scientist would do at the terminal:
    live, the harvest with its washes, the mat into the counter, each well as it is counted,
    then the analysis;
 4. ``assay results RUN --plot fit.png``: the fit, IC50 and Ki with their 95% CIs, QC, and
-   the plot's path.
+   the plot's path;
+5. ``assay run start s1r-inap-dheas``: seal test, break-in, membrane test, compensation, slow
+   ramps in baseline, DHEA-S 10 uM, DHEA-S + NE-100 and washout; ``assay results RUN --plot
+   effect.png``: the cell, QC and the INaP effect table, and what it says.
 
 Simulated time runs :data:`TIME_SCALE` times faster than real time (about two hours of assay
 in well under a minute). Exits 0 on success. ``DEMO_BROKER_PORT`` pins the broker's port
@@ -35,6 +39,19 @@ from devtools.mosquitto import MosquittoBroker
 from devtools.stack import VENV_BIN, DaemonProcess, SimBenchProcess, write_lab_config
 
 TIME_SCALE = 300.0  # 90 min of incubation in 18 s; the whole assay in about 35 s
+PATCH_PROTOCOL = Path("config/protocols/s1r-inap-dheas.toml")
+# At x300 the daemon's real-time work between conditions (writing the NWB file, a second or
+# two) is minutes of simulated time, over which the access keeps drifting: a slower drift
+# than the rig's default keeps this demo's cell within QC (a real rig runs at x1).
+RIG = """
+[simulation.rig]
+cell = "neuron"
+stage = "bath"
+ra_drift_per_min = 0.002
+[simulation.rig.solutions]
+3 = { "DHEA-S" = 10e-6 }
+4 = { "DHEA-S" = 10e-6, "NE-100" = 1e-6 }
+"""
 PROTOCOL = Path("config/protocols/competition-binding.toml")
 
 
@@ -42,10 +59,16 @@ def _say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def _assay(config: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+def _assay(config: Path, *args: str, capture: bool = False,
+           timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     argv = [str(VENV_BIN / "assay"), "--config", str(config), *args]
     print("$ assay " + " ".join(args), flush=True)
-    result = subprocess.run(argv, text=True, capture_output=capture, check=False)
+    try:
+        result = subprocess.run(argv, text=True, capture_output=capture, check=False,
+                                timeout=timeout_s)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"demo: `assay {' '.join(args)}` did not end within {timeout_s:g} s "
+                         "(a run waiting for the operator?)") from None
     if capture and result.stdout:
         print(result.stdout, end="", flush=True)
     if result.returncode != 0:
@@ -68,9 +91,10 @@ def main() -> int:
             workdir,
             broker_port=broker.port,
             time_scale=TIME_SCALE,
-            kinds=("counter", "incubator", "harvester", "perfusion"),
+            kinds=("counter", "incubator", "harvester", "perfusion", "amplifier", "digitizer"),
             counter_poll_s=2.0,  # simulated seconds between the counter's status polls
             top_extra=f'protocols_dir = "{PROTOCOL.parent.resolve()}"',
+            simulation_extra=RIG,
         )
         watch = f"mosquitto_sub -p {broker.port} -v -t 'assay/#'"
         print(f"broker   127.0.0.1:{broker.port}   (watch it: {watch})")
@@ -109,12 +133,44 @@ def main() -> int:
         _assay(lab.config_path, "results", run, "--format", "csv", "--output", str(csv))
         _summary(lab.config_path, run, plot)
 
+        _patch_clamp(lab.config_path, out)
+
         _say("stopping")
         code = daemon.stop()
         print(f"assayd stopped (exit {code})")
         print(f"assay-sim stopped (exit {sim.stop()})")
     print("demo: done", flush=True)
     return 0
+
+
+def _patch_clamp(config: Path, out: Path) -> None:
+    """The seed's second experiment on the same bench: DHEA-S on INaP through S1R."""
+    _say("the patch-clamp experiment: seal, break in, ramps in baseline, DHEA-S, "
+         "DHEA-S + NE-100, washout")  # fmt: skip
+    _assay(config, "protocol", "check", str(PATCH_PROTOCOL))
+    started = _assay(config, "run", "start", "s1r-inap-dheas", "--label", "make demo",
+                     capture=True)  # fmt: skip
+    match = re.search(r"started run (\S+)", started.stdout)
+    if match is None:
+        raise SystemExit("demo: could not read the run id from `assay run start`")
+    run = match.group(1)
+    _assay(config, "run", "watch", run, timeout_s=240)
+    _say("the effect: INaP per condition, QC, the NWB file, the plot")
+    plot = out / "effect.png"
+    _assay(config, "results", run, "--plot", str(plot))
+    effect = _results_json(config, run)["effect"]
+    pct = [c["pct_of_baseline"] for c in effect["conditions"]]
+    print()
+    if len(pct) >= 4 and None not in pct[1:4]:
+        drug, blocked, washout = (float(p) for p in pct[1:4])
+        said = [
+            f"DHEA-S {'reduces' if drug < 90 else 'does not reduce'} INaP to {drug:.0f} % of "
+            "baseline",
+            f"NE-100 {'prevents it' if blocked > 90 else 'does not prevent it'} "
+            f"({blocked:.0f} %)",
+            f"washout {'recovers' if washout > 90 else 'does not recover'} ({washout:.0f} %)",
+        ]  # fmt: skip
+        print("  " + "; ".join(said) + f"  (one simulated cell; plot {plot})")
 
 
 def _summary(config: Path, run: str, plot: Path) -> None:

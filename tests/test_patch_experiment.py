@@ -31,9 +31,10 @@ duration = "2 s"
 
 
 def _protocol() -> str:
-    steps = ['name = "s1r-short"', '[[steps]]\ntype = "seal_test"', '[[steps]]\ntype = "break_in"',
-             '[[steps]]\ntype = "membrane_test"\ntests = 3',
-             '[[steps]]\ntype = "compensate"', '[[steps]]\ntype = "set_holding"\nholding = "-70 mV"']
+    steps = ['name = "s1r-short"', '[[steps]]\ntype = "seal_test"',
+             '[[steps]]\ntype = "break_in"', '[[steps]]\ntype = "membrane_test"\ntests = 3',
+             '[[steps]]\ntype = "compensate"',
+             '[[steps]]\ntype = "set_holding"\nholding = "-70 mV"']
     plan = [("baseline", None, ""), ("DHEA-S", 3, "aCSF + DHEA-S 10 uM"),
             ("DHEA-S + NE-100", 4, "aCSF + DHEA-S 10 uM + NE-100 1 uM"), ("washout", 1, "aCSF")]
     for i, (condition, valve, solution) in enumerate(plan):
@@ -115,8 +116,9 @@ async def test_dheas_inhibits_inap_ne100_prevents_it_washout_recovers(
 async def test_no_effect_is_found_when_the_truth_has_none(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
+    rig = _rig("dheas_inap_max_inhibition = 0.0")
     async with lab_stack(tmp_path, broker, time_scale=50.0, kinds=KINDS,
-                         simulation_extra=_rig("dheas_inap_max_inhibition = 0.0")) as lab:  # fmt: skip
+                         simulation_extra=rig) as lab:  # fmt: skip
         _, results = await _run(lab)
     pct = {c["condition"]: c["pct_of_baseline"] for c in results["analysis"]["conditions"]}
     for condition in ("DHEA-S", "DHEA-S + NE-100", "washout"):
