@@ -89,6 +89,10 @@ class RigSpec:
     solutions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """valve (as text, TOML keys) -> compound -> molar; a valve not listed is saline."""
     perfusion: str | None = None  # the perfusion simulator feeding the bath (default: the one)
+    cell_variability: float = 0.0
+    """Cell-to-cell CV of Rm, Cm, Ra and the sodium and NMDA conductances: each new cell
+    (the pipette back in the bath, then sealed) is drawn afresh (lognormal, seeded), so a
+    batch of runs is a batch of different cells; the drug effects stay the truth's."""
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -99,6 +103,8 @@ class RigSpec:
         for name in ("pipette_ohm", "seal_ohm", "ra_ohm", "rm_ohm", "cm_f", "seal_time_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be positive")
+        if not 0 <= self.cell_variability <= 1:
+            raise ValueError("cell_variability: a coefficient of variation from 0 to 1")
         for valve, compounds in self.solutions.items():
             if not valve.isdigit() or not 1 <= int(valve) <= 8:
                 raise ValueError(f"solutions.{valve}: a valve 1-8")
@@ -173,6 +179,9 @@ class PatchRig:
                             g_nap_s=0.0 if spec.cell == "model_cell" else spec.g_nap_s,
                             g_nmda_s=0.0 if spec.cell == "model_cell" else spec.g_nmda_s,
                             effects=spec.effects())  # fmt: skip
+        self._base_cell = self.cell
+        self.cells = 1  # cells patched so far (the first is the spec's own)
+        self.ra_base_ohm = spec.ra_ohm
         self._filters: dict[tuple[float, float], Any] = {}
         self._cell_state: dict[int, dict[str, float]] = {}  # channel -> membrane and gates
         # the cell's noise-free responses: the same block of command in the same bath with
@@ -192,6 +201,23 @@ class PatchRig:
         if stage == "bath":  # a new pipette: the next cell is a fresh one
             self._seal_floor_ohm = None
             self._runaway_at = None
+            self._new_cell()
+
+    def _new_cell(self) -> None:
+        cv = self.spec.cell_variability
+        if cv <= 0:
+            return
+        self.cells += 1
+        sigma = math.sqrt(math.log(1 + cv * cv))
+
+        def vary(value: float) -> float:
+            return float(value * self._rng.lognormal(-sigma * sigma / 2, sigma))
+
+        base = self._base_cell
+        self.cell = replace(base, rm_ohm=vary(base.rm_ohm), cm_f=vary(base.cm_f),
+                            g_nat_s=vary(base.g_nat_s), g_nap_s=vary(base.g_nap_s),
+                            g_nmda_s=vary(base.g_nmda_s))  # fmt: skip
+        self.ra_base_ohm = vary(self.spec.ra_ohm)
 
     def inject_fault(self, kind: str) -> None:
         if kind not in RIG_FAULTS:
@@ -223,7 +249,7 @@ class PatchRig:
     def ra_ohm(self) -> float:
         """The access resistance now: a slow drift since break-in, a runaway if injected."""
         minutes = (self.clock.monotonic() - self._stage_at) / 60.0
-        ra = self.spec.ra_ohm * (1 + self.spec.ra_drift_per_min * minutes)
+        ra = self.ra_base_ohm * (1 + self.spec.ra_drift_per_min * minutes)
         if self._runaway_at is not None:
             ra *= 1 + 4 * min(1.0, (self.clock.monotonic() - self._runaway_at) / 60.0)
         return ra
@@ -245,7 +271,8 @@ class PatchRig:
         return Bath.mixed(source, solutions)
 
     def truth(self) -> dict[str, Any]:
-        return {"stage": self.stage, "seal_ohm": self.seal_ohm(), "ra_ohm": self.ra_ohm(),
+        return {"stage": self.stage, "cell": self.cells, "seal_ohm": self.seal_ohm(),
+                "ra_ohm": self.ra_ohm(), "g_nap_s": self.cell.g_nap_s,
                 "rm_ohm": self.cell.rm_ohm, "cm_f": self.cell.cm_f,
                 "electrode_offset_v": self.spec.electrode_offset_v,
                 "bath_molar": dict(self.bath().molar),

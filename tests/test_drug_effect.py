@@ -79,3 +79,20 @@ def test_paired_statistics_across_cells_find_an_effect_and_no_false_one() -> Non
     assert abs(drug.cohens_dz) > 3  # type: ignore[arg-type]
     assert antagonist.t_p > 0.05  # type: ignore[operator]
     assert drug.comparison == "paired across cells (one cell a run)"
+
+
+def test_the_paired_test_finds_an_effect_where_there_is_none_about_5_percent_of_the_time() -> None:
+    """200 seeded experiments of 6 cells, each cell's drug condition drawn like its baseline
+    (no true effect, cell-to-cell variation and sweep noise): the paired t test at 0.05."""
+    rng = np.random.default_rng(11)
+    hits = 0
+    for trial in range(200):
+        cells = []
+        for i in range(6):
+            level = -180e-12 * rng.lognormal(0, 0.2)
+            cells.append(analyze_effect(f"R{trial}-{i}", _sweeps(
+                {"baseline": level, "drug": level * (1 + rng.normal(0, 0.05))}, n=10,
+                sd=10e-12, seed=trial * 10 + i), last=10))  # fmt: skip
+        (drug,) = paired_across_cells(cells)
+        hits += drug.t_p is not None and drug.t_p < 0.05
+    assert 3 <= hits <= 20  # 10 expected

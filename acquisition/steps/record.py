@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from drivers.amplifier import Telegraph
     from drivers.digitizer import Sweep
 
-__all__ = ["RecordStep", "nwb_path", "run_record", "spool_path"]
+__all__ = ["RecordStep", "nwb_path", "run_record", "run_reference", "spool_path", "sweep_reading"]
 
 COMMAND_V_PER_CODE = 2e-5  # the spooled command at the cell: +-655 mV in 20 uV steps
 MAX_SWEEP_SAMPLES = 2_000_000  # what one upload to the digitizer holds (4 MiB)
@@ -177,7 +177,7 @@ def _spooled(meta: dict[str, Any], sweep: Sweep, tele: Telegraph,
                                 "command": COMMAND_V_PER_CODE})  # fmt: skip
 
 
-def _reading(s: SpooledSweep, reference: Reference) -> SweepReading:
+def sweep_reading(s: SpooledSweep, reference: Reference) -> SweepReading:
     """The summary of a spooled sweep (also what a resume journals for one it finds)."""
     meta = s.meta
     current, command = s.scaled("im"), s.scaled("command")
@@ -203,7 +203,7 @@ def _reading(s: SpooledSweep, reference: Reference) -> SweepReading:
     )  # fmt: skip
 
 
-def _reference(sweeps: list[SpooledSweep]) -> Reference:
+def run_reference(sweeps: list[SpooledSweep]) -> Reference:
     """The run's first sweep with a membrane test: what access and input are compared to."""
     for s in sorted(sweeps, key=lambda x: x.index):
         figures = s.meta.get("figures") or {}
@@ -296,10 +296,10 @@ class _Recording:
             if self.spool_path.exists() else None  # fmt: skip
         spooled = contents.sweeps if contents is not None else []
         self.next_index = max((s.index for s in spooled), default=0) + 1
-        self.reference = _reference(spooled)
+        self.reference = run_reference(spooled)
         for s in spooled:
             if s.meta.get("step_index") == self.ctx.index and s.index not in progress.recorded:
-                await self._journal(s, await asyncio.to_thread(_reading, s, self.reference))
+                await self._journal(s, await asyncio.to_thread(sweep_reading, s, self.reference))
         in_progress = await asyncio.to_thread(_read_marker, self.marker)
         if in_progress is not None and in_progress not in {s.index for s in spooled}:
             await rec.interruption(
@@ -352,7 +352,7 @@ class _Recording:
                      start_s=start_s, condition=self.condition, solution=self.solution,
                      rs_comp=rs_comp)
         bare = _spooled(meta, sweep, tele, self.command)
-        reading = await asyncio.to_thread(_reading, bare, self.reference)
+        reading = await asyncio.to_thread(sweep_reading, bare, self.reference)
         spooled = replace(bare, meta={**meta, "qc": reading.qc, "figures": {
             "ra_ohm": reading.ra_ohm, "input_ohm": reading.input_ohm}})  # fmt: skip
         await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
