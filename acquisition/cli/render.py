@@ -21,6 +21,7 @@ __all__ = [
     "results_text",
     "run_state_fields",
     "state_style",
+    "sweep_text",
 ]
 
 WELL_COLUMNS = (
@@ -183,7 +184,25 @@ def latest_text(latest: dict[str, Any] | None) -> str:
         return text
     if "well" in latest:
         return f"latest {latest['well']} {latest.get('cpm') or 0:,.0f} CPM"
+    if "sweep" in latest:
+        return sweep_text(latest)
+    if "say" in latest:  # a patch step waiting on the operator's hands
+        seal = latest.get("seal_mohm")
+        return str(latest["say"]) + (f" (seal {seal:,.1f} MOhm)" if seal is not None else "")
     return ""
+
+
+def sweep_text(latest: dict[str, Any]) -> str:
+    """The newest sweep's summary, as the run state carries it."""
+    parts = [f"sweep {latest['sweep']}"]
+    for key, label, unit in (("ra_mohm", "Ra", "MOhm"), ("holding_pa", "holding", "pA"),
+                             ("inap_pa", "INaP", "pA")):  # fmt: skip
+        if latest.get(key) is not None:
+            parts.append(f"{label} {latest[key]:g} {unit}")
+    text = ", ".join(parts)
+    if latest.get("qc"):
+        text += f" [QC: {'; '.join(map(str, latest['qc']))}]"
+    return text
 
 
 def prompt_lines(run: str, prompt: dict[str, Any], *, interactive: bool) -> list[str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from acquisition.cli.render import hms
+from acquisition.cli.render import hms, sweep_text
 
 __all__ = ["RunLog", "stamp"]
 
@@ -196,14 +196,16 @@ class RunLog:
         temperature = (latest.get("temperature_c"), latest.get("setpoint_c"))
         seen = _Seen(int(prog.get("done", 0)), int(prog["total"]), str(prog.get("unit", "wells")),
                      prog.get("eta_s"))  # fmt: skip
+        note = sweep_text(latest) if "sweep" in latest else None
         self._observe(key, name, seen, temperature=temperature, live=True,
-                      ts=state.get("updated_at"))  # fmt: skip
+                      ts=state.get("updated_at"), note=note)  # fmt: skip
 
     # ------------------------------------------------------------------ milestones
 
     def _observe(
         self, key: StepKey, name: str, seen: _Seen, *,
         temperature: tuple[Any, Any] = (None, None), live: bool, ts: object,
+        note: str | None = None,
     ) -> None:  # fmt: skip
         done, total = seen.done, seen.total
         if total <= 0:
@@ -231,6 +233,8 @@ class RunLog:
             text += f", {temp:.1f} C"
             if isinstance(setpoint, int | float):
                 text += f" (setpoint {setpoint:.1f} C)"
+        if note:
+            text += f"; {note}"
         self.line(text, ts)
 
     def _label(self, key: StepKey, name: str) -> str:
