@@ -44,6 +44,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/analysis_fit.py
 	$(BIN)/python bench/orchestrator.py
 	$(BIN)/python bench/patch_stream.py
+	$(BIN)/python bench/patch_experiment.py
 
 # The chaos soak (issue 9): 20 full runs, daemon and broker SIGKILLs, figures (~6 min).
 soak: $(STAMP) mosquitto
