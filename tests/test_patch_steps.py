@@ -117,3 +117,39 @@ async def test_a_patch_that_does_not_rupture_is_not_a_whole_cell_until_it_does(
         final = await lab.wait_ended(run)
         assert final["state"] == "completed", final  # the second suction ruptured it
         assert _finished(lab, run)["break_in"]["stage"] == "whole_cell"
+
+
+async def test_a_seal_giving_way_mid_recording_flags_the_sweeps_then_pauses_the_run(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    protocol = """
+name = "watch-the-seal"
+[[steps]]
+type = "record"
+stimulus = "membrane-test"
+sweeps = 40
+interval = "3 s"
+on_qc_fail = "pause"
+qc_fail_sweeps = 2
+subject = { subject_id = "sim", species = "Rattus norvegicus", sex = "U", age = "P21D" }
+[steps.waveform]
+shape = "step"
+step = "-10 mV"
+width = "100 ms"
+length = "200 ms"
+"""
+    rig = RIG.replace('"bath"', '"whole_cell"')
+    async with lab_stack(tmp_path, broker, time_scale=20.0, kinds=KINDS,
+                         simulation_extra=rig) as lab:  # fmt: skip
+        run = await lab.start(protocol)
+        await lab.wait(run, lambda s: (s.get("progress") or {}).get("done", 0) >= 4, "4 sweeps")
+        await lab.sim("fault", instrument="amplifier", kind="seal_loss")
+        state = await lab.wait(run, lambda s: s["state"] == "paused", "the QC pause")
+        assert "2 sweeps in a row failed QC" in state["message"], state
+        assert "input resistance fell" in state["message"]
+        sweeps = [d["reading"] for d in lab.documents(run)
+                  if d["kind"] == "data" and d.get("stream") == "sweep"]  # fmt: skip
+        flagged = [s for s in sweeps if s["qc"]]
+        assert len(flagged) >= 2 and all(not s["qc"] for s in sweeps[:4])  # kept, flagged
+        await lab.client.request("run.abort", {"run": run})
+        assert (await lab.wait_ended(run))["state"] == "aborted"
