@@ -39,11 +39,14 @@ class MembraneTest:
     tau_s: float
     baseline_a: float  # the holding current before the step
     steady_a: float  # the current at the end of the step
+    ra_peak_ohm: float | None = None
+    """Ra by the transient's peak, dV / (I_peak - I_baseline): the textbook estimate, biased
+    high by any low-pass filter (the peak is cut); ``ra_ohm`` is the charge method's."""
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return {"rt_ohm": self.rt_ohm, "ra_ohm": self.ra_ohm, "rm_ohm": self.rm_ohm,
                 "cm_f": self.cm_f, "tau_s": self.tau_s, "baseline_a": self.baseline_a,
-                "steady_a": self.steady_a}  # fmt: skip
+                "steady_a": self.steady_a, "ra_peak_ohm": self.ra_peak_ohm}  # fmt: skip
 
 
 def membrane_test(
@@ -88,7 +91,9 @@ def membrane_test(
     rm = q * rt**2 / (tau * dv + q * rt)
     ra = rt - rm
     cm = q * rt**2 / (dv * rm**2)
-    return MembraneTest(rt, ra, rm, cm, tau, base, steady)
+    peak_i = float(i[step_start + peak_at]) - base
+    ra_peak = abs(dv_v / peak_i) if peak_i != 0 else None
+    return MembraneTest(rt, ra, rm, cm, tau, base, steady, ra_peak)
 
 
 def decimate(trace: Array, max_points: int = 1000) -> Array:

@@ -152,8 +152,11 @@ def _plan_break_in(step: BreakInStep) -> PlanLine:
 
 
 def _test_facts(test: MembraneTest) -> dict[str, float]:
-    return {"ra_ohm": test.ra_ohm, "rm_ohm": test.rm_ohm, "cm_f": test.cm_f,
-            "rt_ohm": test.rt_ohm, "tau_s": test.tau_s, "holding_a": test.baseline_a}  # fmt: skip
+    facts = {"ra_ohm": test.ra_ohm, "rm_ohm": test.rm_ohm, "cm_f": test.cm_f,
+             "rt_ohm": test.rt_ohm, "tau_s": test.tau_s, "holding_a": test.baseline_a}
+    if test.ra_peak_ohm is not None:
+        facts["ra_peak_ohm"] = test.ra_peak_ohm
+    return facts
 
 
 # ----------------------------------------------------------------------------- membrane test
@@ -182,9 +185,11 @@ async def run_membrane_test(ctx: StepContext, step: MembraneTestStep,
             raise PreconditionError(f"membrane test {i + 1}: {exc}: is the cell still in "
                                     f"whole cell?", instrument=rig.amp.instrument_id) from None
         await _say(ctx, "membrane test", i + 1, step.tests, "tests")
-    mean = {key: sum(_test_facts(t)[key] for t in tests) / len(tests)
-            for key in _test_facts(tests[0])}  # fmt: skip
-    progress.detail = {**mean, "tests": len(tests), "method": "charge and decay tau",
+    keys = set.intersection(*(set(_test_facts(t)) for t in tests))
+    mean = {key: sum(_test_facts(t)[key] for t in tests) / len(tests) for key in sorted(keys)}
+    progress.detail = {**mean, "tests": len(tests),
+                       "method": "Ra, Rm, Cm by the charge and decay tau; ra_peak_ohm by the "
+                       "transient's peak (biased high by the filter)",
                        "qc": qc_of_cell(mean)}  # fmt: skip
 
 
