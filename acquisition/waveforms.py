@@ -36,6 +36,7 @@ __all__ = [
 
 MAX_EXCURSION_V = 0.200  # +-10 V at 20 mV/V
 _PULSE_AT_S, _PULSE_END_S = 0.010, 0.030  # a ramp's test pulse, in its pre
+MEMBRANE_TEST_MAX_V = 0.020  # a step of at most this is the sweep's membrane test
 MAX_SWEEP_S = 60.0
 Array = npt.NDArray[np.float64]
 
@@ -174,7 +175,10 @@ def segments(wave: StepWaveform | RampWaveform | FileWaveform,
     in samples: what a sweep's summary measures, from the protocol rather than the trace."""
     if isinstance(wave, StepWaveform):
         a = round(wave.at * rate_hz)
-        return {"pulse": [a, a + round(wave.width * rate_hz), wave.step], "ramp": None}
+        test = a > 0 and 0 < abs(wave.step) <= MEMBRANE_TEST_MAX_V
+        # a larger step is a stimulus (activation): not a membrane test, no access QC on it
+        return {"pulse": [a, a + round(wave.width * rate_hz), wave.step] if test else None,
+                "ramp": None}
     if isinstance(wave, RampWaveform):
         pre = round(wave.pre * rate_hz)
         pulse = None if wave.test_pulse is None else [

@@ -218,6 +218,7 @@ class PatchRig:
                             g_nat_s=vary(base.g_nat_s), g_nap_s=vary(base.g_nap_s),
                             g_nmda_s=vary(base.g_nmda_s))  # fmt: skip
         self.ra_base_ohm = vary(self.spec.ra_ohm)
+        self._responses.clear()  # another cell answers otherwise
 
     def inject_fault(self, kind: str) -> None:
         if kind not in RIG_FAULTS:

@@ -96,3 +96,9 @@ def test_the_paired_test_finds_an_effect_where_there_is_none_about_5_percent_of_
         (drug,) = paired_across_cells(cells)
         hits += drug.t_p is not None and drug.t_p < 0.05
     assert 3 <= hits <= 20  # 10 expected
+
+
+def test_the_baseline_row_has_no_ratio_ci_it_is_100_by_definition() -> None:
+    result = analyze_effect("R1", _sweeps(LEVELS), last=10)
+    base = result.conditions[0]
+    assert base.pct_of_baseline == pytest.approx(100.0) and base.pct_ci_low is None

@@ -161,3 +161,47 @@ def test_a_slow_ramp_shows_the_persistent_current_that_dheas_reduces_and_ne100_k
     assert control < -50e-12  # inward, tens of pA and more
     assert dheas > 1.1 * control  # less inward: inhibited
     assert blocked == pytest.approx(control, rel=0.05)  # NE-100 occupies S1R
+
+
+def test_no_persistent_current_reads_as_none_not_as_the_jumps_transient() -> None:
+    """A cell without INaP: the leak fit leaves the ramp's start transient out, so what is
+    left is next to nothing (it read -35 pA when the fit included the transient)."""
+    from acquisition.waveforms import RampWaveform, command_at_cell, segments
+
+    wave = RampWaveform.model_validate({"shape": "ramp", "from": "-100 mV", "to": "+20 mV",
+                                        "duration": "2 s"})  # fmt: skip
+    cmd = command_at_cell(wave, -0.070, RATE)
+    seg = segments(wave, RATE)
+    rig = PatchRig(RigSpec(g_nap_s=0.0, g_nat_s=0.0, ra_drift_per_min=0.0), VirtualClock())
+    ch = rig.channels[1]
+    ch.test_enable, ch.lpf_hz = False, 2_000.0
+    primary, _ = rig.respond(1, (cmd - ch.holding) / 0.020, RATE)
+    ramp = (int(seg["ramp"][0]), int(seg["ramp"][1]))  # type: ignore[index]
+    fig = summarize_sweep(primary / ch.scale_v_per_a(), cmd, RATE, ramp=ramp)
+    assert fig.inap_a is not None and abs(fig.inap_a) < 10e-12
+
+
+def test_the_qc_reference_is_the_first_sweep_that_passed() -> None:
+    from acquisition.spool import SpooledSweep
+    from acquisition.steps.record import run_reference
+
+    def spooled(index: int, ra: float, qc: list[str]) -> SpooledSweep:
+        return SpooledSweep(index, {"figures": {"ra_ohm": ra, "input_ohm": 5e8}, "qc": qc},
+                            {})  # fmt: skip
+
+    sweeps = [spooled(1, 25e6, ["access resistance 25.0 MOhm is outside 1-20 MOhm"]),
+              spooled(2, 8e6, [])]  # fmt: skip
+    assert run_reference(sweeps).ra_ohm == 8e6  # not the failing first one
+
+
+def test_only_a_small_step_is_a_membrane_test() -> None:
+    from acquisition.waveforms import StepWaveform, segments
+
+    def pulse(step: str, at: str = "20 ms") -> object:
+        wave = StepWaveform.model_validate({"shape": "step", "step": step, "at": at,
+                                            "width": "100 ms", "length": "200 ms"})  # fmt: skip
+        return segments(wave, RATE)["pulse"]
+
+    assert pulse("-10 mV") == [400, 2400, pytest.approx(-0.010)]
+    assert pulse("+40 mV") is None  # an activation step: a stimulus, no access QC on it
+    assert pulse("-10 mV", at="0 ms") is None  # no baseline before it to measure from

@@ -153,3 +153,34 @@ length = "200 ms"
         assert len(flagged) >= 2 and all(not s["qc"] for s in sweeps[:4])  # kept, flagged
         await lab.client.request("run.abort", {"run": run})
         assert (await lab.wait_ended(run))["state"] == "aborted"
+
+
+def test_protocol_checks_of_the_patch_steps() -> None:
+    from acquisition.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a step other than 0 mV"):
+        parse_protocol('name = "x"\n[[steps]]\ntype = "membrane_test"\nstep = "0 mV"\n')
+    recorded_in_a_solution = """
+name = "y"
+[[steps]]
+type = "perfuse"
+valve = 1
+solution = "baseline"
+[[steps]]
+type = "record"
+stimulus = "m"
+sweeps = 2
+subject = { subject_id = "s", species = "Rattus norvegicus", sex = "U", age = "P21D" }
+[steps.waveform]
+shape = "step"
+step = "-10 mV"
+width = "10 ms"
+length = "40 ms"
+[[steps]]
+type = "analyze_effect"
+baseline = "baseline"
+"""
+    parse_protocol(recorded_in_a_solution)  # the record step's condition is its solution's
+    with pytest.raises(ConfigError, match="the condition of a record step before it"):
+        parse_protocol(recorded_in_a_solution.replace('baseline = "baseline"',
+                                                      'baseline = "control"'))

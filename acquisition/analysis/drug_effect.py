@@ -187,7 +187,7 @@ def _effect(name: str, rows: Sequence[Mapping[str, Any]], values: list[float],
     base_mean = float(np.mean(base)) if base else None
     if mean is not None and base_mean:
         pct = 100 * mean / base_mean
-        r_lo, r_hi = _fieller(values, base)
+        r_lo, r_hi = (None, None) if is_baseline else _fieller(values, base)  # 100 by definition
         pct_lo, pct_hi = (None, None) if r_lo is None or r_hi is None else (100 * r_lo,
                                                                              100 * r_hi)
     if not is_baseline and len(values) >= 2 and len(base) >= 2:

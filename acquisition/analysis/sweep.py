@@ -5,8 +5,9 @@ pulse and ramp are (from the waveform, not guessed from the trace): the holding 
 (before the command leaves the holding: the leak), the peak (the largest excursion from
 it, signed), the steady current at the end of the pulse, the membrane test on the pulse
 (Ra, Rm, Cm, :mod:`.membrane`) and, on a ramp, the persistent current: the ramp's current
-less the linear leak fitted where the membrane is below -70 mV (no INaP there), at its most
-inward, and the potential where that is.
+less the linear leak fitted where the membrane is below -70 mV (no INaP there; the first
+10 ms after the jump to the ramp's start, its capacitive transient, left out), at its most
+inward, and the potential where that is; a ramp with no stretch below -70 mV gives none.
 
 QC flags name what a patch-clamper would reject a sweep for (science.md, after ipfx): the
 access outside 1-20 MOhm or changed by more than 20 % from the run's first sweep, Ra/Rin
@@ -34,6 +35,7 @@ QC_LEAK_A = 100e-12
 QC_RIN_FALL = 0.30
 LEAK_BELOW_V = -0.070  # a ramp's leak is fitted below this (INaP opens above about -60 mV)
 SMOOTH_S = 0.005
+SETTLE_S = 0.010  # the capacitive transient of the jump to the ramp's start, left out of the fit
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,10 @@ def _persistent(i: Array, cmd: Array, rate_hz: float, start: int,
         return None, None
     width = max(1, round(SMOOTH_S * rate_hz))
     smooth = np.convolve(cur, np.ones(width) / width, mode="same")
-    below = v <= LEAK_BELOW_V
-    if below.sum() < max(10, len(v) // 10):  # a ramp that starts above: its first 15 %
-        below = np.zeros(len(v), dtype=bool)
-        below[: max(10, len(v) * 15 // 100)] = True
+    settled = np.arange(len(v)) >= round(SETTLE_S * rate_hz)  # past the jump's transient
+    below = (v <= LEAK_BELOW_V) & settled
+    if below.sum() < max(10, len(v) // 20):
+        return None, None  # no stretch below INaP's activation to fit the leak on: no value
     slope, intercept = np.polyfit(v[below], cur[below], 1)
     rest = ~below
     rest[: width] = rest[-width:] = False  # the smoothing's edges

@@ -213,6 +213,10 @@ async def _patch_results(client: Any, console: Any, err: Any, args: argparse.Nam
     from acquisition.cli import render_patch as rp
     from acquisition.errors import AnalysisError
 
+    twice = sorted({r for r in args.run if args.run.count(r) > 1})
+    if twice:
+        err.print(f"assay: run {twice[0]} given twice: each run is one cell")
+        return EXIT_USAGE
     runs = [await client.request("results", {"run": run}) for run in args.run]
     for res in runs:
         if not rp.is_patch_run(res):
@@ -223,6 +227,20 @@ async def _patch_results(client: Any, console: Any, err: Any, args: argparse.Nam
     except AnalysisError as exc:
         err.print(f"assay: {exc}")
         return EXIT_FAIL
+    if len(runs) > 1:
+        shapes = {(e.measure, e.baseline, e.last) for e in effects}
+        if len(shapes) > 1:
+            listed = "; ".join(f"{e.run}: {e.measure}, baseline {e.baseline!r}, last {e.last}"
+                               for e in effects)  # fmt: skip
+            err.print(f"assay: the runs were not analysed alike ({listed}): pool runs of one "
+                      "measure, baseline and window")  # fmt: skip
+            return EXIT_USAGE
+        wanted = [c.condition for c in effects[0].conditions]
+        for e in effects[1:]:
+            missing = [c for c in wanted if c not in {x.condition for x in e.conditions}]
+            if missing:
+                err.print(f"assay: note: run {e.run} has no {', '.join(map(repr, missing))}: "
+                          "left out of those comparisons")  # fmt: skip
     if len(runs) == 1:
         text = (json.dumps({**runs[0], "effect": effects[0].model_dump(mode="json",
                                                                         by_alias=True)})
@@ -232,17 +250,28 @@ async def _patch_results(client: Any, console: Any, err: Any, args: argparse.Nam
     else:
         rows = rp.print_paired(console if args.format == "table" and not args.output
                                else Console(file=io.StringIO()), effects)  # fmt: skip
-        text = (json.dumps([r.model_dump(mode="json") for r in rows])
+        text = (json.dumps({"runs": [e.run for e in effects],
+                            "paired": [r.model_dump(mode="json") for r in rows]})
                 if args.format == "json" else rp.paired_csv(rows))  # fmt: skip
     if args.plot:
+        if len(runs) > 1:
+            err.print("assay: --plot draws one run: give one run")
+            return EXIT_USAGE
         try:
             await asyncio.to_thread(rp.plot_effect, Path(args.plot), runs[0], effects[0])
         except AnalysisError as exc:
             err.print(f"assay: {exc}")
             return EXIT_USAGE
+        except OSError as exc:
+            err.print(f"assay: {args.plot}: cannot write it ({exc.strerror or exc})")
+            return EXIT_FAIL
         err.print(f"plot: {args.plot}")
     if args.output:
-        await asyncio.to_thread(_write_text, args.output, text)
+        try:
+            await asyncio.to_thread(_write_text, args.output, text)
+        except OSError as exc:
+            err.print(f"assay: {args.output}: cannot write it ({exc.strerror or exc})")
+            return EXIT_FAIL
         err.print(f"wrote {args.output}")
     elif args.format != "table":
         sys.stdout.write(text)

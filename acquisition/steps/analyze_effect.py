@@ -53,13 +53,25 @@ async def run_analyze_effect(ctx: StepContext, step: AnalyzeEffectStep,
                                            for c in result.conditions}}  # fmt: skip
 
 
+def _conditions(before: Sequence[StepModel]) -> list[str]:
+    """Each record step's condition as it will be recorded: its own, else the last perfuse
+    step's solution before it, else "control" (as the record step decides)."""
+    out: list[str] = []
+    solution: str | None = None
+    for b in before:
+        if getattr(b, "type", "") == "perfuse":
+            solution = str(getattr(b, "solution", ""))
+        elif getattr(b, "type", "") == "record":
+            out.append(getattr(b, "condition", None) or solution or "control")
+    return out
+
+
 def _check(step: AnalyzeEffectStep, before: Sequence[StepModel]) -> tuple[str, str] | None:
-    conditions = [getattr(b, "condition", None) for b in before if getattr(b, "type", "") ==
-                  "record"]  # fmt: skip
+    conditions = _conditions(before)
     if not conditions:
         return "", "an analyze_effect step after record steps (nothing recorded)"
     if step.baseline not in conditions:
-        named = ", ".join(repr(c) for c in conditions if c) or "none"
+        named = ", ".join(repr(c) for c in dict.fromkeys(conditions))
         return ".baseline", (f"the condition of a record step before it (they name {named}); "
                              f"got {step.baseline!r}")  # fmt: skip
     return None

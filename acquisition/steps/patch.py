@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from acquisition.errors import AnalysisError, PreconditionError
 from acquisition.payloads import Progress
@@ -171,11 +171,16 @@ class MembraneTestStep(StepModel):
     step: Annotated[float, quantity(POTENTIAL, lo=-0.05, hi=0.05)] = -0.010
     tests: int = Field(5, ge=1, le=100)
 
+    @field_validator("step")
+    @classmethod
+    def _not_zero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("a membrane test needs a step other than 0 mV, like '-10 mV'")
+        return v
+
 
 async def run_membrane_test(ctx: StepContext, step: MembraneTestStep,
                             progress: StepProgress) -> None:  # fmt: skip
-    if step.step == 0:
-        raise ValueError("a membrane test needs a non-zero step")
     rig = rig_of(ctx)
     tests: list[MembraneTest] = []
     for i in range(step.tests):

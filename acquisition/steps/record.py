@@ -204,10 +204,11 @@ def sweep_reading(s: SpooledSweep, reference: Reference) -> SweepReading:
 
 
 def run_reference(sweeps: list[SpooledSweep]) -> Reference:
-    """The run's first sweep with a membrane test: what access and input are compared to."""
+    """The run's first sweep with a membrane test that passed QC: what access and input are
+    compared to (a first sweep that failed its absolute criteria is no reference)."""
     for s in sorted(sweeps, key=lambda x: x.index):
         figures = s.meta.get("figures") or {}
-        if figures.get("ra_ohm"):
+        if figures.get("ra_ohm") and not s.meta.get("qc"):
             return Reference(figures["ra_ohm"], figures.get("input_ohm"))
     return Reference()
 
@@ -241,6 +242,10 @@ class _Recording:
         spool = await asyncio.to_thread(SweepSpool.open, self.spool_path)
         try:
             await self._record(spool)
+        except InterlockError:  # QC stops the step: what was recorded is still a file
+            await asyncio.to_thread(spool.close)
+            await self._write_nwb()
+            raise
         finally:
             await asyncio.to_thread(spool.close)  # no sweep is being written any more
         await self._write_nwb()
@@ -357,7 +362,7 @@ class _Recording:
             "ra_ohm": reading.ra_ohm, "input_ohm": reading.input_ohm}})  # fmt: skip
         await asyncio.to_thread(spool.append, spooled)  # on disk before its summary
         self.next_index = index + 1
-        if self.reference.ra_ohm is None and reading.ra_ohm is not None:
+        if self.reference.ra_ohm is None and reading.ra_ohm is not None and not reading.qc:
             self.reference = Reference(reading.ra_ohm, reading.input_ohm)
         await self._journal(spooled, reading)
         await asyncio.to_thread(self.marker.unlink, missing_ok=True)
