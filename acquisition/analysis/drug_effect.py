@@ -2,9 +2,9 @@
 
 One cell a run. Each condition (the record steps' ``condition``: baseline, the drug, the
 drug with its antagonist, washout) is measured on its **last** ``last`` sweeps, once the
-bath has had time to reach steady state, and only on sweeps that passed QC (a flagged
-sweep is counted and listed, never used). Per condition: n, mean, SD, SEM and a t-based 95 %
-CI of the measure (``inap``: the persistent current on the ramp; ``peak``, ``steady``,
+bath has had time to reach steady state, less those that failed QC (a flagged sweep is
+counted and listed, never used, and n says how many were). Per condition: n, mean, SD,
+SEM and a t-based 95 % CI of the measure (``inap``: the persistent current on the ramp; ``peak``, ``steady``,
 ``holding``), and the percent of baseline with its 95 % CI (Fieller's ratio of two
 independent means, sweeps within the cell).
 
@@ -146,9 +146,11 @@ def _time(r: Mapping[str, Any]) -> float:
 
 
 def _used(rows: Sequence[Mapping[str, Any]], field: str, last: int) -> list[float]:
-    good = [float(r[field]) for r in rows if not r.get("qc") and r.get(field) is not None
-            and math.isfinite(float(r[field]))]  # fmt: skip
-    return good[-last:]
+    """The condition's last ``last`` sweeps by position (the bath at steady state), less
+    those that failed QC: a flagged end of a condition gives a smaller n, never sweeps from
+    its wash-in."""
+    return [float(r[field]) for r in rows[-last:] if not r.get("qc")
+            and r.get(field) is not None and math.isfinite(float(r[field]))]  # fmt: skip
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float | None, ...]:

@@ -3,8 +3,8 @@
 From the current (A) and the command at the cell (V), with where the sweep's membrane-test
 pulse and ramp are (from the waveform, not guessed from the trace): the holding current
 (before the command leaves the holding: the leak), the peak (the largest excursion from
-it, signed), the steady current at the end of the pulse, the membrane test on the pulse
-(Ra, Rm, Cm, :mod:`.membrane`) and, on a ramp, the persistent current: the ramp's current
+it, signed; on a ramp, within the ramp past its jump's transient), the steady current at
+the end of the pulse, the membrane test on the pulse (Ra, Rm, Cm, :mod:`.membrane`) and, on a ramp, the persistent current: the ramp's current
 less the linear leak fitted where the membrane is below -70 mV (no INaP there; the first
 10 ms after the jump to the ramp's start, its capacitive transient, left out), at its most
 inward, and the potential where that is; a ramp with no stretch below -70 mV gives none.
@@ -75,7 +75,11 @@ def summarize_sweep(
     holding = float(np.mean(head[len(head) // 5 :])) if len(i) else None
     peak = steady = ra = rm = cm = rt = inap = inap_v = None
     if holding is not None:
-        peak = float(i[int(np.argmax(np.abs(i - holding)))])
+        # on a ramp, the peak of the ramp's current (past the jump's transient), not the
+        # capacitive spikes of the jumps; otherwise the sweep's largest excursion
+        a, b = (ramp[0] + round(SETTLE_S * rate_hz), ramp[1]) if ramp else (0, len(i))
+        window = i[a:b] if b > a else i
+        peak = float(window[int(np.argmax(np.abs(window - holding)))])
         if abs(holding) > QC_LEAK_A:
             qc.append(f"leak {holding * 1e12:.0f} pA beyond +-100 pA")
     if pulse is not None:
