@@ -3,10 +3,10 @@
 One cell a run. Each condition (the record steps' ``condition``: baseline, the drug, the
 drug with its antagonist, washout) is measured on its **last** ``last`` sweeps, once the
 bath has had time to reach steady state, less those that failed QC (a flagged sweep is
-counted and listed, never used, and n says how many were). Per condition: n, mean, SD,
-SEM and a t-based 95 % CI of the measure (``inap``: the persistent current on the ramp; ``peak``, ``steady``,
-``holding``), and the percent of baseline with its 95 % CI (Fieller's ratio of two
-independent means, sweeps within the cell).
+counted and listed, never used, and n says how many were). Per condition: n, mean, SD, SEM
+and a t-based 95 % CI of the measure (``inap``: the persistent current on the ramp;
+``peak``, ``steady``, ``holding``), and the percent of baseline with its 95 % CI (Fieller's
+ratio of two independent means, sweeps within the cell).
 
 Comparisons against baseline here are **sweep-wise within one cell** (Welch's t test of
 the sweeps): they say whether the cell's current changed beyond its sweep-to-sweep noise,

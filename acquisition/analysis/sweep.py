@@ -2,12 +2,13 @@
 
 From the current (A) and the command at the cell (V), with where the sweep's membrane-test
 pulse and ramp are (from the waveform, not guessed from the trace): the holding current
-(before the command leaves the holding: the leak), the peak (the largest excursion from
-it, signed; on a ramp, within the ramp past its jump's transient), the steady current at
-the end of the pulse, the membrane test on the pulse (Ra, Rm, Cm, :mod:`.membrane`) and, on a ramp, the persistent current: the ramp's current
-less the linear leak fitted where the membrane is below -70 mV (no INaP there; the first
-10 ms after the jump to the ramp's start, its capacitive transient, left out), at its most
-inward, and the potential where that is; a ramp with no stretch below -70 mV gives none.
+(before the command leaves the holding: the leak), the peak (the largest excursion from it,
+signed; on a ramp, within the ramp past its jump's transient), the steady current at the end
+of the pulse, the membrane test on the pulse (Ra, Rm, Cm, :mod:`.membrane`) and, on a ramp,
+the persistent current: the ramp's current less the linear leak fitted where the membrane is
+below -70 mV (no INaP there; the first 10 ms after the jump to the ramp's start, its
+capacitive transient, left out), at its most inward, and the potential where that is; a ramp
+with no stretch below -70 mV gives none.
 
 QC flags name what a patch-clamper would reject a sweep for (science.md, after ipfx): the
 access outside 1-20 MOhm or changed by more than 20 % from the run's first sweep, Ra/Rin
