@@ -67,7 +67,7 @@ def print_effect(console: Console, results: dict[str, Any], effect: EffectResult
     console.print(f"  QC: {effect.qc_passed} sweeps passed, {effect.qc_flagged} flagged"
                   f"{f' ({reasons})' if reasons else ''}")  # fmt: skip
     table = Table(title=f"{effect.measure} (pA), each condition's last {effect.last} sweeps "
-                        f"that passed QC")  # fmt: skip
+                        f"less those failing QC")  # fmt: skip
     for col in ("condition", "used", "mean (95% CI)", "% of baseline (95% CI)", "p"):
         table.add_column(col, justify="left" if col == "condition" else "right")
     for c in effect.conditions:

@@ -79,7 +79,7 @@ def _check(step: AnalyzeEffectStep, before: Sequence[StepModel]) -> tuple[str, s
 
 register_step_type(StepType(
     name="analyze_effect", model=AnalyzeEffectStep, run=run_analyze_effect,
-    plan=lambda s: PlanLine(f"{s.measure}: each condition's last {s.last} sweeps that passed "
-                            f"QC, against {s.baseline!r}", 0.0),
+    plan=lambda s: PlanLine(f"{s.measure}: each condition's last {s.last} sweeps less those "
+                            f"failing QC, against {s.baseline!r}", 0.0),
     pausable_midway=False, check=_check, handles_plate=False,
 ))  # fmt: skip
