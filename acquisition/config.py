@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -44,10 +43,10 @@ from acquisition.instrument_config import (
     PerfusionConfig,
     accept_kind,
     accepted_kinds,
+    checked_address,
     forget_kind,
 )
 from drivers.addresses import (
-    AddressError,
     check_host,
 )
 from drivers.toml_file import TomlFileError, read_toml
@@ -103,7 +102,7 @@ class MqttConfig(_Strict):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        return _checked(check_host, v)
+        return checked_address(check_host, v)
 
     @field_validator("tls_key")
     @classmethod
@@ -167,7 +166,7 @@ class SimulationConfig(_Strict):
     @field_validator("control_host")
     @classmethod
     def _host(cls, v: str) -> str:
-        return _checked(check_host, v)
+        return checked_address(check_host, v)
 
 
 class LabConfig(BaseSettings):
@@ -316,15 +315,6 @@ def _with_file(data: dict[str, Any]) -> type[LabConfig]:
                        instruments=(list[kinds], Field(default_factory=list)))  # fmt: skip
     cls._file_data = data
     return cls
-
-
-def _checked(check: Callable[[str], object], value: str) -> str:
-    """Run an address check; its AddressError becomes the ValueError pydantic reports."""
-    try:
-        check(value)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 def _one_line(source: str, exc: ValidationError) -> ConfigError:

@@ -23,7 +23,7 @@ from drivers.addresses import (
 __all__ = [
     "AmplifierConfig", "CounterConfig", "DigitizerConfig", "HarvesterConfig",
     "IncubatorConfig", "InstrumentConfig", "InstrumentSettings", "PerfusionConfig",
-    "accept_kind", "accepted_kinds", "forget_kind",
+    "accept_kind", "accepted_kinds", "checked_address", "forget_kind",
 ]
 
 
@@ -31,7 +31,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _checked(check: Callable[[str], object], value: str) -> str:
+def checked_address(check: Callable[[str], object], value: str) -> str:
     """Run an address check; its AddressError becomes the ValueError pydantic reports."""
     try:
         check(value)
@@ -61,7 +61,7 @@ class CounterConfig(InstrumentSettings):
     @field_validator("address")
     @classmethod
     def _visa_socket(cls, v: str) -> str:
-        _checked(parse_visa_socket, v)
+        checked_address(parse_visa_socket, v)
         return v
 
 
@@ -81,7 +81,7 @@ class IncubatorConfig(InstrumentSettings):
     @field_validator("address")
     @classmethod
     def _modbus(cls, v: str) -> str:
-        _checked(parse_modbus_address, v)
+        checked_address(parse_modbus_address, v)
         return v
 
 
@@ -94,7 +94,7 @@ class _SerialInstrument(InstrumentSettings):
     @classmethod
     def _serial(cls, v: str) -> str:
         if v.startswith("socket://"):
-            _checked(parse_socket_url, v)
+            checked_address(parse_socket_url, v)
         elif not v.startswith("/"):
             raise ValueError("a serial device path like /dev/ttyUSB0, or socket://host:port")
         return v
@@ -130,15 +130,16 @@ class PerfusionConfig(_SerialInstrument):
     )
 
 
-def _tcp(value: str) -> str:
-    try:
-        parse_tcp_address(value)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+class _TcpInstrument(InstrumentSettings):
+    address: str = Field(description="tcp://host:port")
+
+    @field_validator("address")
+    @classmethod
+    def _tcp(cls, v: str) -> str:
+        return checked_address(parse_tcp_address, v)
 
 
-class AmplifierConfig(InstrumentSettings):
+class AmplifierConfig(_TcpInstrument):
     """A MultiClamp 700B-style amplifier behind its Commander's TCP bridge."""
 
     kind: Literal["amplifier"]
@@ -148,13 +149,8 @@ class AmplifierConfig(InstrumentSettings):
         -70.0, ge=-200, le=200, description="where an abort leaves the cell (voltage clamp)"
     )
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return _tcp(v)
 
-
-class DigitizerConfig(InstrumentSettings):
+class DigitizerConfig(_TcpInstrument):
     """A 16-bit +-10 V digitizer streaming over TCP."""
 
     kind: Literal["digitizer"]
@@ -165,11 +161,6 @@ class DigitizerConfig(InstrumentSettings):
     )
     command_output: int = Field(0, ge=0, le=15, description="drives the amplifier's command")
     queue_frames: int = Field(512, ge=8, le=65536, description="the host's data buffer")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return _tcp(v)
 
 
 InstrumentConfig = Annotated[

@@ -28,19 +28,11 @@ from acquisition.config import load_config
 from acquisition.protocols import parse_protocol, plan
 from acquisition.spool import read_spool
 from acquisition.steps.record import run_reference, sweep_reading
+from devtools.demo import RIG  # the demo's cell: the same experiment, measured
 from devtools.mosquitto import MosquittoBroker
 from devtools.stack import DaemonProcess, SimBenchProcess, write_lab_config
 
 PROTOCOL = REPO / "config" / "protocols" / "s1r-inap-dheas.toml"
-RIG = """
-[simulation.rig]
-cell = "neuron"
-stage = "bath"
-ra_drift_per_min = 0.002
-[simulation.rig.solutions]
-3 = { "DHEA-S" = 10e-6 }
-4 = { "DHEA-S" = 10e-6, "NE-100" = 1e-6 }
-"""
 
 
 async def _run(config_path: Path) -> tuple[str, float]:

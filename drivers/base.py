@@ -13,14 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    runtime_checkable,
+)
 
 from drivers.errors import InstrumentReplyError, ProtocolError
 
 if TYPE_CHECKING:
     from drivers.serial_link import SerialLink
 
-__all__ = ["Instrument", "ReadingValue", "Readings", "SerialInstrument"]
+__all__ = ["Instrument", "LinkedInstrument", "ReadingValue", "Readings", "SerialInstrument"]
 
 T = TypeVar("T")
 
@@ -66,35 +75,34 @@ class Instrument(Protocol):
         ...
 
 
-class SerialInstrument:
-    """Base of a driver speaking lines over one :class:`~drivers.serial_link.SerialLink`:
-    ``open``/``close``, the async context manager, ``connected``, ``reconnects``, and
-    :meth:`_request`, the one garbled-reply policy of the serial drivers.
+class _Link(Protocol):
+    """What :class:`LinkedInstrument` needs of a link (serial, tagged TCP lines, frames)."""
 
-    The policy: a reply that is not a well-formed answer to the command (``decode`` raises
-    :class:`ProtocolError`: line noise, a bad checksum, the wrong kind of reply) makes the
-    link drain its input until quiet and the command is sent once more, if it is
-    ``repeatable`` (a query, or a command whose repeat does nothing more: each driver
-    documents which). A second garbled reply raises :class:`InstrumentReplyError` with
-    ``code=None``. An instrument error in :attr:`resend_codes` (the instrument saying *our*
-    command arrived garbled) is resent once too, then raised as it is.
-    """
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def reconnects(self) -> int: ...
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
 
-    resend_codes: ClassVar[frozenset[int]] = frozenset()
 
-    def __init__(self, link: SerialLink, instrument_id: str) -> None:
-        self._link = link
-        self.instrument_id = instrument_id
-        self.retries = 0
-        """Commands sent a second time after a garbled exchange."""
+L = TypeVar("L", bound=_Link)
+
+
+class LinkedInstrument(Generic[L]):
+    """The lifecycle of a driver on one link: ``open`` (the link, then :meth:`_probe`, the
+    one exchange proving the right instrument answers; the link closed again if it does
+    not), ``close``, the async context manager, ``connected`` and ``reconnects``."""
+
+    _link: L
 
     async def _probe(self) -> None:
         """One exchange that proves the right instrument answers (run by :meth:`open`)."""
         raise NotImplementedError
 
     async def open(self) -> None:
-        """Open the port and check the instrument answers; raises
-        :class:`~drivers.errors.LinkError` (and closes the port again) if it does not."""
+        """Open the link and check the instrument answers; raises
+        :class:`~drivers.errors.LinkError` (and closes the link again) if it does not."""
         await self._link.open()
         try:
             await self._probe()
@@ -119,6 +127,29 @@ class SerialInstrument:
     @property
     def reconnects(self) -> int:
         return self._link.reconnects
+
+
+class SerialInstrument(LinkedInstrument["SerialLink"]):
+    """Base of a driver speaking lines over one :class:`~drivers.serial_link.SerialLink`:
+    the lifecycle of :class:`LinkedInstrument`, and :meth:`_request`, the one garbled-reply
+    policy of the serial drivers.
+
+    The policy: a reply that is not a well-formed answer to the command (``decode`` raises
+    :class:`ProtocolError`: line noise, a bad checksum, the wrong kind of reply) makes the
+    link drain its input until quiet and the command is sent once more, if it is
+    ``repeatable`` (a query, or a command whose repeat does nothing more: each driver
+    documents which). A second garbled reply raises :class:`InstrumentReplyError` with
+    ``code=None``. An instrument error in :attr:`resend_codes` (the instrument saying *our*
+    command arrived garbled) is resent once too, then raised as it is.
+    """
+
+    resend_codes: ClassVar[frozenset[int]] = frozenset()
+
+    def __init__(self, link: SerialLink, instrument_id: str) -> None:
+        self._link = link
+        self.instrument_id = instrument_id
+        self.retries = 0
+        """Commands sent a second time after a garbled exchange."""
 
     async def _request(
         self,

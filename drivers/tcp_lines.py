@@ -26,10 +26,23 @@ from drivers.clock import Clock, MonotonicClock
 from drivers.errors import FrameTooLongError, InstrumentTimeoutError, LinkError
 from drivers.serial_link import split_line
 
-__all__ = ["TaggedLineLink"]
+__all__ = ["TaggedLineLink", "end_connection"]
 
 _log = structlog.get_logger()
 _CONNECT_TIMEOUT_S = 3.0
+
+
+async def end_connection(reader_task: asyncio.Task[None] | None,
+                         writer: asyncio.StreamWriter | None) -> None:  # fmt: skip
+    """A TCP link's teardown: its reader task stopped (a cancellation of the caller still
+    goes through), then its socket closed."""
+    if reader_task is not None:
+        reader_task.cancel()
+        await asyncio.wait({reader_task})
+    if writer is not None:
+        writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.wait_closed()
 
 
 class TaggedLineLink:
@@ -202,12 +215,6 @@ class TaggedLineLink:
     async def _drop(self, error: BaseException) -> None:
         writer, self._writer = self._writer, None
         task, self._reader_task = self._reader_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})  # (a cancellation of the caller still goes through)
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await writer.wait_closed()
+        await end_connection(task, writer)
         self._fail_pending(error if isinstance(error, LinkError)
                            else LinkError(str(error), instrument=self.instrument_id))  # fmt: skip

@@ -241,13 +241,13 @@ class _Recording:
         await self._set_up()
         spool = await asyncio.to_thread(SweepSpool.open, self.spool_path)
         try:
-            await self._record(spool)
+            try:
+                await self._record(spool)
+            finally:
+                await asyncio.to_thread(spool.close)  # no sweep is being written any more
         except InterlockError:  # QC stops the step: what was recorded is still a file
-            await asyncio.to_thread(spool.close)
             await self._write_nwb()
             raise
-        finally:
-            await asyncio.to_thread(spool.close)  # no sweep is being written any more
         await self._write_nwb()
 
     async def _record(self, spool: SweepSpool) -> None:

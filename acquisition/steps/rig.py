@@ -11,13 +11,14 @@ import numpy.typing as npt
 
 from acquisition.analysis.membrane import MembraneTest, membrane_test
 from acquisition.config import DigitizerConfig
+from acquisition.waveforms import StepWaveform, command_at_cell
 from drivers.roles import Amplifier, Digitizer
 
 if TYPE_CHECKING:
     from acquisition.steps.context import StepContext
     from drivers.amplifier import Telegraph
 
-__all__ = ["PROBE_RATE_HZ", "Rig", "probe_command", "probe_test", "rig_of"]
+__all__ = ["PROBE", "PROBE_RATE_HZ", "Rig", "probe_test", "rig_of"]
 
 PROBE_RATE_HZ = 20_000
 _DEFAULT_WIRING = DigitizerConfig(kind="digitizer", id="digitizer", address="tcp://127.0.0.1:1")
@@ -58,21 +59,19 @@ def rig_of(ctx: StepContext) -> Rig:
     return Rig(amp, dig, cfg if isinstance(cfg, DigitizerConfig) else _DEFAULT_WIRING)
 
 
-def probe_command(holding_v: float, dv_v: float, rate_hz: int = PROBE_RATE_HZ
-                  ) -> tuple[npt.NDArray[np.float64], int, int]:  # fmt: skip
-    """A 40 ms membrane-test sweep: 10 ms at the holding, 20 ms at ``dv_v`` from it, 10 ms
-    back: (command at the cell, step start, step end)."""
-    n, start, end = round(0.040 * rate_hz), round(0.010 * rate_hz), round(0.030 * rate_hz)
-    cmd = np.full(n, holding_v)
-    cmd[start:end] += dv_v
-    return cmd, start, end
+PROBE = StepWaveform.model_validate({"shape": "step", "step": "-10 mV", "at": "10 ms",
+                                     "width": "20 ms", "length": "40 ms"})  # fmt: skip
+"""A 40 ms membrane-test sweep: 10 ms at the holding, 20 ms at the step, 10 ms back."""
 
 
 async def probe_test(rig: Rig, holding_v: float, dv_v: float = -0.010) -> MembraneTest:
     """One membrane test on a probe sweep (not spooled: a measurement of the patch, e.g.
     to confirm whole cell); AnalysisError when the current shows no cell (no capacitive
     transient: still cell-attached), DataLossError / LinkError from the digitizer."""
-    cmd, start, end = probe_command(holding_v, dv_v)
+    wave = PROBE.model_copy(update={"step": dv_v})
+    cmd = command_at_cell(wave, holding_v, PROBE_RATE_HZ)
+    start = round(wave.at * PROBE_RATE_HZ)
+    end = start + round(wave.width * PROBE_RATE_HZ)
     tele = await rig.load(cmd, holding_v, PROBE_RATE_HZ)
     sweep = await rig.dig.acquire_sweep(len(cmd))
     current = sweep.volts(0) / tele.scale_v_per_unit

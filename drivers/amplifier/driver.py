@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 from drivers.addresses import parse_tcp_address
 from drivers.amplifier.codec import (
@@ -39,7 +39,7 @@ from drivers.amplifier.codec import (
     encode_request,
     tag_of,
 )  # fmt: skip
-from drivers.base import Readings
+from drivers.base import LinkedInstrument, Readings
 from drivers.clock import Clock
 from drivers.errors import InstrumentReplyError, ProtocolError
 from drivers.tcp_lines import TaggedLineLink
@@ -111,7 +111,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-class AmplifierDriver:
+class AmplifierDriver(LinkedInstrument[TaggedLineLink]):
     """One amplifier at ``tcp://host:port`` (the Commander's bridge); ``channel`` 1 or 2."""
 
     def __init__(
@@ -131,33 +131,8 @@ class AmplifierDriver:
         self.writes = 0
         """Setter writes actually sent (the idempotence tests count them)."""
 
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
-
-    async def open(self) -> None:
-        await self._link.open()
-        try:
-            await self.identify()
-        except BaseException:
-            await self._link.close()
-            raise
-
-    async def close(self) -> None:
-        await self._link.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def _probe(self) -> None:
+        await self.identify()
 
     def select_channel(self, channel: int) -> None:
         """Address the amplifier's other channel (headstage) from now on."""

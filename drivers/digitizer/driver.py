@@ -15,13 +15,13 @@ import contextlib
 import itertools
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Final, Self
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from drivers.addresses import parse_tcp_address
-from drivers.base import Readings
+from drivers.base import LinkedInstrument, Readings
 from drivers.digitizer.codec import (
     VOLTS_PER_CODE,
     Ack,
@@ -87,7 +87,7 @@ def to_codes(volts: npt.ArrayLike) -> npt.NDArray[np.int16]:
     return np.clip(np.round(v / VOLTS_PER_CODE), -32768, 32767).astype(np.int16)
 
 
-class DigitizerDriver:
+class DigitizerDriver(LinkedInstrument[DigitizerLink]):
     """One digitizer at ``tcp://host:port``."""
 
     def __init__(self, address: str, *, instrument_id: str = "digitizer",
@@ -104,34 +104,11 @@ class DigitizerDriver:
         self._identity: DigitizerIdentity | None = None
 
     @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self._link.reconnects
-
-    @property
     def host_overruns(self) -> int:
         return self._link.host_overruns
 
-    async def open(self) -> None:
-        await self._link.open()
-        try:
-            self._identity = await self.identify()
-        except BaseException:
-            await self._link.close()
-            raise
-
-    async def close(self) -> None:
-        await self._link.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def _probe(self) -> None:
+        self._identity = await self.identify()
 
     async def _ask(self, message: Message, tag: int) -> Message:
         reply = await self._link.request(message, tag)

@@ -15,7 +15,6 @@ loop: the socket is asyncio's, decoding a frame is a CRC and a ``numpy.frombuffe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 
 import structlog
@@ -35,6 +34,7 @@ from drivers.digitizer.codec import (
     encode,
 )  # fmt: skip
 from drivers.errors import InstrumentTimeoutError, LinkError, ProtocolError
+from drivers.tcp_lines import end_connection
 
 __all__ = ["DigitizerLink", "Lost", "Stream"]
 
@@ -183,13 +183,7 @@ class DigitizerLink:
         """Close the socket; whoever waits (a reply, a sweep) learns it at once."""
         writer, self._writer = self._writer, None
         task, self._reader = self._reader, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})  # (a cancellation of the caller still goes through)
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await writer.wait_closed()
+        await end_connection(task, writer)
         if task is not None:
             error = LinkError("link closed", instrument=self.instrument_id)
             for future in self._pending.values():
